@@ -4,7 +4,9 @@ import { type Cidr, isLoopbackHost, parseCidr } from "./net.js";
 export type Env = Readonly<Record<string, string | undefined>>;
 
 function invalid(variable: string, value: string, why: string): ConfigError {
-  return new ConfigError(`${variable}=${JSON.stringify(value)} is invalid: ${why}`, { details: { variable } });
+  return new ConfigError(`${variable}=${JSON.stringify(value)} is invalid: ${why}`, {
+    details: { variable },
+  });
 }
 
 /** Returns the trimmed value, or undefined when unset or blank. */
@@ -15,11 +17,18 @@ export function readEnv(env: Env, variable: string): string | undefined {
 
 export function requireEnv(env: Env, variable: string): string {
   const value = readEnv(env, variable);
-  if (value === undefined) throw new ConfigError(`${variable} is required but not set`, { details: { variable } });
+  if (value === undefined)
+    throw new ConfigError(`${variable} is required but not set`, { details: { variable } });
   return value;
 }
 
-const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const DURATION_UNITS_MS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
 
 /** Parses Linkerd's duration format `<n>(ms|s|m|h|d)` into milliseconds. */
 export function parseDurationMs(variable: string, value: string): number {
@@ -100,7 +109,9 @@ export function parseControlPlaneAddress(env: Env, prefix: string): ControlPlane
   const name = readEnv(env, nameVariable);
   if (addr === undefined) {
     if (name !== undefined) {
-      throw new ConfigError(`${nameVariable} is set but ${addrVariable} is not`, { details: { variable: addrVariable } });
+      throw new ConfigError(`${nameVariable} is set but ${addrVariable} is not`, {
+        details: { variable: addrVariable },
+      });
     }
     return undefined;
   }

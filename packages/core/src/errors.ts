@@ -20,6 +20,7 @@ export const MeshErrorCode = {
   IDENTITY_INVALID_CERTIFICATE: "MESH_ERR_IDENTITY_INVALID_CERTIFICATE",
   IDENTITY_PEER_UNVERIFIED: "MESH_ERR_IDENTITY_PEER_UNVERIFIED",
   IDENTITY_PEER_MISMATCH: "MESH_ERR_IDENTITY_PEER_MISMATCH",
+  IDENTITY_CSR_REJECTED: "MESH_ERR_IDENTITY_CSR_REJECTED",
   TRUST_ANCHORS_INVALID: "MESH_ERR_TRUST_ANCHORS_INVALID",
   POLICY_DENIED: "MESH_ERR_POLICY_DENIED",
   POLICY_NOT_LOADED: "MESH_ERR_POLICY_NOT_LOADED",
@@ -56,8 +57,11 @@ export class MeshError extends Error {
   }
 
   // instanceof must hold across two copies of @inmesh/core (duplicate installs), so it checks a brand.
+  // `this` is the class on the right of instanceof: MeshError itself uses the brand, subclasses the prototype.
   static override [Symbol.hasInstance](value: unknown): boolean {
+    // biome-ignore lint/complexity/noThisInStatic: the receiver is the class on the right of instanceof
     if (this === MeshError) return isMeshError(value);
+    // biome-ignore lint/complexity/noThisInStatic: subclasses keep the ordinary prototype check
     return Function.prototype[Symbol.hasInstance].call(this, value);
   }
 
@@ -65,8 +69,10 @@ export class MeshError extends Error {
   static from(reason: unknown, fallback: MeshErrorCode = MeshErrorCode.INTERNAL): MeshError {
     if (isMeshError(reason)) return reason;
     if (reason instanceof Error) {
-      if (reason.name === "TimeoutError") return new MeshError(MeshErrorCode.DEADLINE, reason.message, { cause: reason });
-      if (reason.name === "AbortError") return new MeshError(MeshErrorCode.CANCELED, reason.message, { cause: reason });
+      if (reason.name === "TimeoutError")
+        return new MeshError(MeshErrorCode.DEADLINE, reason.message, { cause: reason });
+      if (reason.name === "AbortError")
+        return new MeshError(MeshErrorCode.CANCELED, reason.message, { cause: reason });
       return new MeshError(fallback, reason.message, { cause: reason });
     }
     return new MeshError(fallback, String(reason), { cause: reason });
@@ -74,7 +80,9 @@ export class MeshError extends Error {
 }
 
 export function isMeshError(value: unknown): value is MeshError {
-  return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[meshErrorBrand] === true;
+  return (
+    typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[meshErrorBrand] === true
+  );
 }
 
 export function hasMeshErrorCode(value: unknown, code: MeshErrorCode): value is MeshError {

@@ -100,7 +100,10 @@ export function formatIpAddress(family: 4 | 6, value: bigint): string {
 }
 
 export function isLoopbackHost(host: string): boolean {
-  const bare = host.replace(/^\[|\]$/g, "").replace(/\.$/, "").toLowerCase();
+  const bare = host
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.$/, "")
+    .toLowerCase();
   if (bare === "localhost") return true;
   const ip = parseIpAddress(bare);
   if (!ip) return false;

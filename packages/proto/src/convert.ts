@@ -59,7 +59,8 @@ export function ipNetworkFromString(cidr: string): IPNetwork {
   const ip = ipAddressFromString(host);
   const max = ip.ip?.$case === "ipv4" ? 32 : 128;
   const prefixLen = slash < 0 ? max : Number(cidr.slice(slash + 1));
-  if (!Number.isInteger(prefixLen) || prefixLen < 0 || prefixLen > max) throw new ConfigError(`"${cidr}" has an invalid prefix length`);
+  if (!Number.isInteger(prefixLen) || prefixLen < 0 || prefixLen > max)
+    throw new ConfigError(`"${cidr}" has an invalid prefix length`);
   return { ip, prefixLen };
 }
 

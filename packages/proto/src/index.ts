@@ -13,6 +13,29 @@ import * as outbound from "./gen/outbound.js";
 import * as tlsRoute from "./gen/tls_route.js";
 import * as transportHeader from "./gen/transport_header.js";
 
+export {
+  durationFromMs,
+  durationToMs,
+  ipAddressFromString,
+  ipAddressToString,
+  ipNetworkFromString,
+  ipNetworkToString,
+  tcpAddressFromString,
+  tcpAddressToString,
+  timestampFromMs,
+  timestampToMs,
+} from "./convert.js";
+export type { DecodeOptions, MessageCodec } from "./decode.js";
+export { DEFAULT_MAX_MESSAGE_BYTES, decodeMessage } from "./decode.js";
+export type { SessionProtocolName, TransportHeader, TransportHeaderParse } from "./transport-header.js";
+export {
+  decodeTransportHeader,
+  encodeTransportHeader,
+  MAX_TRANSPORT_HEADER_BYTES,
+  parseTransportHeader,
+  TRANSPORT_HEADER_ALPN,
+  TRANSPORT_HEADER_PREFACE,
+} from "./transport-header.js";
 /**
  * One namespace per .proto package, because several packages define messages of the same name
  * (inbound.HttpRoute and outbound.HttpRoute, inbound.ProxyProtocol and outbound.ProxyProtocol).
@@ -20,7 +43,6 @@ import * as transportHeader from "./gen/transport_header.js";
 export {
   destination,
   duration,
-  timestamp,
   grpcRoute,
   httpRoute,
   httpTypes,
@@ -30,30 +52,7 @@ export {
   net,
   opaqueRoute,
   outbound,
+  timestamp,
   tlsRoute,
   transportHeader,
 };
-
-export { decodeMessage, DEFAULT_MAX_MESSAGE_BYTES } from "./decode.js";
-export type { DecodeOptions, MessageCodec } from "./decode.js";
-export {
-  TRANSPORT_HEADER_ALPN,
-  TRANSPORT_HEADER_PREFACE,
-  MAX_TRANSPORT_HEADER_BYTES,
-  encodeTransportHeader,
-  parseTransportHeader,
-  decodeTransportHeader,
-} from "./transport-header.js";
-export type { TransportHeader, TransportHeaderParse, SessionProtocolName } from "./transport-header.js";
-export {
-  durationFromMs,
-  durationToMs,
-  timestampFromMs,
-  timestampToMs,
-  ipAddressFromString,
-  ipAddressToString,
-  tcpAddressFromString,
-  tcpAddressToString,
-  ipNetworkFromString,
-  ipNetworkToString,
-} from "./convert.js";

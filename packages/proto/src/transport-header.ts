@@ -56,24 +56,35 @@ export type TransportHeaderParse =
  * so far are a valid prefix; throws a typed MeshError as soon as they cannot be one, or when the
  * declared length exceeds `maxBytes`, before any of that length is buffered.
  */
-export function parseTransportHeader(input: Uint8Array, maxBytes = MAX_TRANSPORT_HEADER_BYTES): TransportHeaderParse {
+export function parseTransportHeader(
+  input: Uint8Array,
+  maxBytes = MAX_TRANSPORT_HEADER_BYTES,
+): TransportHeaderParse {
   const preface = TRANSPORT_HEADER_PREFACE;
   const prefixLength = Math.min(input.byteLength, preface.byteLength);
   for (let i = 0; i < prefixLength; i += 1) {
-    if (input[i] !== preface[i]) throw invalidHeader("connection does not start with the transport.l5d.io/v1 preface");
+    if (input[i] !== preface[i])
+      throw invalidHeader("connection does not start with the transport.l5d.io/v1 preface");
   }
   if (input.byteLength < preface.byteLength + 4) return { complete: false, needed: undefined };
   const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
   const length = view.getUint32(preface.byteLength, false);
   const total = preface.byteLength + 4 + length;
   if (length > maxBytes || total > maxBytes + preface.byteLength + 4) {
-    throw new MeshError(MeshErrorCode.TRANSPORT_HEADER_TOO_LARGE, `transport header declares ${length} bytes, more than ${maxBytes}`, {
-      details: { length, maxBytes },
-    });
+    throw new MeshError(
+      MeshErrorCode.TRANSPORT_HEADER_TOO_LARGE,
+      `transport header declares ${length} bytes, more than ${maxBytes}`,
+      {
+        details: { length, maxBytes },
+      },
+    );
   }
   if (input.byteLength < total) return { complete: false, needed: total };
-  const decoded = decodeMessage(Header, input.subarray(preface.byteLength + 4, total), { name: "transport header" });
-  if (decoded.port < 1 || decoded.port > 65535) throw invalidHeader(`transport header port ${decoded.port} is outside 1-65535`);
+  const decoded = decodeMessage(Header, input.subarray(preface.byteLength + 4, total), {
+    name: "transport header",
+  });
+  if (decoded.port < 1 || decoded.port > 65535)
+    throw invalidHeader(`transport header port ${decoded.port} is outside 1-65535`);
   const kind = decoded.sessionProtocol?.kind?.$case;
   return {
     complete: true,
@@ -86,12 +97,19 @@ export function parseTransportHeader(input: Uint8Array, maxBytes = MAX_TRANSPORT
  * Parses a header that must be entirely present, as when a connection has ended: a short input is a
  * typed truncation error.
  */
-export function decodeTransportHeader(input: Uint8Array, maxBytes = MAX_TRANSPORT_HEADER_BYTES): TransportHeader & { consumed: number } {
+export function decodeTransportHeader(
+  input: Uint8Array,
+  maxBytes = MAX_TRANSPORT_HEADER_BYTES,
+): TransportHeader & { consumed: number } {
   const result = parseTransportHeader(input, maxBytes);
   if (!result.complete) {
-    throw new MeshError(MeshErrorCode.TRANSPORT_HEADER_TRUNCATED, `transport header truncated after ${input.byteLength} bytes`, {
-      details: { received: input.byteLength, needed: result.needed },
-    });
+    throw new MeshError(
+      MeshErrorCode.TRANSPORT_HEADER_TRUNCATED,
+      `transport header truncated after ${input.byteLength} bytes`,
+      {
+        details: { received: input.byteLength, needed: result.needed },
+      },
+    );
   }
   return { ...result.header, consumed: result.consumed };
 }

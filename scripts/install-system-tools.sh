@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Tests talk to real peers: openssl (s_client, verify) and curl. Install them from Debian when missing.
+set -euo pipefail
+missing=()
+for tool in openssl curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing tools: ${missing[*]}; install them and rerun" >&2
+    exit 1
+  fi
+fi
