@@ -31,7 +31,10 @@ export function createBackoff(options: BackoffOptions = {}): Backoff {
     next() {
       const base = Math.min(maxMs, minMs * 2 ** Math.min(attempts, 32));
       attempts += 1;
-      return Math.min(maxMs, base + base * jitterRatio * secureRandom());
+      // Jitter must survive the cap: at the ceiling it is taken off instead of added, so a fleet that
+      // lost the control plane together does not retry in lockstep every maxMs (reliability R3).
+      const spread = base * jitterRatio * secureRandom();
+      return base + spread <= maxMs ? base + spread : maxMs - spread;
     },
     reset() {
       attempts = 0;

@@ -2,6 +2,17 @@ export type { Backoff, BackoffOptions } from "./backoff.js";
 export { createBackoff } from "./backoff.js";
 export type { MeshCall } from "./call.js";
 export { normalizeClientAddress } from "./call.js";
+export type {
+  DecisionSummary,
+  InboundCallMessage,
+  MeshChannelMessages,
+  MeshChannelName,
+  OutboundAttemptMessage,
+  OutboundCallMessage,
+  ResourceLabels,
+  TcpConnectionMessage,
+} from "./diagnostics.js";
+export { MeshChannel, meshChannel } from "./diagnostics.js";
 export type { ControlPlaneAddress, Env, HostPort } from "./env.js";
 export {
   assertDnsName,

@@ -1,10 +1,18 @@
-import { ConfigError, MeshErrorCode, createBackoff, isMeshError, parseControlPlaneAddress } from "@inmesh/core";
+import {
+  ConfigError,
+  createBackoff,
+  isMeshError,
+  MeshErrorCode,
+  parseControlPlaneAddress,
+} from "@inmesh/core";
 
 export function describePolicyAddress(env: Record<string, string | undefined>): string {
   try {
     const address = parseControlPlaneAddress(env, "LINKERD2_PROXY_POLICY");
     if (!address) return "no policy controller configured";
-    return address.plaintext ? `plaintext to ${address.host}:${address.port}` : `mTLS to ${address.serverName}`;
+    return address.plaintext
+      ? `plaintext to ${address.host}:${address.port}`
+      : `mTLS to ${address.serverName}`;
   } catch (error) {
     if (error instanceof ConfigError) return `bad setting ${String(error.details?.variable)}`;
     if (isMeshError(error) && error.code === MeshErrorCode.INTERNAL) return "internal error";

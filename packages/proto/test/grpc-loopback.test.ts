@@ -62,21 +62,23 @@ describe("grpc-js server and client built from @inmesh/proto", () => {
     server.addService(destination.DestinationService, {
       get(call: ServerWritableStream<destination.GetDestination, destination.Update>) {
         call.write({ update: { $case: "noEndpoints", value: { exists: true } } });
-        call.write({
-          update: {
-            $case: "add",
-            value: {
-              addrs: [
-                {
-                  addr: { ip: { ip: { $case: "ipv4", value: 0x7f000001 } }, port: 8080 },
-                  weight: 1,
-                  metricLabels: {},
-                },
-              ],
-              metricLabels: { path: call.request.path },
+        call.write(
+          destination.Update.fromPartial({
+            update: {
+              $case: "add",
+              value: {
+                addrs: [
+                  {
+                    addr: { ip: { ip: { $case: "ipv4", value: 0x7f000001 } }, port: 8080 },
+                    weight: 1,
+                    metricLabels: {},
+                  },
+                ],
+                metricLabels: { path: call.request.path },
+              },
             },
-          },
-        } as destination.Update);
+          }),
+        );
       },
       getProfile(call: ServerWritableStream<destination.GetDestination, destination.DestinationProfile>) {
         for (let i = 0; i < 3; i += 1) {

@@ -4,7 +4,9 @@ import { decodeMessage, encodeTransportHeader, inbound, ipNetworkToString } from
 // Decoding a policy received as bytes: malformed input becomes a typed MeshError, never a crash.
 export function serverNetworks(bytes: Uint8Array): string[] {
   const server = decodeMessage(inbound.Server, bytes, { maxBytes: 1024 * 1024, name: "inbound.Server" });
-  return server.authorizations.flatMap((authz) => authz.networks.map((network) => ipNetworkToString(network.net) ?? "?"));
+  return server.authorizations.flatMap((authz) =>
+    authz.networks.map((network) => ipNetworkToString(network.net) ?? "?"),
+  );
 }
 
 // A grpc-js client for the policy controller, generated from inbound.proto.

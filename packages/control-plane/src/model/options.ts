@@ -1,0 +1,103 @@
+import { type Cidr, ConfigError, formatIpAddress, isDnsName, parseCidr, parseIpAddress } from "@inmesh/core";
+
+/** The six default inbound policy names (policy-semantics.md §2.1). */
+export const DEFAULT_POLICY_NAMES = [
+  "all-unauthenticated",
+  "all-authenticated",
+  "cluster-unauthenticated",
+  "cluster-authenticated",
+  "deny",
+  "audit",
+] as const;
+
+export type DefaultPolicyName = (typeof DEFAULT_POLICY_NAMES)[number];
+
+export function isDefaultPolicyName(value: unknown): value is DefaultPolicyName {
+  return typeof value === "string" && (DEFAULT_POLICY_NAMES as readonly string[]).includes(value);
+}
+
+export interface ClusterOptions {
+  /** @default "cluster.local" */
+  clusterDomain?: string;
+  /** @default "cluster.local" */
+  trustDomain?: string;
+  /** @default "linkerd" */
+  controlPlaneNamespace?: string;
+  /** Cluster default inbound policy (`--default-policy`). @default "all-unauthenticated" */
+  defaultPolicy?: DefaultPolicyName;
+  /** @default the chart's 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16, fd00::/8 */
+  clusterNetworks?: string[];
+  /** Networks allowed to reach kubelet probe routes; empty disables probe routes. @default 0.0.0.0/0, ::/0 */
+  probeNetworks?: string[];
+}
+
+export interface ResolvedClusterOptions {
+  readonly clusterDomain: string;
+  readonly trustDomain: string;
+  readonly controlPlaneNamespace: string;
+  readonly defaultPolicy: DefaultPolicyName;
+  /** Canonical CIDR strings, in the order given. */
+  readonly clusterNetworks: readonly string[];
+  readonly probeNetworks: readonly string[];
+}
+
+export const CHART_CLUSTER_NETWORKS = [
+  "10.0.0.0/8",
+  "100.64.0.0/10",
+  "172.16.0.0/12",
+  "192.168.0.0/16",
+  "fd00::/8",
+] as const;
+export const ALL_NETWORKS = ["0.0.0.0/0", "::/0"] as const;
+
+function networkList(variable: string, value: unknown): string[] {
+  if (!Array.isArray(value))
+    throw new ConfigError(`${variable} must be an array of CIDR strings`, { details: { variable } });
+  return value.map((item, index) => {
+    if (typeof item !== "string") {
+      throw new ConfigError(`${variable}[${index}] must be a CIDR string`, { details: { variable } });
+    }
+    let cidr: Cidr;
+    try {
+      cidr = parseCidr(item);
+    } catch (error) {
+      throw new ConfigError(`${variable}[${index}]: ${(error as Error).message}`, { details: { variable } });
+    }
+    return canonicalNetwork(item, cidr);
+  });
+}
+
+function dnsOption(variable: string, value: unknown, fallback: string): string {
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || !isDnsName(value)) {
+    throw new ConfigError(`${variable} must be a lower-case DNS name, got ${JSON.stringify(value)}`, {
+      details: { variable },
+    });
+  }
+  return value;
+}
+
+/** Validates once, at construction, and fills in the defaults. */
+export function resolveClusterOptions(options: ClusterOptions): ResolvedClusterOptions {
+  if (options.defaultPolicy !== undefined && !isDefaultPolicyName(options.defaultPolicy)) {
+    throw new ConfigError(
+      `defaultPolicy must be one of ${DEFAULT_POLICY_NAMES.join(", ")}, got ${JSON.stringify(options.defaultPolicy)}`,
+      { details: { variable: "defaultPolicy" } },
+    );
+  }
+  return {
+    clusterDomain: dnsOption("clusterDomain", options.clusterDomain, "cluster.local"),
+    trustDomain: dnsOption("trustDomain", options.trustDomain, "cluster.local"),
+    controlPlaneNamespace: dnsOption("controlPlaneNamespace", options.controlPlaneNamespace, "linkerd"),
+    defaultPolicy: options.defaultPolicy ?? "all-unauthenticated",
+    clusterNetworks: networkList("clusterNetworks", options.clusterNetworks ?? [...CHART_CLUSTER_NETWORKS]),
+    probeNetworks: networkList("probeNetworks", options.probeNetworks ?? [...ALL_NETWORKS]),
+  };
+}
+
+/** `10.1.2.3` → `10.1.2.3/32`; keeps host bits (as Linkerd does) but normalizes the address spelling. */
+export function canonicalNetwork(text: string, cidr: Cidr = parseCidr(text)): string {
+  const address = text.trim().split("/")[0] ?? "";
+  const ip = parseIpAddress(address);
+  return `${ip ? formatIpAddress(ip.family, ip.value) : address}/${cidr.prefixLength}`;
+}

@@ -1,0 +1,93 @@
+import { serviceAccountIdentity } from "@inmesh/core";
+import { isDefaultPolicyName, type PodInfo, type ResolvedClusterOptions } from "../model/index.js";
+
+/** The injector's default `proxy.opaquePorts` (contract §2.1). */
+export const DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211";
+
+export interface ControlPlaneAddresses {
+  /** `host:port` */
+  readonly identity: string;
+  readonly destination: string;
+  readonly policy: string;
+}
+
+export interface ControlPlaneServerNames {
+  /** `linkerd-identity.<cpns>.serviceaccount.identity.<cpns>.<td>` */
+  readonly identity: string;
+  /** `linkerd-destination.<cpns>.serviceaccount.identity.<cpns>.<td>`: the policy controller shares it. */
+  readonly destination: string;
+  readonly policy: string;
+}
+
+export function controlPlaneServerNames(options: ResolvedClusterOptions): ControlPlaneServerNames {
+  const { controlPlaneNamespace: cpns, trustDomain } = options;
+  const destination = serviceAccountIdentity("linkerd-destination", cpns, cpns, trustDomain);
+  return {
+    identity: serviceAccountIdentity("linkerd-identity", cpns, cpns, trustDomain),
+    destination,
+    policy: destination,
+  };
+}
+
+export interface WorkloadEnvInput {
+  readonly pod: PodInfo;
+  readonly options: ResolvedClusterOptions;
+  readonly trustAnchorsPem: string;
+  /** Absolute path of the file holding the pod's identity token. */
+  readonly tokenFile: string;
+  readonly addresses: ControlPlaneAddresses;
+}
+
+function uniqueSortedPorts(ports: Iterable<number>): string {
+  return [...new Set(ports)].sort((a, b) => a - b).join(",");
+}
+
+/**
+ * The LINKERD2_PROXY_* variables the Linkerd injector gives a pod (contract §2.1, chart defaults), with the
+ * control-plane addresses pointing at the dev control plane. The workload strings carry no trailing
+ * newline (the chart's YAML block adds one; both controllers parse the JSON and ignore it).
+ */
+export function buildWorkloadEnv(input: WorkloadEnvInput): Record<string, string> {
+  const { pod, options } = input;
+  const names = controlPlaneServerNames(options);
+  const annotatedPolicy = pod.annotations["config.linkerd.io/default-inbound-policy"];
+  const defaultPolicy = isDefaultPolicyName(annotatedPolicy) ? annotatedPolicy : options.defaultPolicy;
+  const opaquePorts = pod.annotations["config.linkerd.io/opaque-ports"] ?? DEFAULT_OPAQUE_PORTS;
+  const clusterNetworks = options.clusterNetworks.join(",");
+  const inboundPorts = uniqueSortedPorts(
+    pod.containerPorts.filter((port) => port.protocol === "TCP").map((port) => port.containerPort),
+  );
+
+  const env: Record<string, string> = {
+    LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS: input.trustAnchorsPem.trim(),
+    LINKERD2_PROXY_IDENTITY_LOCAL_NAME: serviceAccountIdentity(
+      pod.serviceAccount,
+      pod.namespace,
+      options.controlPlaneNamespace,
+      options.trustDomain,
+    ),
+    LINKERD2_PROXY_IDENTITY_TOKEN_FILE: input.tokenFile,
+    LINKERD2_PROXY_IDENTITY_SVC_ADDR: input.addresses.identity,
+    LINKERD2_PROXY_IDENTITY_SVC_NAME: names.identity,
+    LINKERD2_PROXY_DESTINATION_SVC_ADDR: input.addresses.destination,
+    LINKERD2_PROXY_DESTINATION_SVC_NAME: names.destination,
+    LINKERD2_PROXY_DESTINATION_CONTEXT: JSON.stringify({ ns: pod.namespace, pod: pod.name }),
+    LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS: clusterNetworks,
+    LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES: `svc.${options.clusterDomain}.`,
+    LINKERD2_PROXY_POLICY_SVC_ADDR: input.addresses.policy,
+    LINKERD2_PROXY_POLICY_SVC_NAME: names.policy,
+    LINKERD2_PROXY_POLICY_WORKLOAD: JSON.stringify({ ns: pod.namespace, pod: pod.name }),
+    LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS: clusterNetworks,
+    LINKERD2_PROXY_INBOUND_DEFAULT_POLICY: defaultPolicy,
+  };
+  if (inboundPorts !== "") env.LINKERD2_PROXY_INBOUND_PORTS = inboundPorts;
+  if (opaquePorts.trim() !== "")
+    env.LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION = opaquePorts.trim();
+  if (pod.ip !== "") env.LINKERD2_PROXY_INBOUND_IPS = pod.ip;
+  return env;
+}
+
+/** `host:port`, bracketing IPv6 hosts. */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}

@@ -1,0 +1,267 @@
+import { DestinationError, MeshError, MeshErrorCode } from "@inmesh/core";
+import { type Clock, defaultRandom, type RandomSource, systemClock } from "./clock.js";
+import type { EndpointSet } from "./endpoint.js";
+import {
+  createFailureAccrualGate,
+  type FailureAccrualConfig,
+  type FailureAccrualGate,
+  failureAccrualConfig,
+  type GateState,
+} from "./failure-accrual.js";
+import type { FailureAccrualPolicy, LoadPolicy } from "./outbound-policy.js";
+import { DEFAULT_EWMA } from "./outbound-policy.js";
+
+/** Anything with a unique address can be balanced: discovered endpoints, DNS records, test doubles. */
+export interface BalancerEndpoint {
+  readonly address: string;
+}
+
+/** How a picked request ended. `canceled` neither helps nor hurts the endpoint's breaker. */
+export type PickOutcome = "success" | "failure" | "canceled";
+
+/**
+ * One load-tracked use of an endpoint. Call `onFirstByte()` when the first response byte (first DATA
+ * frame) arrives and `onComplete()` when the exchange ends; both are idempotent and safe after the
+ * endpoint was removed.
+ */
+export interface Pick<TEndpoint extends BalancerEndpoint = BalancerEndpoint> {
+  readonly endpoint: TEndpoint;
+  /** Stops counting the request as pending and records its round-trip time. */
+  onFirstByte(): void;
+  /** Records the outcome for failure accrual (and the RTT, if no byte arrived first). */
+  onComplete(outcome: PickOutcome): void;
+}
+
+export interface BalancerOptions<TEndpoint extends BalancerEndpoint> {
+  /** Initial endpoints; replace them with `update()`. */
+  endpoints?: readonly TEndpoint[] | EndpointSet;
+  /** RTT assumed for an endpoint without measurements. @default 30 */
+  defaultRttMs?: number;
+  /** Time for an old RTT measurement to weigh 1/e. @default 10000 */
+  decayMs?: number;
+  /** `load` of a policy backend; overrides `defaultRttMs`/`decayMs`. */
+  load?: LoadPolicy;
+  /** Circuit breaking per endpoint; off by default, as in Linkerd. */
+  failureAccrual?: FailureAccrualPolicy | FailureAccrualConfig;
+  /** Monotonic clock. @default performance.now */
+  clock?: Clock;
+  /** Uniform [0,1). @default secureRandom */
+  random?: RandomSource;
+}
+
+export interface EndpointLoad {
+  readonly address: string;
+  /** Current peak-EWMA RTT estimate (decayed to now). */
+  readonly rttMs: number;
+  readonly pending: number;
+  /** rttMs × (pending + 1): what P2C compares. */
+  readonly load: number;
+  readonly gate: GateState;
+}
+
+/**
+ * Peak-EWMA power-of-two-choices balancer (Tower `p2c` + `PeakEwma`, contract §8.4). Pure: it never
+ * connects anywhere, it only says which endpoint to use and learns from what the caller reports.
+ */
+export interface Balancer<TEndpoint extends BalancerEndpoint = BalancerEndpoint> {
+  /** Replaces the endpoint list. Kept addresses keep their load; removed ones drain (in-flight picks complete normally). */
+  update(endpoints: readonly TEndpoint[] | EndpointSet): void;
+  /** Picks an endpoint; throws `DestinationError` `MESH_ERR_DESTINATION_NO_ENDPOINTS` when none is ready. */
+  pick(): Pick<TEndpoint>;
+  /** Like `pick()`, but undefined instead of throwing. */
+  tryPick(): Pick<TEndpoint> | undefined;
+  /** Endpoints known (ready or not). */
+  size(): number;
+  /** Endpoints a pick may choose now. */
+  readyCount(): number;
+  /** When nothing is ready: time until a breaker allows a probe (undefined if none will by itself). */
+  nextReadyInMs(): number | undefined;
+  loads(): readonly EndpointLoad[];
+}
+
+interface Slot<TEndpoint> {
+  endpoint: TEndpoint;
+  rttMs: number;
+  updatedAt: number;
+  pending: number;
+  gate: FailureAccrualGate | undefined;
+}
+
+function isEndpointSet(value: unknown): value is EndpointSet {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && "exists" in value;
+}
+
+export function createBalancer<TEndpoint extends BalancerEndpoint>(
+  options: BalancerOptions<TEndpoint> = {},
+): Balancer<TEndpoint> {
+  const defaultRttMs = options.load?.defaultRttMs ?? options.defaultRttMs ?? DEFAULT_EWMA.defaultRttMs;
+  const decayMs = options.load?.decayMs ?? options.decayMs ?? DEFAULT_EWMA.decayMs;
+  if (!(defaultRttMs >= 0 && Number.isFinite(defaultRttMs)) || !(decayMs > 0 && Number.isFinite(decayMs))) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_ARG,
+      `invalid balancer: defaultRttMs=${defaultRttMs} decayMs=${decayMs}`,
+    );
+  }
+  const clock = options.clock ?? systemClock;
+  const random = options.random ?? defaultRandom;
+  const accrual =
+    options.failureAccrual && "kind" in options.failureAccrual
+      ? failureAccrualConfig(options.failureAccrual)
+      : (options.failureAccrual as FailureAccrualConfig | undefined);
+  if (accrual && !(Number.isInteger(accrual.maxFailures) && accrual.maxFailures >= 1)) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_ARG,
+      `invalid failure accrual: maxFailures=${accrual.maxFailures}`,
+    );
+  }
+
+  let slots: Slot<TEndpoint>[] = [];
+  let byAddress = new Map<string, Slot<TEndpoint>>();
+
+  // Tower's RttEstimate::decay: an update with a zero sample, so idle estimates drift towards 0.
+  const decayedRtt = (slot: Slot<TEndpoint>, now: number): number => {
+    const elapsed = now - slot.updatedAt;
+    if (elapsed <= 0) return slot.rttMs;
+    slot.rttMs *= Math.exp(-elapsed / decayMs);
+    slot.updatedAt = now;
+    return slot.rttMs;
+  };
+
+  // Tower's RttEstimate::update: a sample above the estimate replaces it (the peak); otherwise EWMA.
+  const observe = (slot: Slot<TEndpoint>, sampleMs: number, now: number) => {
+    if (slot.rttMs < sampleMs) {
+      slot.rttMs = sampleMs;
+    } else {
+      const elapsed = Math.max(0, now - slot.updatedAt);
+      const decay = Math.exp(-elapsed / decayMs);
+      slot.rttMs = slot.rttMs * decay + sampleMs * (1 - decay);
+    }
+    slot.updatedAt = now;
+  };
+
+  const load = (slot: Slot<TEndpoint>, now: number) => decayedRtt(slot, now) * (slot.pending + 1);
+
+  const isReady = (slot: Slot<TEndpoint>) => slot.gate === undefined || slot.gate.isReady();
+
+  const openCount = () => {
+    let count = 0;
+    for (const slot of slots) if (slot.gate === undefined || slot.gate.state() === "open") count += 1;
+    return count;
+  };
+
+  const update = (input: readonly TEndpoint[] | EndpointSet) => {
+    const list = (isEndpointSet(input) ? input.endpoints : input) as readonly TEndpoint[];
+    const now = clock.now();
+    const next = new Map<string, Slot<TEndpoint>>();
+    for (const endpoint of list) {
+      if (next.has(endpoint.address)) continue;
+      const existing = byAddress.get(endpoint.address);
+      if (existing) {
+        existing.endpoint = endpoint;
+        next.set(endpoint.address, existing);
+      } else {
+        next.set(endpoint.address, {
+          endpoint,
+          rttMs: defaultRttMs,
+          updatedAt: now,
+          pending: 0,
+          gate: accrual ? createFailureAccrualGate(accrual, { clock, random }) : undefined,
+        });
+      }
+    }
+    byAddress = next;
+    slots = [...next.values()];
+  };
+
+  const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => {
+    const startedAt = clock.now();
+    const probe = slot.gate?.begin() ?? false;
+    slot.pending += 1;
+    let measured = false;
+    let completed = false;
+    const measure = () => {
+      if (measured) return;
+      measured = true;
+      slot.pending = Math.max(0, slot.pending - 1);
+      const now = clock.now();
+      observe(slot, Math.max(0, now - startedAt), now);
+    };
+    return {
+      endpoint: slot.endpoint,
+      onFirstByte: measure,
+      onComplete(outcome) {
+        if (completed) return;
+        completed = true;
+        measure();
+        // A removed endpoint's breaker is gone with it; `byAddress` no longer holds this slot.
+        if (slot.gate && byAddress.get(slot.endpoint.address) === slot) {
+          const minReady = accrual?.minReadyEndpoints ?? 0;
+          slot.gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+        }
+      },
+    };
+  };
+
+  const tryPick = (): Pick<TEndpoint> | undefined => {
+    let ready: Slot<TEndpoint>[] = slots;
+    if (accrual) {
+      ready = [];
+      for (const slot of slots) if (isReady(slot)) ready.push(slot);
+    }
+    const n = ready.length;
+    if (n === 0) return undefined;
+    if (n === 1) return makePick(ready[0] as Slot<TEndpoint>);
+    const i = Math.min(n - 1, Math.floor(random() * n));
+    let j = Math.min(n - 2, Math.floor(random() * (n - 1)));
+    if (j >= i) j += 1;
+    const a = ready[i] as Slot<TEndpoint>;
+    const b = ready[j] as Slot<TEndpoint>;
+    const now = clock.now();
+    return makePick(load(a, now) <= load(b, now) ? a : b);
+  };
+
+  if (options.endpoints) update(options.endpoints);
+
+  return {
+    update,
+    tryPick,
+    pick() {
+      const picked = tryPick();
+      if (picked) return picked;
+      throw new DestinationError(
+        MeshErrorCode.DESTINATION_NO_ENDPOINTS,
+        slots.length === 0
+          ? "no endpoints to balance over"
+          : `all ${slots.length} endpoints are ejected by failure accrual`,
+        { details: { endpoints: slots.length } },
+      );
+    },
+    size: () => slots.length,
+    readyCount() {
+      let count = 0;
+      for (const slot of slots) if (isReady(slot)) count += 1;
+      return count;
+    },
+    nextReadyInMs() {
+      let soonest: number | undefined;
+      for (const slot of slots) {
+        const inMs = slot.gate ? slot.gate.readyInMs() : 0;
+        if (inMs !== undefined && (soonest === undefined || inMs < soonest)) soonest = inMs;
+      }
+      return soonest;
+    },
+    loads() {
+      const now = clock.now();
+      return slots.map((slot) => {
+        const rttMs = decayedRtt(slot, now);
+        return Object.freeze({
+          address: slot.endpoint.address,
+          rttMs,
+          pending: slot.pending,
+          load: rttMs * (slot.pending + 1),
+          gate: slot.gate?.state() ?? "open",
+        });
+      });
+    },
+  };
+}

@@ -1,0 +1,201 @@
+import { isDnsName } from "@inmesh/core";
+import { type destination, ipAddressToString } from "@inmesh/proto";
+import { boundedLabels, positiveDurationMs } from "./convert.js";
+import { LIMITS } from "./limits.js";
+import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
+
+/** The identity a client must verify on an endpoint, and the SNI it must send. */
+export interface EndpointTlsIdentity {
+  /** `dns`: a Linkerd identity such as `web.ns.serviceaccount.identity.linkerd.cluster.local`; `uri`: SPIFFE. */
+  readonly kind: "dns" | "uri";
+  readonly name: string;
+  /** The TLS server name (SNI) to send; equals `name` for DNS-like identities of Linkerd pods. */
+  readonly serverName: string;
+}
+
+/** HTTP/2 client parameters the controller asks for (contract §8.3, §10.5). */
+export interface EndpointHttp2Params {
+  readonly keepAliveIntervalMs?: number;
+  readonly keepAliveTimeoutMs?: number;
+  readonly keepAliveWhileIdle: boolean;
+  readonly initialStreamWindowSize?: number;
+  readonly initialConnectionWindowSize?: number;
+  readonly maxFrameSize?: number;
+}
+
+/** One discovered endpoint, as the outbound dispatcher needs it. Immutable. */
+export interface Endpoint {
+  /** `ip:port`, IPv6 in brackets; unique within a set. */
+  readonly address: string;
+  /** The IP address, without brackets. */
+  readonly host: string;
+  readonly port: number;
+  /** Controller weight (10000 by default). linkerd2-proxy does not balance on it, and neither do we. */
+  readonly weight: number;
+  /** Set-level labels merged with address-level labels (address wins); prefix with `dst_` for metrics. */
+  readonly metricLabels: Readonly<Record<string, string>>;
+  /** Present only for meshed endpoints: connect with mTLS and verify this identity. */
+  readonly tlsIdentity?: EndpointTlsIdentity;
+  /** `h2`: speak prior-knowledge HTTP/2; `opaque`: forward bytes only; undefined: no hint (HTTP/1 as is). */
+  readonly protocolHint: "h2" | "opaque" | undefined;
+  /** When set, connect to this port and send the transport header naming `port` (contract §4.4). */
+  readonly opaqueTransportPort?: number;
+  /** Multicluster gateways: the authority to send instead of the original one. */
+  readonly authorityOverride?: string;
+  readonly http2?: EndpointHttp2Params;
+  readonly resourceRef?: ResourceMetadata;
+}
+
+/**
+ * The endpoints of one authority at one point in time. Each update produces a new immutable snapshot.
+ * `exists: false` means the controller says the service does not exist (a DNS fallback is allowed);
+ * `exists: true` with no endpoints means it exists but nothing is ready.
+ */
+export interface EndpointSet {
+  readonly exists: boolean;
+  readonly endpoints: readonly Endpoint[];
+  get(address: string): Endpoint | undefined;
+}
+
+export function createEndpointSet(exists: boolean, endpoints: Iterable<Endpoint>): EndpointSet {
+  const byAddress = new Map<string, Endpoint>();
+  for (const endpoint of endpoints) byAddress.set(endpoint.address, endpoint);
+  const list = Object.freeze([...byAddress.values()]);
+  return Object.freeze({
+    exists,
+    endpoints: list,
+    get: (address: string) => byAddress.get(address),
+  });
+}
+
+export const NO_ENDPOINTS: EndpointSet = createEndpointSet(true, []);
+
+function tlsIdentityFromProto(
+  tls: destination.TlsIdentity | undefined,
+): EndpointTlsIdentity | undefined | null {
+  if (!tls?.strategy) return undefined;
+  const serverName = tls.serverName?.name;
+  if (serverName !== undefined && serverName !== "" && !isDnsName(serverName)) return null;
+  if (tls.strategy.$case === "dnsLikeIdentity") {
+    const name = tls.strategy.value.name;
+    if (!isDnsName(name)) return null;
+    return Object.freeze({ kind: "dns", name, serverName: serverName || name });
+  }
+  const uri = tls.strategy.value.uri;
+  // A URI identity cannot double as an SNI: without a server name the endpoint cannot be verified.
+  if (!/^[a-z][a-z0-9+.-]*:\/\/[\x21-\x7e]+$/i.test(uri) || uri.length > 2048 || !serverName) return null;
+  return Object.freeze({ kind: "uri", name: uri, serverName });
+}
+
+/**
+ * Converts one `WeightedAddr`. Returns undefined when the address is unusable: no IP, port out of range,
+ * or a TLS identity that cannot be verified (never downgraded to plaintext).
+ */
+export function endpointFromProto(
+  addr: destination.WeightedAddr,
+  setLabels: { readonly [key: string]: string } = {},
+): Endpoint | undefined {
+  const host = ipAddressToString(addr.addr?.ip);
+  const port = addr.addr?.port ?? 0;
+  if (host === undefined || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  const tlsIdentity = tlsIdentityFromProto(addr.tlsIdentity);
+  if (tlsIdentity === null) return undefined;
+  // Address labels come second so they override set labels of the same name.
+  const metricLabels = boundedLabels([setLabels, addr.metricLabels]);
+
+  const hint = addr.protocolHint;
+  const protocolHint =
+    hint?.protocol?.$case === "h2" ? "h2" : hint?.protocol?.$case === "opaque" ? "opaque" : undefined;
+  const transportPort = hint?.opaqueTransport?.inboundPort;
+  const override = addr.authorityOverride?.authorityOverride;
+
+  const endpoint: {
+    -readonly [K in keyof Endpoint]: Endpoint[K];
+  } = {
+    address: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`,
+    host,
+    port,
+    weight: addr.weight,
+    metricLabels,
+    protocolHint,
+  };
+  if (tlsIdentity) endpoint.tlsIdentity = tlsIdentity;
+  if (transportPort !== undefined && transportPort >= 1 && transportPort <= 65535)
+    endpoint.opaqueTransportPort = transportPort;
+  if (override !== undefined && override !== "" && override.length <= 512)
+    endpoint.authorityOverride = override;
+  if (addr.http2) {
+    const keepAlive = addr.http2.keepAlive;
+    const flow = addr.http2.flowControl;
+    const params: { -readonly [K in keyof EndpointHttp2Params]: EndpointHttp2Params[K] } = {
+      keepAliveWhileIdle: keepAlive?.whileIdle ?? false,
+    };
+    const interval = positiveDurationMs(keepAlive?.interval);
+    const timeout = positiveDurationMs(keepAlive?.timeout);
+    if (interval !== undefined) params.keepAliveIntervalMs = interval;
+    if (timeout !== undefined) params.keepAliveTimeoutMs = timeout;
+    if (flow?.initialStreamWindowSize) params.initialStreamWindowSize = flow.initialStreamWindowSize;
+    if (flow?.initialConnectionWindowSize)
+      params.initialConnectionWindowSize = flow.initialConnectionWindowSize;
+    if (addr.http2.internals?.maxFrameSize) params.maxFrameSize = addr.http2.internals.maxFrameSize;
+    endpoint.http2 = Object.freeze(params);
+  }
+  if (addr.resourceRef?.kind) endpoint.resourceRef = metadataFromProto(addr.resourceRef);
+  return Object.freeze(endpoint);
+}
+
+function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  return a === b || JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Applies one `Update` to the current set (contract §8.2). `fresh` marks the first message of a new
+ * stream: it is applied to an empty state, so endpoints removed while disconnected do not linger.
+ * Returns `previous` itself when nothing changed and undefined when the message is ignored (an `add`
+ * with no valid address, or an empty oneof).
+ */
+export function applyEndpointUpdate(
+  previous: EndpointSet | undefined,
+  update: destination.Update,
+  fresh: boolean,
+): EndpointSet | undefined {
+  const kind = update.update;
+  if (!kind) return undefined;
+  const base = fresh || previous === undefined || !previous.exists ? NO_ENDPOINTS : previous;
+  switch (kind.$case) {
+    case "noEndpoints": {
+      const next = kind.value.exists ? NO_ENDPOINTS : createEndpointSet(false, []);
+      return previous && previous.exists === next.exists && previous.endpoints.length === 0 ? previous : next;
+    }
+    case "add": {
+      const added: Endpoint[] = [];
+      for (const addr of kind.value.addrs) {
+        const endpoint = endpointFromProto(addr, kind.value.metricLabels);
+        if (endpoint) added.push(endpoint);
+      }
+      if (added.length === 0) return undefined;
+      const merged = new Map<string, Endpoint>();
+      for (const endpoint of base.endpoints) merged.set(endpoint.address, endpoint);
+      let changed = base !== previous;
+      for (const endpoint of added) {
+        const existing = merged.get(endpoint.address);
+        if (existing === undefined && merged.size >= LIMITS.maxEndpoints) continue;
+        if (existing !== undefined && sameEndpoint(existing, endpoint)) continue;
+        merged.set(endpoint.address, endpoint);
+        changed = true;
+      }
+      return changed || previous === undefined ? createEndpointSet(true, merged.values()) : previous;
+    }
+    case "remove": {
+      const removed = new Set<string>();
+      for (const tcp of kind.value.addrs) {
+        const host = ipAddressToString(tcp.ip);
+        if (host !== undefined)
+          removed.add(host.includes(":") ? `[${host}]:${tcp.port}` : `${host}:${tcp.port}`);
+      }
+      const kept = base.endpoints.filter((endpoint) => !removed.has(endpoint.address));
+      if (base === previous && kept.length === base.endpoints.length) return previous;
+      return createEndpointSet(true, kept);
+    }
+  }
+}

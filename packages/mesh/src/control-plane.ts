@@ -1,0 +1,93 @@
+import { type ChannelCredentials, type ChannelOptions, credentials } from "@grpc/grpc-js";
+import type { ControlPlaneAddress } from "@inmesh/core";
+import type { IdentityProvider } from "@inmesh/identity";
+import { destination, inbound, outbound } from "@inmesh/proto";
+
+/** Every control-plane message is capped (R7: a stream may not make us buffer a huge message). */
+export const CONTROL_PLANE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+export function grpcTarget(address: ControlPlaneAddress): string {
+  return address.host.includes(":")
+    ? `ipv6:[${address.host}]:${address.port}`
+    : `${address.host}:${address.port}`;
+}
+
+function channelOptions(address: ControlPlaneAddress): ChannelOptions {
+  return {
+    "grpc.max_receive_message_length": CONTROL_PLANE_MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": CONTROL_PLANE_MAX_MESSAGE_BYTES,
+    // Real control-plane pods sit behind a headless Service: balance over every address it resolves to.
+    "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    ...(address.plaintext ? {} : { "grpc.ssl_target_name_override": address.serverName ?? address.host }),
+  };
+}
+
+/**
+ * Plaintext to a loopback control plane (as linkerd2-proxy does), otherwise mTLS with our current
+ * certificate, checking that the controller presents `<NAME>_SVC_NAME` as its single DNS SAN.
+ */
+export type ControlPlaneCredentialsFactory = (
+  address: ControlPlaneAddress,
+  identity: IdentityProvider,
+) => ChannelCredentials;
+
+export const defaultControlPlaneCredentials: ControlPlaneCredentialsFactory = (address, identity) => {
+  if (address.plaintext) return credentials.createInsecure();
+  const material = identity.material();
+  return credentials.createSsl(
+    Buffer.from(material.trustAnchorsPem),
+    Buffer.from(material.privateKeyPem),
+    Buffer.from(material.certificateChainPem),
+    { checkServerIdentity: identity.checkServerIdentity(address.serverName as string) },
+  );
+};
+
+export interface ControlPlaneClients {
+  readonly policy: InstanceType<typeof inbound.InboundServerPoliciesClient> | undefined;
+  readonly outboundPolicy: InstanceType<typeof outbound.OutboundPoliciesClient> | undefined;
+  readonly destination: InstanceType<typeof destination.DestinationClient> | undefined;
+  close(): void;
+}
+
+export function openControlPlaneClients(
+  addresses: { policy: ControlPlaneAddress | undefined; destination: ControlPlaneAddress | undefined },
+  identity: IdentityProvider,
+  credentialsFor: ControlPlaneCredentialsFactory,
+): ControlPlaneClients {
+  const policyAddress = addresses.policy;
+  const destinationAddress = addresses.destination;
+  const policyCredentials = policyAddress ? credentialsFor(policyAddress, identity) : undefined;
+  const policy =
+    policyAddress && policyCredentials
+      ? new inbound.InboundServerPoliciesClient(
+          grpcTarget(policyAddress),
+          policyCredentials,
+          channelOptions(policyAddress),
+        )
+      : undefined;
+  // Inbound and outbound policy are one controller: share its channel.
+  const outboundPolicy =
+    policyAddress && policyCredentials && policy
+      ? new outbound.OutboundPoliciesClient(grpcTarget(policyAddress), policyCredentials, {
+          ...channelOptions(policyAddress),
+          channelOverride: policy.getChannel(),
+        })
+      : undefined;
+  const destinationClient = destinationAddress
+    ? new destination.DestinationClient(
+        grpcTarget(destinationAddress),
+        credentialsFor(destinationAddress, identity),
+        channelOptions(destinationAddress),
+      )
+    : undefined;
+  return {
+    policy,
+    outboundPolicy,
+    destination: destinationClient,
+    close() {
+      outboundPolicy?.close();
+      policy?.close();
+      destinationClient?.close();
+    },
+  };
+}

@@ -1,0 +1,6 @@
+export type { MeshConfig, MeshConfigOptions } from "./config.js";
+export { DEFAULT_CLUSTER_NETWORKS, resolveMeshConfig } from "./config.js";
+export type { ControlPlaneCredentialsFactory } from "./control-plane.js";
+export { CONTROL_PLANE_MAX_MESSAGE_BYTES, defaultControlPlaneCredentials } from "./control-plane.js";
+export type { MeshCore, MeshEvents, MeshOptions, MeshPolicySource, MeshState, MeshStatus } from "./mesh.js";
+export { createMeshCore } from "./mesh.js";

@@ -1,0 +1,271 @@
+import { EventEmitter } from "node:events";
+import { type Env, MeshChannel, MeshError, MeshErrorCode, meshChannel } from "@inmesh/core";
+import { createDiscovery, type Discovery } from "@inmesh/destination";
+import {
+  createIdentityProvider,
+  type IdentityProvider,
+  type IdentityProviderOptions,
+} from "@inmesh/identity";
+import {
+  type CompiledServerPolicy,
+  createPolicyWatcher,
+  defaultServerPolicy,
+  NOT_LOADED_POLICY,
+  type PolicyWatcher,
+  type WaitForPolicyOptions,
+} from "@inmesh/policy";
+import { type MeshConfig, type MeshConfigOptions, resolveMeshConfig } from "./config.js";
+import {
+  type ControlPlaneClients,
+  type ControlPlaneCredentialsFactory,
+  defaultControlPlaneCredentials,
+  openControlPlaneClients,
+} from "./control-plane.js";
+
+export interface MeshOptions extends MeshConfigOptions {
+  /** Where `LINKERD2_PROXY_*` come from. @default process.env */
+  env?: Env;
+  /** Options for the identity provider (trust anchors, token, refresh bounds…), over the environment. */
+  identity?: Omit<IdentityProviderOptions, "env">;
+  /** Bring your own provider instead (for example shared by several meshes in one test). */
+  identityProvider?: IdentityProvider;
+  /**
+   * How long a request that arrives before its port's first policy is held before it is denied.
+   * @default 1000
+   */
+  policyInitialWaitMs?: number;
+  /** Linkerd's behaviour: serve the default policy until the controller answers. @default false */
+  serveDefaultPolicyUntilLoaded?: boolean;
+  /** Credentials for the policy and destination channels. @default plaintext on loopback, else mTLS */
+  controlPlaneCredentials?: ControlPlaneCredentialsFactory;
+}
+
+/** What `policyFor` / `waitForPolicy` callers need; the mesh hands it out before the watcher exists. */
+export interface MeshPolicySource {
+  policyFor(port: number): CompiledServerPolicy;
+  waitForPolicy(port: number, options?: WaitForPolicyOptions): Promise<CompiledServerPolicy>;
+  readonly initialWaitMs: number;
+}
+
+export type MeshStatus = "starting" | "ready" | "degraded" | "closing" | "closed";
+
+export interface MeshState {
+  readonly status: MeshStatus;
+  readonly identity: ReturnType<IdentityProvider["state"]>;
+  readonly policy: ReturnType<PolicyWatcher["state"]>;
+  /** Why the mesh is not ready, empty when it is. */
+  readonly reasons: readonly string[];
+}
+
+export interface MeshEvents {
+  status: MeshStatus;
+  error: MeshError;
+}
+
+export interface MeshCore extends AsyncDisposable {
+  readonly config: MeshConfig;
+  readonly identity: IdentityProvider;
+  /** Inbound policy for the served ports, usable at once (requests wait for the first policy). */
+  readonly policy: MeshPolicySource;
+  /** Discovery over the destination and policy controllers; undefined when none is configured. */
+  readonly discovery: Discovery | undefined;
+  /**
+   * Resolves when identity is issued and policy for every served port is loaded, as Linkerd makes the
+   * proxy ready before the application starts. Rejects on abort or close.
+   */
+  ready(options?: { signal?: AbortSignal }): Promise<void>;
+  isReady(): boolean;
+  state(): MeshState;
+  on<TEvent extends keyof MeshEvents>(
+    event: TEvent,
+    listener: (value: MeshEvents[TEvent]) => void,
+  ): () => void;
+  /** Registers work that `close()` must finish first (servers draining, dispatchers closing). */
+  onClose(task: () => Promise<void> | void): void;
+  /** Drains in-flight work, then stops watches, closes channels and stops identity refresh. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Owns identity, policy and discovery for one service. The inbound and outbound adapters are layered on
+ * top by `createMesh`.
+ */
+export function createMeshCore(options: MeshOptions = {}): MeshCore {
+  const env = options.env ?? process.env;
+  const config = resolveMeshConfig(env, options);
+  const identity = options.identityProvider ?? createIdentityProvider({ ...options.identity, env });
+  const ownsIdentity = options.identityProvider === undefined;
+  const initialWaitMs = options.policyInitialWaitMs ?? 1000;
+  const credentialsFor = options.controlPlaneCredentials ?? defaultControlPlaneCredentials;
+  const events = new EventEmitter();
+  const closeTasks: (() => Promise<void> | void)[] = [];
+  const lifetime = new AbortController();
+  const statusChannel = meshChannel(MeshChannel.identityChanged);
+
+  let status: MeshStatus = "starting";
+  let clients: ControlPlaneClients | undefined;
+  let watcher: PolicyWatcher | undefined;
+  let discovery: Discovery | undefined;
+  let closing: Promise<void> | undefined;
+
+  // Before any controller answers (or with no policy controller at all) the port is served under the
+  // fallback the watcher would use: strict → not loaded (deny), Linkerd mode → the default policy.
+  const fallbackPolicy = (port: number): CompiledServerPolicy => {
+    if (!options.serveDefaultPolicyUntilLoaded && config.policy) return NOT_LOADED_POLICY;
+    return defaultServerPolicy(config.defaultPolicy, {
+      clusterNetworks: config.clusterNetworksText.split(","),
+      opaque: config.opaquePorts.has(port),
+    });
+  };
+
+  const setStatus = (next: MeshStatus) => {
+    if (status === next) return;
+    status = next;
+    events.emit("status", next);
+  };
+
+  const watcherReady = new Promise<PolicyWatcher | undefined>((resolve, reject) => {
+    identity
+      .ready({ signal: lifetime.signal })
+      .then(() => {
+        clients = openControlPlaneClients(
+          { policy: config.policy?.address, destination: config.destination?.address },
+          identity,
+          credentialsFor,
+        );
+        if (clients.destination || clients.outboundPolicy) {
+          discovery = createDiscovery({
+            ...(clients.destination ? { destinationClient: clients.destination } : {}),
+            ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
+            contextToken: config.destination?.contextToken ?? "",
+            ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
+          });
+        }
+        if (clients.policy && config.policy && config.inboundPorts.length > 0) {
+          watcher = createPolicyWatcher({
+            client: clients.policy,
+            workload: config.policy.workload,
+            ports: config.inboundPorts,
+            defaultPolicy: config.defaultPolicy,
+            clusterNetworks: config.clusterNetworksText.split(","),
+            opaquePorts: [...config.opaquePorts],
+            initialWaitMs,
+            serveDefaultUntilLoaded: options.serveDefaultPolicyUntilLoaded ?? false,
+          });
+        }
+        resolve(watcher);
+      })
+      .catch(reject);
+  });
+  // A close before identity is ready rejects this; callers of ready() see it, nobody else must.
+  watcherReady.catch(() => undefined);
+
+  const policy: MeshPolicySource = {
+    initialWaitMs,
+    policyFor(port) {
+      return watcher ? watcher.policyFor(port) : fallbackPolicy(port);
+    },
+    async waitForPolicy(port, waitOptions = {}) {
+      if (watcher) return watcher.waitForPolicy(port, waitOptions);
+      const timeoutMs = waitOptions.timeoutMs ?? initialWaitMs;
+      const signals = [AbortSignal.timeout(timeoutMs), ...(waitOptions.signal ? [waitOptions.signal] : [])];
+      try {
+        const ready = await Promise.race([
+          watcherReady,
+          new Promise<never>((_, reject) => {
+            const signal = AbortSignal.any(signals);
+            signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+          }),
+        ]);
+        return ready ? ready.waitForPolicy(port, waitOptions) : fallbackPolicy(port);
+      } catch (error) {
+        if (waitOptions.signal?.aborted) throw error;
+        return fallbackPolicy(port);
+      }
+    },
+  };
+
+  const identityListeners = [
+    identity.on("expired", () => {
+      setStatus("degraded");
+      events.emit(
+        "error",
+        new MeshError(
+          MeshErrorCode.IDENTITY_EXPIRED,
+          "the workload certificate expired; outbound calls fail until it is renewed",
+        ),
+      );
+    }),
+    identity.on("issued", () => {
+      if (status === "degraded") setStatus(isReady() ? "ready" : "starting");
+    }),
+  ];
+
+  const reasons = (): string[] => {
+    const found: string[] = [];
+    const identityState = identity.state();
+    if (!identityState.ready) found.push(`identity ${identityState.status}`);
+    if (config.policy && config.inboundPorts.length > 0) {
+      if (!watcher) found.push("policy controller not connected");
+      else
+        for (const port of watcher.state())
+          if (!port.loaded) found.push(`policy for port ${port.port} not loaded`);
+    }
+    return found;
+  };
+
+  function isReady(): boolean {
+    return status !== "closing" && status !== "closed" && reasons().length === 0;
+  }
+
+  async function ready(readyOptions: { signal?: AbortSignal } = {}): Promise<void> {
+    const signal = readyOptions.signal
+      ? AbortSignal.any([readyOptions.signal, lifetime.signal])
+      : lifetime.signal;
+    await identity.ready({ signal });
+    const policyWatcher = await watcherReady;
+    await policyWatcher?.ready({ signal });
+    if (status === "starting") setStatus("ready");
+    if (statusChannel.hasSubscribers) {
+      const state = identity.state();
+      statusChannel.publish({ status: "ready", expiresAtMs: state.notAfterMs, serial: state.serial });
+    }
+  }
+
+  async function close(): Promise<void> {
+    closing ??= (async () => {
+      setStatus("closing");
+      // Drain what is in flight first: servers and dispatchers registered their close tasks.
+      await Promise.allSettled(closeTasks.map((task) => task()));
+      lifetime.abort(new MeshError(MeshErrorCode.CLOSED, "the mesh was closed"));
+      for (const unsubscribe of identityListeners) unsubscribe();
+      await watcher?.close();
+      await discovery?.close();
+      clients?.close();
+      if (ownsIdentity) await identity.close();
+      setStatus("closed");
+    })();
+    return closing;
+  }
+
+  return {
+    config,
+    identity,
+    policy,
+    get discovery() {
+      return discovery;
+    },
+    ready,
+    isReady,
+    state: () => ({ status, identity: identity.state(), policy: watcher?.state() ?? [], reasons: reasons() }),
+    on(event, listener) {
+      events.on(event, listener);
+      return () => events.off(event, listener);
+    },
+    onClose(task) {
+      closeTasks.push(task);
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
