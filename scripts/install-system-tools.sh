@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Tests talk to real peers: openssl (s_client, verify) and curl. Install them from Debian when missing.
+# Tests talk to real peers: openssl (s_client, verify), curl, and nginx (a stand-in for a sidecar inbound). Install them from Debian when missing.
 set -euo pipefail
 missing=()
-for tool in openssl curl; do
+for tool in openssl curl nginx; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,450 @@
+import { X509Certificate } from "node:crypto";
+import { isDnsName } from "@inmesh/core";
+import { parseTrustAnchors, type TrustAnchors } from "./anchors.js";
+import {
+  type CertificateExtension,
+  type DerError,
+  KEY_USAGE,
+  OID,
+  type ParsedCertificate,
+  parseBasicConstraints,
+  parseCertificate,
+  parseExtendedKeyUsage,
+  parseGeneralNames,
+  parseKeyUsage,
+  parseNameConstraints,
+} from "./der.js";
+
+/**
+ * Why a peer (or issued) certificate was refused. Stable strings: tests, metrics and logs use them.
+ */
+export type PeerCertificateFailureReason =
+  | "malformed"
+  | "too-large"
+  | "chain-too-long"
+  | "expired"
+  | "not-yet-valid"
+  | "self-signed"
+  | "unknown-issuer"
+  | "bad-signature"
+  | "issuer-not-ca"
+  | "path-length-exceeded"
+  | "name-constraints"
+  | "weak-signature-algorithm"
+  | "weak-key"
+  | "explicit-ec-parameters"
+  | "leaf-key-not-p256"
+  | "unknown-critical-extension"
+  | "leaf-is-ca"
+  | "key-usage"
+  | "extended-key-usage"
+  | "missing-san"
+  | "san-count"
+  | "san-not-dns"
+  | "san-invalid-dns"
+  | "identity-mismatch"
+  /** node:tls (OpenSSL) refused the chain during the handshake; `detail` holds its code. */
+  | "tls-unauthorized";
+
+export interface PeerCertificateFailure {
+  readonly reason: PeerCertificateFailureReason;
+  readonly message: string;
+  /** Position in the verified path (0 = leaf) when the failure is about one certificate. */
+  readonly depth?: number;
+}
+
+export type PeerCertificateVerdict =
+  | {
+      readonly ok: true;
+      readonly identity: string;
+      readonly notBeforeMs: number;
+      readonly notAfterMs: number;
+    }
+  | { readonly ok: false; readonly failure: PeerCertificateFailure };
+
+/** Which EKU the leaf must carry: a peer connecting to us ("client"), a server we dial ("server"), our own ("both"). */
+export type CertificatePurpose = "client" | "server" | "both";
+
+export interface LeafCheckOptions {
+  /** When set, the single DNS SAN must equal it. */
+  expectedIdentity?: string;
+  /** @default "client" */
+  purpose?: CertificatePurpose;
+  /** @default 16384 */
+  maxCertificateBytes?: number;
+}
+
+export interface ChainVerifyOptions extends LeafCheckOptions {
+  /** Wall-clock time to verify at. @default Date.now() */
+  nowMs?: number;
+  /** How far in the future a notBefore may be (clock skew between us and the issuer). @default 0 */
+  clockSkewToleranceMs?: number;
+  /** Intermediates beyond this are refused before any signature is checked. @default 8 */
+  maxIntermediates?: number;
+}
+
+export const DEFAULT_MAX_CERTIFICATE_BYTES = 16 * 1024;
+const DEFAULT_MAX_INTERMEDIATES = 8;
+
+/**
+ * Critical extensions we understand. Anything else marked critical is refused, as OpenSSL does
+ * (OpenSSL additionally accepts critical certificate-policy extensions; we do not: Linkerd never sets them).
+ */
+const HANDLED_CRITICAL = new Set<string>([
+  OID.basicConstraints,
+  OID.keyUsage,
+  OID.extKeyUsage,
+  OID.subjectAltName,
+  OID.nameConstraints,
+]);
+
+const STRONG_SIGNATURES = new Set<string>([
+  OID.ecdsaWithSha256,
+  OID.ecdsaWithSha384,
+  OID.ecdsaWithSha512,
+  OID.sha256WithRsa,
+  OID.sha384WithRsa,
+  OID.sha512WithRsa,
+  OID.ed25519,
+]);
+
+const ISSUER_CURVES = new Set<string>([OID.prime256v1, OID.secp384r1, OID.secp521r1]);
+
+class Refusal extends Error {
+  readonly failure: PeerCertificateFailure;
+  constructor(reason: PeerCertificateFailureReason, message: string, depth?: number) {
+    super(message);
+    this.failure = depth === undefined ? { reason, message } : { reason, message, depth };
+  }
+}
+
+function refuse(reason: PeerCertificateFailureReason, message: string, depth?: number): never {
+  throw new Refusal(reason, message, depth);
+}
+
+function extension(parsed: ParsedCertificate, oid: string): CertificateExtension | undefined {
+  return parsed.extensions.find((item) => item.oid === oid);
+}
+
+function parseOrRefuse(der: Uint8Array, depth: number, maxBytes: number): ParsedCertificate {
+  if (der.byteLength > maxBytes)
+    refuse("too-large", `certificate of ${der.byteLength} bytes exceeds ${maxBytes}`, depth);
+  try {
+    return parseCertificate(der);
+  } catch (error) {
+    refuse("malformed", `certificate does not parse: ${(error as Error).message}`, depth);
+  }
+}
+
+function checkCommon(parsed: ParsedCertificate, depth: number, isAnchor: boolean): void {
+  for (const item of parsed.extensions) {
+    if (item.critical && !HANDLED_CRITICAL.has(item.oid)) {
+      refuse("unknown-critical-extension", "certificate carries an unknown critical extension", depth);
+    }
+  }
+  // A trust anchor's own signature carries no meaning; every other signature must be strong.
+  if (!isAnchor) {
+    if (parsed.signatureAlgorithm !== parsed.tbsSignatureAlgorithm) {
+      refuse("malformed", "signature algorithm differs from the one inside the TBS", depth);
+    }
+    if (!STRONG_SIGNATURES.has(parsed.signatureAlgorithm)) {
+      refuse(
+        "weak-signature-algorithm",
+        "signature algorithm is not an allowed SHA-2/EdDSA algorithm",
+        depth,
+      );
+    }
+  }
+}
+
+function requiredUsages(purpose: CertificatePurpose): string[] {
+  if (purpose === "client") return [OID.clientAuth];
+  if (purpose === "server") return [OID.serverAuth];
+  return [OID.serverAuth, OID.clientAuth];
+}
+
+function parseSan(parsed: ParsedCertificate): string {
+  const san = extension(parsed, OID.subjectAltName);
+  if (!san) refuse("missing-san", "certificate has no subjectAltName", 0);
+  let names: ReturnType<typeof parseGeneralNames>;
+  try {
+    names = parseGeneralNames(san.value);
+  } catch (error) {
+    refuse("malformed", `subjectAltName does not parse: ${(error as DerError).message}`, 0);
+  }
+  if (names.length !== 1)
+    refuse("san-count", `expected exactly one subjectAltName, found ${names.length}`, 0);
+  const only = names[0] as { type: number; value: Buffer };
+  if (only.type !== 2) refuse("san-not-dns", `subjectAltName is of type [${only.type}], not dNSName`, 0);
+  // Byte-level check before any string conversion, so NUL, non-ASCII and separators cannot slip through.
+  for (const byte of only.value) {
+    const isLower = byte >= 0x61 && byte <= 0x7a;
+    const isDigit = byte >= 0x30 && byte <= 0x39;
+    if (!isLower && !isDigit && byte !== 0x2d && byte !== 0x2e) {
+      refuse("san-invalid-dns", `dNSName holds byte 0x${byte.toString(16).padStart(2, "0")}`, 0);
+    }
+  }
+  const name = only.value.toString("latin1");
+  if (!isDnsName(name)) refuse("san-invalid-dns", "dNSName is not a valid lower-case DNS name", 0);
+  return name;
+}
+
+/** The leaf rules of a Linkerd identity, applied to a certificate whose chain is already verified. */
+function checkLeaf(parsed: ParsedCertificate, options: LeafCheckOptions): string {
+  checkCommon(parsed, 0, false);
+  if (parsed.keyCurve === "explicit")
+    refuse("explicit-ec-parameters", "leaf key uses explicit EC parameters", 0);
+  if (parsed.keyCurve !== OID.prime256v1) refuse("leaf-key-not-p256", "leaf key is not ECDSA P-256", 0);
+  let basic: ReturnType<typeof parseBasicConstraints> | undefined;
+  let keyUsage: number | undefined;
+  let extendedUsages: string[] | undefined;
+  try {
+    const basicExtension = extension(parsed, OID.basicConstraints);
+    basic = basicExtension ? parseBasicConstraints(basicExtension.value) : undefined;
+    const keyUsageExtension = extension(parsed, OID.keyUsage);
+    keyUsage = keyUsageExtension ? parseKeyUsage(keyUsageExtension.value) : undefined;
+    const ekuExtension = extension(parsed, OID.extKeyUsage);
+    extendedUsages = ekuExtension ? parseExtendedKeyUsage(ekuExtension.value) : undefined;
+  } catch (error) {
+    refuse("malformed", `extension does not parse: ${(error as Error).message}`, 0);
+  }
+  if (basic?.ca) refuse("leaf-is-ca", "leaf certificate is a CA (basicConstraints CA:TRUE)", 0);
+  if (keyUsage === undefined || (keyUsage & KEY_USAGE.digitalSignature) === 0) {
+    refuse("key-usage", "leaf keyUsage must be present and include digitalSignature", 0);
+  }
+  if (keyUsage & KEY_USAGE.keyCertSign) refuse("key-usage", "leaf keyUsage includes keyCertSign", 0);
+  for (const usage of requiredUsages(options.purpose ?? "client")) {
+    if (!extendedUsages?.includes(usage)) {
+      refuse("extended-key-usage", "leaf extendedKeyUsage lacks the purpose it is used for", 0);
+    }
+  }
+  const name = parseSan(parsed);
+  if (options.expectedIdentity !== undefined && name !== options.expectedIdentity) {
+    refuse("identity-mismatch", `certificate is for ${name}, expected ${options.expectedIdentity}`, 0);
+  }
+  return name;
+}
+
+function verdictFrom(
+  run: () => { identity: string; notBeforeMs: number; notAfterMs: number },
+): PeerCertificateVerdict {
+  try {
+    return { ok: true, ...run() };
+  } catch (error) {
+    if (error instanceof Refusal) return { ok: false, failure: error.failure };
+    // Anything unexpected is still a refusal, never a crash and never an acceptance.
+    return {
+      ok: false,
+      failure: { reason: "malformed", message: (error as Error)?.message ?? String(error) },
+    };
+  }
+}
+
+/**
+ * Leaf-only policy check for a certificate whose chain OpenSSL has already verified (the TLS path):
+ * ECDSA P-256 key, not a CA, keyUsage digitalSignature, EKU for `purpose`, no unknown critical
+ * extension, SHA-2 signature, and exactly one subjectAltName, a lower-case dNSName (equal to
+ * `expectedIdentity` when given). URI, IP, email and other SAN types are refused.
+ */
+export function checkLeafCertificate(
+  leafDer: Uint8Array,
+  options: LeafCheckOptions = {},
+): PeerCertificateVerdict {
+  return verdictFrom(() => {
+    const parsed = parseOrRefuse(leafDer, 0, options.maxCertificateBytes ?? DEFAULT_MAX_CERTIFICATE_BYTES);
+    return {
+      identity: checkLeaf(parsed, options),
+      notBeforeMs: parsed.notBeforeMs,
+      notAfterMs: parsed.notAfterMs,
+    };
+  });
+}
+
+function signedBy(child: X509Certificate, parent: X509Certificate): "yes" | "no" | "bad-signature" {
+  try {
+    if (!child.checkIssued(parent)) return "no";
+    return child.verify(parent.publicKey) ? "yes" : "bad-signature";
+  } catch {
+    return "bad-signature";
+  }
+}
+
+/** Only used to word a refusal; never to accept anything. */
+function isSelfSignature(certificate: X509Certificate): boolean {
+  try {
+    return certificate.verify(certificate.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+function dnsNameMatches(name: string, constraint: string): boolean {
+  if (constraint === "") return true;
+  if (constraint.startsWith(".")) return name.endsWith(constraint);
+  return name === constraint || name.endsWith(`.${constraint}`);
+}
+
+function checkNameConstraints(parsed: ParsedCertificate, identity: string, depth: number): void {
+  const item = extension(parsed, OID.nameConstraints);
+  if (!item) return;
+  let constraints: ReturnType<typeof parseNameConstraints>;
+  try {
+    constraints = parseNameConstraints(item.value);
+  } catch (error) {
+    refuse("malformed", `nameConstraints do not parse: ${(error as Error).message}`, depth);
+  }
+  const dns = (list: typeof constraints.permitted) =>
+    list.filter((name) => name.type === 2).map((name) => name.value.toString("latin1").toLowerCase());
+  const permitted = dns(constraints.permitted);
+  if (permitted.length > 0 && !permitted.some((constraint) => dnsNameMatches(identity, constraint))) {
+    refuse("name-constraints", `${identity} is outside the issuer's permitted names`, depth);
+  }
+  if (dns(constraints.excluded).some((constraint) => dnsNameMatches(identity, constraint))) {
+    refuse("name-constraints", `${identity} is in the issuer's excluded names`, depth);
+  }
+}
+
+function checkIssuerKey(certificate: X509Certificate, parsed: ParsedCertificate, depth: number): void {
+  if (parsed.keyCurve === "explicit")
+    refuse("explicit-ec-parameters", "issuer key uses explicit EC parameters", depth);
+  if (parsed.keyAlgorithm === OID.ecPublicKey) {
+    if (!ISSUER_CURVES.has(parsed.keyCurve ?? ""))
+      refuse("weak-key", "issuer key is on an unsupported curve", depth);
+    return;
+  }
+  if (parsed.keyAlgorithm === OID.rsaEncryption) {
+    const bits = certificate.publicKey.asymmetricKeyDetails?.modulusLength ?? 0;
+    if (bits < 2048) refuse("weak-key", `issuer RSA key of ${bits} bits`, depth);
+    return;
+  }
+  if (parsed.keyAlgorithm !== OID.ed25519) refuse("weak-key", "issuer key algorithm is not supported", depth);
+}
+
+/**
+ * Verifies `leafDer` + `chainDer` (leaf→root order, as sent in TLS or CertifyResponse) against the
+ * trust anchors, then applies the Linkerd leaf rules of `checkLeafCertificate`. Every signature is
+ * checked by OpenSSL (`X509Certificate#checkIssued` + `#verify`); the DER reader only reads fields.
+ * Never throws: bad input of any kind is a refusal with a typed reason.
+ */
+export function verifyPeerCertificateChain(
+  leafDer: Uint8Array,
+  chainDer: readonly Uint8Array[],
+  anchors: TrustAnchors | string,
+  options: ChainVerifyOptions = {},
+): PeerCertificateVerdict {
+  return verdictFrom(() => {
+    const trust = typeof anchors === "string" ? parseTrustAnchors(anchors) : anchors;
+    const maxBytes = options.maxCertificateBytes ?? DEFAULT_MAX_CERTIFICATE_BYTES;
+    const maxIntermediates = options.maxIntermediates ?? DEFAULT_MAX_INTERMEDIATES;
+    const nowMs = options.nowMs ?? Date.now();
+    const toleranceMs = options.clockSkewToleranceMs ?? 0;
+    // Cheap bounds first: a path-building bomb is refused before any signature work.
+    if (chainDer.length > maxIntermediates) {
+      refuse("chain-too-long", `${chainDer.length} intermediates exceed the limit of ${maxIntermediates}`);
+    }
+    const leafParsed = parseOrRefuse(leafDer, 0, maxBytes);
+    const intermediatesParsed = chainDer.map((der, index) => parseOrRefuse(der, index + 1, maxBytes));
+    const toX509 = (der: Uint8Array, depth: number) => {
+      try {
+        return new X509Certificate(der);
+      } catch (error) {
+        refuse("malformed", `OpenSSL cannot parse the certificate: ${(error as Error).message}`, depth);
+      }
+    };
+    const leaf = toX509(leafDer, 0);
+    const intermediates = chainDer.map((der, index) => toX509(der, index + 1));
+
+    // Path building, linear and bounded: at each step prefer a trust anchor, else an unused intermediate.
+    const path: { certificate: X509Certificate; parsed: ParsedCertificate; isAnchor: boolean }[] = [
+      { certificate: leaf, parsed: leafParsed, isAnchor: false },
+    ];
+    const used = new Set<number>();
+    let current = leaf;
+    for (;;) {
+      let sawBadSignature = false;
+      const anchorIndex = trust.certificates.findIndex((anchor) => {
+        const verdict = signedBy(current, anchor);
+        sawBadSignature ||= verdict === "bad-signature";
+        return verdict === "yes";
+      });
+      if (anchorIndex >= 0) {
+        const anchor = trust.certificates[anchorIndex] as X509Certificate;
+        path.push({
+          certificate: anchor,
+          parsed: parseCertificate(trust.ders[anchorIndex] as Buffer),
+          isAnchor: true,
+        });
+        break;
+      }
+      if (path.length > maxIntermediates)
+        refuse("chain-too-long", "no trust anchor within the path length limit");
+      const nextIndex = intermediates.findIndex((candidate, index) => {
+        if (used.has(index)) return false;
+        const verdict = signedBy(current, candidate);
+        sawBadSignature ||= verdict === "bad-signature";
+        return verdict === "yes";
+      });
+      if (nextIndex < 0) {
+        const depth = path.length - 1;
+        if (sawBadSignature) refuse("bad-signature", "a signature in the chain does not verify", depth);
+        if (current.subject === current.issuer && isSelfSignature(current)) {
+          refuse(
+            depth === 0 ? "self-signed" : "unknown-issuer",
+            "the chain ends in a self-signed certificate that is not a trust anchor",
+            depth,
+          );
+        }
+        refuse("unknown-issuer", "the chain does not lead to a trust anchor", depth);
+      }
+      used.add(nextIndex);
+      current = intermediates[nextIndex] as X509Certificate;
+      path.push({
+        certificate: current,
+        parsed: intermediatesParsed[nextIndex] as ParsedCertificate,
+        isAnchor: false,
+      });
+    }
+
+    for (const [depth, entry] of path.entries()) {
+      if (entry.parsed.notBeforeMs - toleranceMs > nowMs)
+        refuse("not-yet-valid", "certificate is not valid yet", depth);
+      if (entry.parsed.notAfterMs <= nowMs) refuse("expired", "certificate has expired", depth);
+      checkCommon(entry.parsed, depth, entry.isAnchor);
+      if (depth === 0) continue;
+      let basic: ReturnType<typeof parseBasicConstraints> | undefined;
+      let keyUsage: number | undefined;
+      let extendedUsages: string[] | undefined;
+      try {
+        const basicExtension = extension(entry.parsed, OID.basicConstraints);
+        basic = basicExtension ? parseBasicConstraints(basicExtension.value) : undefined;
+        const keyUsageExtension = extension(entry.parsed, OID.keyUsage);
+        keyUsage = keyUsageExtension ? parseKeyUsage(keyUsageExtension.value) : undefined;
+        const ekuExtension = extension(entry.parsed, OID.extKeyUsage);
+        extendedUsages = ekuExtension ? parseExtendedKeyUsage(ekuExtension.value) : undefined;
+      } catch (error) {
+        refuse("malformed", `extension does not parse: ${(error as Error).message}`, depth);
+      }
+      if (!basic?.ca) refuse("issuer-not-ca", "an issuing certificate is not a CA", depth);
+      if (keyUsage !== undefined && (keyUsage & KEY_USAGE.keyCertSign) === 0) {
+        refuse("issuer-not-ca", "an issuing certificate's keyUsage lacks keyCertSign", depth);
+      }
+      // Intermediate CAs below this one (the leaf is not counted).
+      if (basic.pathLength !== undefined && depth - 1 > basic.pathLength) {
+        refuse("path-length-exceeded", `pathLenConstraint ${basic.pathLength} exceeded`, depth);
+      }
+      if (extendedUsages && !extendedUsages.includes(OID.anyExtendedKeyUsage)) {
+        for (const usage of requiredUsages(options.purpose ?? "client")) {
+          if (!extendedUsages.includes(usage))
+            refuse("extended-key-usage", "an issuer's EKU excludes the purpose", depth);
+        }
+      }
+      checkIssuerKey(entry.certificate, entry.parsed, depth);
+    }
+
+    const identity = checkLeaf(leafParsed, options);
+    for (const [depth, entry] of path.entries()) {
+      if (depth > 0) checkNameConstraints(entry.parsed, identity, depth);
+    }
+    return { identity, notBeforeMs: leafParsed.notBeforeMs, notAfterMs: leafParsed.notAfterMs };
+  });
+}
