@@ -1,0 +1,19 @@
+import { context, propagation, SpanKind, trace } from "@opentelemetry/api";
+import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
+import { expect, it } from "vitest";
+import { setUpTracing } from "./readme-example.js";
+import { inboundCall } from "./traffic.js";
+
+it("the README example runs", async () => {
+  const exporter = new InMemorySpanExporter();
+  const stop = setUpTracing(exporter);
+  try {
+    inboundCall({ path: "/books" });
+    expect(exporter.getFinishedSpans().map((span) => span.kind)).toEqual([SpanKind.SERVER]);
+  } finally {
+    await stop();
+    trace.disable();
+    propagation.disable();
+    context.disable();
+  }
+});
