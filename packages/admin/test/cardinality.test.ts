@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "../src/index.js";
 import { type MetricFamily, parsePrometheusText, samplesMatching, total, value } from "./prom-text.js";
-import { closeTcp, inboundCall, meshPeer, outboundCall, tcpConnection } from "./traffic.js";
+import { closeTcp, inboundCall, meshPeer, outboundCall, tcpConnection } from "../../../test/support/mesh-traffic.js";
 
 // CVE-2025-43915 class: attacker-chosen paths and identities must not grow the metric series without bound.
 const CAP = 500;

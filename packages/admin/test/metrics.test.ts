@@ -8,7 +8,7 @@ import {
   startAdminServer,
 } from "../src/index.js";
 import { type MetricFamily, parsePrometheusText, samplesMatching, total, value } from "./prom-text.js";
-import { allowed, closeTcp, denied, inboundCall, meshPeer, outboundCall, tcpConnection } from "./traffic.js";
+import { allowed, closeTcp, denied, inboundCall, meshPeer, outboundCall, tcpConnection } from "../../../test/support/mesh-traffic.js";
 
 const WEB = "web.default.serviceaccount.identity.linkerd.cluster.local";
 const AUTHORS = "authors.default.serviceaccount.identity.linkerd.cluster.local";

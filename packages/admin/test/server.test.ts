@@ -4,7 +4,7 @@ import { ConfigError, MeshErrorCode } from "@inmesh/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { type AdminServer, createMeshMetrics, startAdminServer } from "../src/index.js";
 import { parsePrometheusText, value } from "./prom-text.js";
-import { inboundCall } from "./traffic.js";
+import { inboundCall } from "../../../test/support/mesh-traffic.js";
 
 interface Reply {
   status: number;

@@ -10,7 +10,7 @@ import {
 } from "@opentelemetry/sdk-trace-base";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createOtelBridge, type OtelBridge, registerOtel } from "../src/index.js";
-import { allowed, denied, inboundCall, meshPeer, outboundCall } from "./traffic.js";
+import { allowed, denied, inboundCall, meshPeer, outboundCall } from "../../../test/support/mesh-traffic.js";
 
 const WEB = "web.default.serviceaccount.identity.linkerd.cluster.local";
 const AUTHORS = "authors.default.serviceaccount.identity.linkerd.cluster.local";
