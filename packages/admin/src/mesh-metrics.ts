@@ -243,7 +243,7 @@ const definitions = {
 type FamilyKey = keyof typeof definitions;
 
 /** Identity statuses (from `mesh:identity:changed`) that count as a successful or a failed refresh. */
-const IDENTITY_OK = new Set(["ready", "certified", "refreshed", "ok"]);
+const IDENTITY_OK = new Set(["issued", "refreshed", "ready", "certified", "ok"]);
 const IDENTITY_ERROR = /error|fail/i;
 
 const NO_PARTS: Parts = [];

@@ -12,8 +12,10 @@ import {
   createBackoff,
   IdentityError,
   isDnsName,
+  MeshChannel,
   MeshError,
   MeshErrorCode,
+  meshChannel,
   type PeerIdentity,
   secureRandom,
 } from "@inmesh/core";
@@ -194,6 +196,8 @@ export function refreshDelayMs(
 const MAX_TOKEN_BYTES = 64 * 1024;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+const summaryChannel = meshChannel(MeshChannel.identityChanged);
+
 const channels = {
   issued: channel("mesh:identity:issued"),
   refreshed: channel("mesh:identity:refreshed"),
@@ -289,6 +293,15 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
     }
     const diagnostics = channels[event];
     if (diagnostics.hasSubscribers) diagnostics.publish(payload);
+    // One summary channel for every state change, which the admin metrics (certificate expiry,
+    // refreshes by result) and anything else generic subscribe to.
+    if (summaryChannel.hasSubscribers) {
+      summaryChannel.publish({
+        status: event,
+        expiresAtMs: current?.issued.notAfterMs,
+        serial: current?.issued.serial,
+      });
+    }
   };
 
   const notifySubscribers = (material: IdentityMaterial | null) => {

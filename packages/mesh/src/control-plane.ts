@@ -1,4 +1,4 @@
-import { type ChannelCredentials, type ChannelOptions, credentials } from "@grpc/grpc-js";
+import { type ChannelCredentials, type ChannelOptions, credentials, experimental } from "@grpc/grpc-js";
 import type { ControlPlaneAddress } from "@inmesh/core";
 import type { IdentityProvider } from "@inmesh/identity";
 import { destination, inbound, outbound } from "@inmesh/proto";
@@ -24,22 +24,78 @@ function channelOptions(address: ControlPlaneAddress): ChannelOptions {
 
 /**
  * Plaintext to a loopback control plane (as linkerd2-proxy does), otherwise mTLS with our current
- * certificate, checking that the controller presents `<NAME>_SVC_NAME` as its single DNS SAN.
+ * certificate, checking that the controller presents `<NAME>_SVC_NAME` as its single DNS SAN. The
+ * credentials may be created before identity is ready and follow every rotation.
  */
 export type ControlPlaneCredentialsFactory = (
   address: ControlPlaneAddress,
   identity: IdentityProvider,
 ) => ChannelCredentials;
 
+/**
+ * grpc-js asks a CertificateProvider for the trust anchors and our certificate; this one forwards the
+ * identity provider's updates, so channels wait for the first certificate and pick up rotations on
+ * their next connection. A control-plane channel makes few connections, so grpc-js building a
+ * context per connection costs nothing that matters here.
+ */
+export function identityCertificateProvider(identity: IdentityProvider): experimental.CertificateProvider {
+  const caListeners = new Set<experimental.CaCertificateUpdateListener>();
+  const identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
+  let latest: {
+    ca: experimental.CaCertificateUpdate;
+    identity: experimental.IdentityCertificateUpdate;
+  } | null = null;
+  let unsubscribe: (() => void) | undefined;
+
+  const start = () => {
+    unsubscribe ??= identity.subscribe((material) => {
+      latest = material
+        ? {
+            ca: { caCertificate: Buffer.from(material.trustAnchorsPem) },
+            identity: {
+              certificate: Buffer.from(material.certificateChainPem),
+              privateKey: Buffer.from(material.privateKeyPem),
+            },
+          }
+        : null;
+      for (const listener of caListeners) listener(latest?.ca ?? null);
+      for (const listener of identityListeners) listener(latest?.identity ?? null);
+    });
+  };
+  const stopWhenUnused = () => {
+    if (caListeners.size === 0 && identityListeners.size === 0) {
+      unsubscribe?.();
+      unsubscribe = undefined;
+    }
+  };
+  return {
+    addCaCertificateListener(listener) {
+      caListeners.add(listener);
+      start();
+      if (latest) listener(latest.ca);
+    },
+    removeCaCertificateListener(listener) {
+      caListeners.delete(listener);
+      stopWhenUnused();
+    },
+    addIdentityCertificateListener(listener) {
+      identityListeners.add(listener);
+      start();
+      if (latest) listener(latest.identity);
+    },
+    removeIdentityCertificateListener(listener) {
+      identityListeners.delete(listener);
+      stopWhenUnused();
+    },
+  };
+}
+
 export const defaultControlPlaneCredentials: ControlPlaneCredentialsFactory = (address, identity) => {
   if (address.plaintext) return credentials.createInsecure();
-  const material = identity.material();
-  return credentials.createSsl(
-    Buffer.from(material.trustAnchorsPem),
-    Buffer.from(material.privateKeyPem),
-    Buffer.from(material.certificateChainPem),
-    { checkServerIdentity: identity.checkServerIdentity(address.serverName as string) },
-  );
+  const provider = identityCertificateProvider(identity);
+  return experimental.createCertificateProviderChannelCredentials(provider, provider, {
+    checkServerIdentity: identity.checkServerIdentity(address.serverName as string),
+  });
 };
 
 export interface ControlPlaneClients {

@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import { type Env, MeshChannel, MeshError, MeshErrorCode, meshChannel } from "@inmesh/core";
+import { type Env, MeshError, MeshErrorCode } from "@inmesh/core";
 import { createDiscovery, type Discovery } from "@inmesh/destination";
 import {
   createIdentityProvider,
@@ -10,7 +10,7 @@ import {
   type CompiledServerPolicy,
   createPolicyWatcher,
   defaultServerPolicy,
-  NOT_LOADED_POLICY,
+  type PolicyWatchEvent,
   type PolicyWatcher,
   type WaitForPolicyOptions,
 } from "@inmesh/policy";
@@ -44,6 +44,7 @@ export interface MeshOptions extends MeshConfigOptions {
 export interface MeshPolicySource {
   policyFor(port: number): CompiledServerPolicy;
   waitForPolicy(port: number, options?: WaitForPolicyOptions): Promise<CompiledServerPolicy>;
+  subscribe(listener: (event: PolicyWatchEvent) => void): () => void;
   readonly initialWaitMs: number;
 }
 
@@ -100,89 +101,67 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
   const events = new EventEmitter();
   const closeTasks: (() => Promise<void> | void)[] = [];
   const lifetime = new AbortController();
-  const statusChannel = meshChannel(MeshChannel.identityChanged);
 
   let status: MeshStatus = "starting";
-  let clients: ControlPlaneClients | undefined;
-  let watcher: PolicyWatcher | undefined;
-  let discovery: Discovery | undefined;
   let closing: Promise<void> | undefined;
 
-  // Before any controller answers (or with no policy controller at all) the port is served under the
-  // fallback the watcher would use: strict → not loaded (deny), Linkerd mode → the default policy.
-  const fallbackPolicy = (port: number): CompiledServerPolicy => {
-    if (!options.serveDefaultPolicyUntilLoaded && config.policy) return NOT_LOADED_POLICY;
-    return defaultServerPolicy(config.defaultPolicy, {
-      clusterNetworks: config.clusterNetworksText.split(","),
+  // The credentials wait for the first certificate and follow rotations, so every control-plane
+  // client, watch and stream can start now; they connect once identity is issued.
+  const clients: ControlPlaneClients = openControlPlaneClients(
+    { policy: config.policy?.address, destination: config.destination?.address },
+    identity,
+    credentialsFor,
+  );
+  const discovery: Discovery | undefined =
+    clients.destination || clients.outboundPolicy
+      ? createDiscovery({
+          ...(clients.destination ? { destinationClient: clients.destination } : {}),
+          ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
+          contextToken: config.destination?.contextToken ?? "",
+          ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
+        })
+      : undefined;
+  const watcher: PolicyWatcher | undefined =
+    clients.policy && config.policy && config.inboundPorts.length > 0
+      ? createPolicyWatcher({
+          client: clients.policy,
+          workload: config.policy.workload,
+          ports: config.inboundPorts,
+          defaultPolicy: config.defaultPolicy,
+          clusterNetworks: config.clusterNetworksText.split(","),
+          opaquePorts: [...config.opaquePorts],
+          initialWaitMs,
+          serveDefaultUntilLoaded: options.serveDefaultPolicyUntilLoaded ?? false,
+        })
+      : undefined;
+
+  // Ports nobody watches (no policy controller, or a port outside LINKERD2_PROXY_INBOUND_PORTS) are
+  // served like the proxy serves them: under the configured default policy.
+  const unwatchedPolicy = (port: number): CompiledServerPolicy =>
+    defaultServerPolicy(config.defaultPolicy, {
+      clusterNetworks: config.clusterNetworks,
       opaque: config.opaquePorts.has(port),
+      port,
     });
+  const watched = new Set(watcher?.ports ?? []);
+
+  const policy: MeshPolicySource = {
+    initialWaitMs,
+    policyFor(port) {
+      return watcher && watched.has(port) ? watcher.policyFor(port) : unwatchedPolicy(port);
+    },
+    async waitForPolicy(port, waitOptions = {}) {
+      return watcher && watched.has(port) ? watcher.waitForPolicy(port, waitOptions) : unwatchedPolicy(port);
+    },
+    subscribe(listener) {
+      return watcher ? watcher.subscribe(listener) : () => {};
+    },
   };
 
   const setStatus = (next: MeshStatus) => {
     if (status === next) return;
     status = next;
     events.emit("status", next);
-  };
-
-  const watcherReady = new Promise<PolicyWatcher | undefined>((resolve, reject) => {
-    identity
-      .ready({ signal: lifetime.signal })
-      .then(() => {
-        clients = openControlPlaneClients(
-          { policy: config.policy?.address, destination: config.destination?.address },
-          identity,
-          credentialsFor,
-        );
-        if (clients.destination || clients.outboundPolicy) {
-          discovery = createDiscovery({
-            ...(clients.destination ? { destinationClient: clients.destination } : {}),
-            ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
-            contextToken: config.destination?.contextToken ?? "",
-            ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
-          });
-        }
-        if (clients.policy && config.policy && config.inboundPorts.length > 0) {
-          watcher = createPolicyWatcher({
-            client: clients.policy,
-            workload: config.policy.workload,
-            ports: config.inboundPorts,
-            defaultPolicy: config.defaultPolicy,
-            clusterNetworks: config.clusterNetworksText.split(","),
-            opaquePorts: [...config.opaquePorts],
-            initialWaitMs,
-            serveDefaultUntilLoaded: options.serveDefaultPolicyUntilLoaded ?? false,
-          });
-        }
-        resolve(watcher);
-      })
-      .catch(reject);
-  });
-  // A close before identity is ready rejects this; callers of ready() see it, nobody else must.
-  watcherReady.catch(() => undefined);
-
-  const policy: MeshPolicySource = {
-    initialWaitMs,
-    policyFor(port) {
-      return watcher ? watcher.policyFor(port) : fallbackPolicy(port);
-    },
-    async waitForPolicy(port, waitOptions = {}) {
-      if (watcher) return watcher.waitForPolicy(port, waitOptions);
-      const timeoutMs = waitOptions.timeoutMs ?? initialWaitMs;
-      const signals = [AbortSignal.timeout(timeoutMs), ...(waitOptions.signal ? [waitOptions.signal] : [])];
-      try {
-        const ready = await Promise.race([
-          watcherReady,
-          new Promise<never>((_, reject) => {
-            const signal = AbortSignal.any(signals);
-            signal.addEventListener("abort", () => reject(signal.reason), { once: true });
-          }),
-        ]);
-        return ready ? ready.waitForPolicy(port, waitOptions) : fallbackPolicy(port);
-      } catch (error) {
-        if (waitOptions.signal?.aborted) throw error;
-        return fallbackPolicy(port);
-      }
-    },
   };
 
   const identityListeners = [
@@ -223,13 +202,8 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
       ? AbortSignal.any([readyOptions.signal, lifetime.signal])
       : lifetime.signal;
     await identity.ready({ signal });
-    const policyWatcher = await watcherReady;
-    await policyWatcher?.ready({ signal });
+    await watcher?.ready({ signal });
     if (status === "starting") setStatus("ready");
-    if (statusChannel.hasSubscribers) {
-      const state = identity.state();
-      statusChannel.publish({ status: "ready", expiresAtMs: state.notAfterMs, serial: state.serial });
-    }
   }
 
   async function close(): Promise<void> {
@@ -241,7 +215,7 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
       for (const unsubscribe of identityListeners) unsubscribe();
       await watcher?.close();
       await discovery?.close();
-      clients?.close();
+      clients.close();
       if (ownsIdentity) await identity.close();
       setStatus("closed");
     })();
@@ -252,9 +226,7 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     config,
     identity,
     policy,
-    get discovery() {
-      return discovery;
-    },
+    discovery,
     ready,
     isReady,
     state: () => ({ status, identity: identity.state(), policy: watcher?.state() ?? [], reasons: reasons() }),

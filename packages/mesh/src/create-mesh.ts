@@ -1,0 +1,168 @@
+import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "@inmesh/admin";
+import { ConfigError, DestinationError, MeshErrorCode } from "@inmesh/core";
+import {
+  createMeshDispatcher,
+  createMeshFetch,
+  createMeshServer,
+  type MeshDispatcher,
+  type MeshDispatcherOptions,
+  type MeshFetch,
+  type MeshServer,
+  type MeshServerOptions,
+} from "@inmesh/http";
+import { createOtelBridge } from "@inmesh/otel";
+import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
+
+/** Everything `createMeshServer` takes except what the mesh supplies (identity and policy). */
+export type MeshServeOptions = Omit<MeshServerOptions, "identity" | "policy" | "handler">;
+
+export interface CreateMeshOptions extends MeshOptions {
+  /**
+   * Serve `/metrics`, `/ready` and `/live` (on `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`, loopback unless
+   * allowed otherwise). `false` serves nothing; metrics are still recorded for `mesh.metrics`.
+   * @default true
+   */
+  admin?: boolean;
+  /** Record Linkerd-compatible metrics from the mesh diagnostics channels. @default true */
+  metrics?: boolean;
+  /**
+   * Bridge calls to OpenTelemetry spans through `@opentelemetry/api` (nothing happens unless an SDK is
+   * registered). @default true
+   */
+  tracing?: boolean;
+  /** Options for the outbound dispatcher behind `mesh.dispatcher` and `mesh.fetch`. */
+  outbound?: Omit<MeshDispatcherOptions, "identity" | "discovery">;
+}
+
+export interface Mesh extends MeshCore {
+  /**
+   * Serves `handler` (a `(req, res)` listener, an Express app…) on `port` with mesh TLS, plaintext, the
+   * port's Linkerd policy, and `l5d-client-id`. Call `listen()` on the result. The port must be one of
+   * the inbound ports (LINKERD2_PROXY_INBOUND_PORTS or `inboundPorts`) so its policy is watched.
+   */
+  createServer(handler: MeshServerOptions["handler"], options: MeshServeOptions): MeshServer;
+  /**
+   * A Fastify `serverFactory`: `Fastify({ serverFactory: mesh.serverFactory({ port }) })`.
+   */
+  serverFactory(
+    options: MeshServeOptions,
+  ): (handler: NonNullable<MeshServerOptions["handler"]>) => MeshServer["server"];
+  /** An undici Dispatcher: discovery, mTLS to each endpoint's identity, balancing, timeouts, retries. */
+  readonly dispatcher: MeshDispatcher;
+  /** `fetch` bound to `dispatcher`. */
+  readonly fetch: MeshFetch;
+  readonly metrics: MeshMetrics | undefined;
+  /** The admin server once started (after `start()` or `ready()`). */
+  admin(): AdminServer | undefined;
+}
+
+/**
+ * Makes this process a member of a Linkerd mesh, configured like a sidecar from `LINKERD2_PROXY_*`
+ * (options override). Identity, policy and discovery start at once; `await mesh.ready()` before
+ * serving traffic, and `await mesh.close()` to drain and stop.
+ *
+ * @example
+ * const mesh = createMesh();
+ * await mesh.ready();
+ * await mesh.createServer(app, { port: 8080 }).listen();
+ * const response = await mesh.fetch("http://books.bookshop.svc.cluster.local/books");
+ */
+export function createMesh(options: CreateMeshOptions = {}): Mesh {
+  const core = createMeshCore(options);
+  const metrics = options.metrics === false ? undefined : createMeshMetrics();
+  metrics?.subscribe();
+  const otel = options.tracing === false ? undefined : createOtelBridge();
+  otel?.register();
+
+  const dispatcher = createMeshDispatcher({
+    ...options.outbound,
+    identity: core.identity,
+    discovery: core.discovery ?? noDiscovery(),
+  });
+  const fetch = createMeshFetch(dispatcher);
+
+  let admin: AdminServer | undefined;
+  let adminStarting: Promise<AdminServer | undefined> | undefined;
+  const startAdmin = (): Promise<AdminServer | undefined> => {
+    if (options.admin === false) return Promise.resolve(undefined);
+    adminStarting ??= startAdminServer({
+      host: core.config.admin.host,
+      port: core.config.admin.port,
+      allowNonLoopback: options.allowNonLoopbackAdmin ?? core.config.admin.host !== "127.0.0.1",
+      ...(metrics ? { metrics } : {}),
+      readiness: () => {
+        const state = core.state();
+        return { ready: core.isReady(), reasons: [...state.reasons] };
+      },
+    }).then((server) => {
+      admin = server;
+      return server;
+    });
+    return adminStarting;
+  };
+
+  const servers = new Set<MeshServer>();
+  const watchedPorts = new Set(core.config.inboundPorts);
+  const assertPort = (port: number) => {
+    if (core.config.policy && !watchedPorts.has(port)) {
+      throw new ConfigError(
+        `port ${port} is not an inbound port (LINKERD2_PROXY_INBOUND_PORTS or inboundPorts: ${[...watchedPorts].join(",") || "none"}), so its policy is never loaded`,
+        { details: { variable: "LINKERD2_PROXY_INBOUND_PORTS", port } },
+      );
+    }
+  };
+  const createServer = (
+    handler: MeshServerOptions["handler"],
+    serveOptions: MeshServeOptions,
+  ): MeshServer => {
+    assertPort(serveOptions.port);
+    const server = createMeshServer({
+      ...serveOptions,
+      ...(handler ? { handler } : {}),
+      identity: core.identity,
+      policy: core.policy,
+      initialPolicyWaitMs: serveOptions.initialPolicyWaitMs ?? core.policy.initialWaitMs,
+    });
+    servers.add(server);
+    return server;
+  };
+
+  // Close order: stop accepting and drain inbound, drain outbound, then the control-plane side.
+  core.onClose(async () => {
+    await Promise.allSettled([...servers].map((server) => server.close()));
+    await dispatcher.close();
+    await admin?.close();
+    metrics?.unsubscribe();
+    otel?.unregister();
+  });
+
+  const ready: Mesh["ready"] = async (readyOptions) => {
+    await startAdmin();
+    await core.ready(readyOptions);
+  };
+
+  return {
+    ...core,
+    ready,
+    createServer,
+    serverFactory: (serveOptions) => (handler) => createServer(handler, serveOptions).server,
+    dispatcher,
+    fetch,
+    metrics,
+    admin: () => admin,
+    close: core.close,
+    [Symbol.asyncDispose]: core.close,
+  };
+}
+
+/** Without a destination controller, calls to cluster names fail each with a typed error. */
+function noDiscovery(): MeshDispatcherOptions["discovery"] {
+  return {
+    watchEndpoints(authority) {
+      throw new DestinationError(
+        MeshErrorCode.DESTINATION_UNREACHABLE,
+        `cannot resolve ${authority}: no destination controller is configured (LINKERD2_PROXY_DESTINATION_SVC_ADDR)`,
+      );
+    },
+  };
+}
