@@ -1,0 +1,2 @@
+export type { ExpressMeshMiddlewareOptions } from "./middleware.js";
+export { expressMeshMiddleware } from "./middleware.js";

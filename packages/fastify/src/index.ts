@@ -1,0 +1,2 @@
+export type { FastifyMeshPluginOptions } from "./plugin.js";
+export { fastifyMeshPlugin } from "./plugin.js";
