@@ -1,7 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  closeTcp,
+  inboundCall,
+  meshPeer,
+  outboundCall,
+  tcpConnection,
+} from "../../../test/support/mesh-traffic.js";
 import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "../src/index.js";
 import { type MetricFamily, parsePrometheusText, samplesMatching, total, value } from "./prom-text.js";
-import { closeTcp, inboundCall, meshPeer, outboundCall, tcpConnection } from "../../../test/support/mesh-traffic.js";
 
 // CVE-2025-43915 class: attacker-chosen paths and identities must not grow the metric series without bound.
 const CAP = 500;

@@ -1,6 +1,15 @@
 import { DestinationError, MeshChannel, MeshErrorCode, meshChannel } from "@inmesh/core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  allowed,
+  closeTcp,
+  denied,
+  inboundCall,
+  meshPeer,
+  outboundCall,
+  tcpConnection,
+} from "../../../test/support/mesh-traffic.js";
+import {
   type AdminServer,
   createMeshMetrics,
   type MeshMetrics,
@@ -8,7 +17,6 @@ import {
   startAdminServer,
 } from "../src/index.js";
 import { type MetricFamily, parsePrometheusText, samplesMatching, total, value } from "./prom-text.js";
-import { allowed, closeTcp, denied, inboundCall, meshPeer, outboundCall, tcpConnection } from "../../../test/support/mesh-traffic.js";
 
 const WEB = "web.default.serviceaccount.identity.linkerd.cluster.local";
 const AUTHORS = "authors.default.serviceaccount.identity.linkerd.cluster.local";

@@ -1,7 +1,7 @@
 import { expect, it } from "vitest";
+import { inboundCall } from "../../../test/support/mesh-traffic.js";
 import { parsePrometheusText, total } from "./prom-text.js";
 import { startAdmin } from "./readme-example.js";
-import { inboundCall } from "../../../test/support/mesh-traffic.js";
 
 it("the README example runs", async () => {
   let ready = false;

@@ -1,4 +1,3 @@
-// Kept in sync with the usage example in packages/admin/README.md.
 import { createMeshMetrics, startAdminServer } from "@inmesh/admin";
 
 export async function startAdmin(isIdentityReady: () => boolean, port = 4191) {

@@ -2,9 +2,9 @@ import { request } from "node:http";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { ConfigError, MeshErrorCode } from "@inmesh/core";
 import { afterEach, describe, expect, it } from "vitest";
+import { inboundCall } from "../../../test/support/mesh-traffic.js";
 import { type AdminServer, createMeshMetrics, startAdminServer } from "../src/index.js";
 import { parsePrometheusText, value } from "./prom-text.js";
-import { inboundCall } from "../../../test/support/mesh-traffic.js";
 
 interface Reply {
   status: number;

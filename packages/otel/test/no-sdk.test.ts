@@ -7,8 +7,8 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { afterAll, describe, expect, it } from "vitest";
-import { type OtelBridge, registerOtel } from "../src/index.js";
 import { inboundCall, outboundCall } from "../../../test/support/mesh-traffic.js";
+import { type OtelBridge, registerOtel } from "../src/index.js";
 
 // Runs in its own process (vitest forks per file), so no global SDK is registered until the second test.
 let bridge: OtelBridge | undefined;

@@ -9,8 +9,8 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { createOtelBridge, type OtelBridge, registerOtel } from "../src/index.js";
 import { allowed, denied, inboundCall, meshPeer, outboundCall } from "../../../test/support/mesh-traffic.js";
+import { createOtelBridge, type OtelBridge, registerOtel } from "../src/index.js";
 
 const WEB = "web.default.serviceaccount.identity.linkerd.cluster.local";
 const AUTHORS = "authors.default.serviceaccount.identity.linkerd.cluster.local";

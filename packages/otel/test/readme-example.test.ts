@@ -1,8 +1,8 @@
 import { context, propagation, SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
 import { expect, it } from "vitest";
-import { setUpTracing } from "./readme-example.js";
 import { inboundCall } from "../../../test/support/mesh-traffic.js";
+import { setUpTracing } from "./readme-example.js";
 
 it("the README example runs", async () => {
   const exporter = new InMemorySpanExporter();

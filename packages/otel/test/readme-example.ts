@@ -1,5 +1,3 @@
-// Kept in sync with the usage example in packages/otel/README.md (SDK setup included, as an app would do it).
-
 import { registerOtel } from "@inmesh/otel";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
