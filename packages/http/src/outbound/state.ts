@@ -1,0 +1,67 @@
+import type { OutboundCallMessage } from "@inmesh/core";
+import type { HeaderModifier, RequestPolicy, RetryBudget } from "@inmesh/destination";
+import type { HeaderPairs } from "./headers.js";
+import type { EndpointGroup, EndpointLease, LogicalTarget } from "./targets.js";
+
+/** Per-call state, carried from interceptor to interceptor in the dispatch options under this key. */
+export const kCall: unique symbol = Symbol("inmesh.outbound.call");
+/** Per-attempt state, set by the retry interceptor for the layers below it. */
+export const kAttempt: unique symbol = Symbol("inmesh.outbound.attempt");
+
+export interface CallState {
+  /** `host:port` the application addressed, lower-case. */
+  readonly authority: string;
+  readonly method: string;
+  /** Path with query, as sent. */
+  readonly path: string;
+  readonly protocol: "http" | "grpc";
+  /** The request headers as the application sent them, parsed once (lower-case names). */
+  readonly headers: HeaderPairs;
+  readonly startedAtMs: number;
+  telemetry: OutboundCallMessage | undefined;
+  /** Headers added to every attempt (trace context set through the telemetry message). */
+  readonly extraHeaders: [string, string][];
+  target: LogicalTarget | undefined;
+  /** The endpoint group of the chosen backend. */
+  group: EndpointGroup | undefined;
+  policy: RequestPolicy | undefined;
+  /** Request headers removed before sending (`l5d-*` the route honoured). */
+  stripHeaders: readonly string[];
+  /** RequestHeaderModifier filters of the route rule and backend, in order. */
+  headerFilters: readonly HeaderModifier[];
+  /** Absolute deadline of the whole call on the `performance.now()` clock. */
+  deadlineAtMs: number | undefined;
+  /** The budget retries of this call withdraw from. */
+  budget: RetryBudget | undefined;
+  attempts: number;
+}
+
+export interface AttemptState {
+  /** 1 for the first try. */
+  readonly number: number;
+  /** Why the attempt was abandoned before it reached a socket (deadline, cancel), if it was. */
+  readonly abandoned: Error | undefined;
+  /** Aborted on abandonment; created on first use (most attempts never wait for anything). */
+  readonly signal: AbortSignal;
+  /** Set by the balance interceptor. */
+  lease: EndpointLease | undefined;
+}
+
+/** Dispatch options as they travel through our interceptors. */
+export interface MeshDispatchOptions {
+  [kCall]?: CallState;
+  [kAttempt]?: AttemptState;
+  [key: string]: unknown;
+}
+
+export function callOf(opts: object): CallState {
+  const call = (opts as MeshDispatchOptions)[kCall];
+  if (!call) throw new TypeError("inmesh outbound interceptor used outside createMeshDispatcher");
+  return call;
+}
+
+export function attemptOf(opts: object): AttemptState {
+  const attempt = (opts as MeshDispatchOptions)[kAttempt];
+  if (!attempt) throw new TypeError("inmesh outbound interceptor used outside createMeshDispatcher");
+  return attempt;
+}
