@@ -10,6 +10,7 @@ import {
   parseControlPlaneAddress,
   parseDurationMs,
   parseHostPort,
+  parseIpAddress,
   parsePortList,
   readEnv,
 } from "@inmesh/core";
@@ -44,6 +45,8 @@ export interface MeshConfig {
   /** Where meshed clients send transport-header connections (Linkerd's inbound port, 4143). */
   readonly inboundListen: HostPort | undefined;
   readonly admin: HostPort;
+  /** Source address of outbound connections; undefined lets the kernel choose (the pod IP). */
+  readonly outboundLocalAddress: string | undefined;
   readonly shutdownGraceMs: number;
 }
 
@@ -65,6 +68,8 @@ export interface MeshConfigOptions {
    * @default false
    */
   allowNonLoopbackAdmin?: boolean;
+  /** Source address of outbound connections (`MESH_SDK_OUTBOUND_LOCAL_ADDRESS`). @default the kernel's choice */
+  outboundLocalAddress?: string;
   /** @default 120000, as Linkerd drains for up to 2 minutes */
   shutdownGraceMs?: number;
 }
@@ -81,6 +86,7 @@ const ENV = {
   adminListen: "LINKERD2_PROXY_ADMIN_LISTEN_ADDR",
   allowNonLoopbackAdmin: "MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK",
   shutdownGrace: "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
+  outboundLocalAddress: "MESH_SDK_OUTBOUND_LOCAL_ADDRESS",
 } as const;
 
 function controlPlaneAddress(
@@ -169,6 +175,16 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
   const shutdownGraceMs =
     options.shutdownGraceMs ?? (graceText ? parseDurationMs(ENV.shutdownGrace, graceText) : 120_000);
 
+  const outboundLocalAddress = options.outboundLocalAddress ?? readEnv(env, ENV.outboundLocalAddress);
+  if (outboundLocalAddress !== undefined && parseIpAddress(outboundLocalAddress) === undefined) {
+    throw new ConfigError(
+      `${ENV.outboundLocalAddress}=${JSON.stringify(outboundLocalAddress)} is not an IP address`,
+      {
+        details: { variable: ENV.outboundLocalAddress },
+      },
+    );
+  }
+
   return Object.freeze({
     policy: policyAddress && workload !== undefined ? { address: policyAddress, workload } : undefined,
     destination: destinationAddress
@@ -181,6 +197,7 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
     clusterNetworksText,
     inboundListen,
     admin,
+    outboundLocalAddress,
     shutdownGraceMs,
   });
 }

@@ -1,5 +1,6 @@
 import { type ChannelCredentials, type ChannelOptions, credentials, experimental } from "@grpc/grpc-js";
 import type { ControlPlaneAddress } from "@inmesh/core";
+import { createMeshCertificateProvider } from "@inmesh/grpc";
 import type { IdentityProvider } from "@inmesh/identity";
 import { destination, inbound, outbound } from "@inmesh/proto";
 
@@ -32,67 +33,12 @@ export type ControlPlaneCredentialsFactory = (
   identity: IdentityProvider,
 ) => ChannelCredentials;
 
-/**
- * grpc-js asks a CertificateProvider for the trust anchors and our certificate; this one forwards the
- * identity provider's updates, so channels wait for the first certificate and pick up rotations on
- * their next connection. A control-plane channel makes few connections, so grpc-js building a
- * context per connection costs nothing that matters here.
- */
-export function identityCertificateProvider(identity: IdentityProvider): experimental.CertificateProvider {
-  const caListeners = new Set<experimental.CaCertificateUpdateListener>();
-  const identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
-  let latest: {
-    ca: experimental.CaCertificateUpdate;
-    identity: experimental.IdentityCertificateUpdate;
-  } | null = null;
-  let unsubscribe: (() => void) | undefined;
-
-  const start = () => {
-    unsubscribe ??= identity.subscribe((material) => {
-      latest = material
-        ? {
-            ca: { caCertificate: Buffer.from(material.trustAnchorsPem) },
-            identity: {
-              certificate: Buffer.from(material.certificateChainPem),
-              privateKey: Buffer.from(material.privateKeyPem),
-            },
-          }
-        : null;
-      for (const listener of caListeners) listener(latest?.ca ?? null);
-      for (const listener of identityListeners) listener(latest?.identity ?? null);
-    });
-  };
-  const stopWhenUnused = () => {
-    if (caListeners.size === 0 && identityListeners.size === 0) {
-      unsubscribe?.();
-      unsubscribe = undefined;
-    }
-  };
-  return {
-    addCaCertificateListener(listener) {
-      caListeners.add(listener);
-      start();
-      if (latest) listener(latest.ca);
-    },
-    removeCaCertificateListener(listener) {
-      caListeners.delete(listener);
-      stopWhenUnused();
-    },
-    addIdentityCertificateListener(listener) {
-      identityListeners.add(listener);
-      start();
-      if (latest) listener(latest.identity);
-    },
-    removeIdentityCertificateListener(listener) {
-      identityListeners.delete(listener);
-      stopWhenUnused();
-    },
-  };
-}
-
+// The CertificateProvider makes channels wait for the first certificate instead of failing (and backing
+// off) while identity is still being issued, and picks up rotations on the next connection. A
+// control-plane channel makes few connections, so a context per connection costs nothing here.
 export const defaultControlPlaneCredentials: ControlPlaneCredentialsFactory = (address, identity) => {
   if (address.plaintext) return credentials.createInsecure();
-  const provider = identityCertificateProvider(identity);
+  const provider = createMeshCertificateProvider(identity);
   return experimental.createCertificateProviderChannelCredentials(provider, provider, {
     checkServerIdentity: identity.checkServerIdentity(address.serverName as string),
   });

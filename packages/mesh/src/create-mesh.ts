@@ -75,6 +75,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   otel?.register();
 
   const dispatcher = createMeshDispatcher({
+    ...(core.config.outboundLocalAddress ? { localAddress: core.config.outboundLocalAddress } : {}),
     ...options.outbound,
     identity: core.identity,
     discovery: core.discovery ?? noDiscovery(),

@@ -4,9 +4,8 @@ export type { ControlPlaneCredentialsFactory } from "./control-plane.js";
 export {
   CONTROL_PLANE_MAX_MESSAGE_BYTES,
   defaultControlPlaneCredentials,
-  identityCertificateProvider,
 } from "./control-plane.js";
 export type { CreateMeshOptions, Mesh, MeshServeOptions } from "./create-mesh.js";
 export { createMesh } from "./create-mesh.js";
-export type { MeshCore, MeshEvents, MeshOptions, MeshPolicySource, MeshState, MeshStatus } from "./mesh.js";
+export type { MeshCore, MeshEvents, MeshInboundPolicy, MeshOptions, MeshState, MeshStatus } from "./mesh.js";
 export { createMeshCore } from "./mesh.js";

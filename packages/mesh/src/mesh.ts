@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { type Env, MeshError, MeshErrorCode } from "@inmesh/core";
 import { createDiscovery, type Discovery } from "@inmesh/destination";
+import type { MeshPolicySource } from "@inmesh/http";
 import {
   createIdentityProvider,
   type IdentityProvider,
@@ -40,9 +41,11 @@ export interface MeshOptions extends MeshConfigOptions {
   controlPlaneCredentials?: ControlPlaneCredentialsFactory;
 }
 
-/** What `policyFor` / `waitForPolicy` callers need; the mesh hands it out before the watcher exists. */
-export interface MeshPolicySource {
-  policyFor(port: number): CompiledServerPolicy;
+/**
+ * The inbound policy source the mesh hands to servers: usable at once, before the controller answers
+ * (requests then wait up to `initialWaitMs` for their port's first policy).
+ */
+export interface MeshInboundPolicy extends MeshPolicySource {
   waitForPolicy(port: number, options?: WaitForPolicyOptions): Promise<CompiledServerPolicy>;
   subscribe(listener: (event: PolicyWatchEvent) => void): () => void;
   readonly initialWaitMs: number;
@@ -67,7 +70,7 @@ export interface MeshCore extends AsyncDisposable {
   readonly config: MeshConfig;
   readonly identity: IdentityProvider;
   /** Inbound policy for the served ports, usable at once (requests wait for the first policy). */
-  readonly policy: MeshPolicySource;
+  readonly policy: MeshInboundPolicy;
   /** Discovery over the destination and policy controllers; undefined when none is configured. */
   readonly discovery: Discovery | undefined;
   /**
@@ -145,7 +148,7 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     });
   const watched = new Set(watcher?.ports ?? []);
 
-  const policy: MeshPolicySource = {
+  const policy: MeshInboundPolicy = {
     initialWaitMs,
     policyFor(port) {
       return watcher && watched.has(port) ? watcher.policyFor(port) : unwatchedPolicy(port);

@@ -9,7 +9,7 @@ import { createMesh, type Mesh } from "../src/index.js";
 
 async function freePort(): Promise<number> {
   const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.3", resolve));
   const { port } = server.address() as { port: number };
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
@@ -30,16 +30,19 @@ metadata: { name: books-0, namespace: bookshop, labels: { app: books, linkerd.io
 spec:
   serviceAccountName: books
   containers: [{ name: app, ports: [{ name: http, containerPort: ${booksPort} }] }]
+status: { podIP: 127.0.0.3 }
 ---
 apiVersion: v1
 kind: Pod
 metadata: { name: web-0, namespace: bookshop, labels: { app: web, linkerd.io/control-plane-ns: linkerd } }
 spec: { serviceAccountName: web, containers: [{ name: app }] }
+status: { podIP: 127.0.0.2 }
 ---
 apiVersion: v1
 kind: Pod
 metadata: { name: stranger-0, namespace: bookshop, labels: { app: stranger, linkerd.io/control-plane-ns: linkerd } }
 spec: { serviceAccountName: stranger, containers: [{ name: app }] }
+status: { podIP: 127.0.0.6 }
 ---
 apiVersion: v1
 kind: Service
@@ -114,13 +117,15 @@ describe("createMesh against the dev control plane", () => {
       },
       { port: booksPort },
     );
-    await server.listen(booksPort, "127.0.0.1");
+    await server.listen(booksPort, "127.0.0.3");
     await books.ready({ signal: AbortSignal.timeout(15_000) });
     expect(books.isReady()).toBe(true);
     expect(books.identity.state().localName).toBe(
       "books.bookshop.serviceaccount.identity.linkerd.cluster.local",
     );
-    const expiry = /^control_identity_cert_expiration_timestamp_seconds (\d+(?:\.\d+)?)$/m.exec(books.metrics?.render() ?? "");
+    const expiry = /^control_identity_cert_expiration_timestamp_seconds (\d+(?:\.\d+)?)$/m.exec(
+      books.metrics?.render() ?? "",
+    );
     expect(Number(expiry?.[1]) * 1000).toBeGreaterThan(Date.now());
 
     const web = await meshFor("web-0");

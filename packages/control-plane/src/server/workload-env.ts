@@ -1,4 +1,4 @@
-import { serviceAccountIdentity } from "@inmesh/core";
+import { isLoopbackHost, serviceAccountIdentity } from "@inmesh/core";
 import { isDefaultPolicyName, type PodInfo, type ResolvedClusterOptions } from "../model/index.js";
 
 /** The injector's default `proxy.opaquePorts` (contract §2.1). */
@@ -84,6 +84,11 @@ export function buildWorkloadEnv(input: WorkloadEnvInput): Record<string, string
   if (opaquePorts.trim() !== "")
     env.LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION = opaquePorts.trim();
   if (pod.ip !== "") env.LINKERD2_PROXY_INBOUND_IPS = pod.ip;
+  // Local pods share one host. Their calls must leave from their own pod IP, as in a cluster: from
+  // 127.0.0.1 they would match Linkerd's implicit localhost authorization and bypass every policy.
+  if (pod.ip !== "" && pod.ip !== "127.0.0.1" && pod.ip !== "::1" && isLoopbackHost(pod.ip)) {
+    env.MESH_SDK_OUTBOUND_LOCAL_ADDRESS = pod.ip;
+  }
   return env;
 }
 

@@ -121,6 +121,7 @@ export interface ConnectorOptions {
   readonly route: EndpointRoute;
   readonly identity: IdentityProvider | undefined;
   readonly connectTimeoutMs: number;
+  readonly localAddress: string | undefined;
 }
 
 /**
@@ -130,7 +131,7 @@ export interface ConnectorOptions {
  * resumption is not used (contract §4.1).
  */
 export function createEndpointConnector(options: ConnectorOptions): Connector {
-  const { route, identity, connectTimeoutMs } = options;
+  const { route, identity, connectTimeoutMs, localAddress } = options;
   const { endpoint } = route;
   return (_params, callback) => {
     let settled = false;
@@ -170,6 +171,7 @@ export function createEndpointConnector(options: ConnectorOptions): Connector {
         ...tlsOptions,
         host: endpoint.host,
         port: route.dialPort,
+        ...(localAddress ? { localAddress } : {}),
         servername: route.tls.serverName,
         // No ALPN on mesh TLS, except the transport-header protocol on the inbound port (contract §4.2).
         ...(route.transportHeader ? { ALPNProtocols: [TRANSPORT_HEADER_ALPN] } : {}),
@@ -202,7 +204,11 @@ export function createEndpointConnector(options: ConnectorOptions): Connector {
         ready();
       });
     } else {
-      const plain = netConnect({ host: endpoint.host, port: route.dialPort });
+      const plain = netConnect({
+        host: endpoint.host,
+        port: route.dialPort,
+        ...(localAddress ? { localAddress } : {}),
+      });
       socket = plain;
       plain.once("connect", () => {
         observeTcp(plain, endpoint.port, undefined);

@@ -86,6 +86,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     settings: {
       identity: resolved.identity,
       connectTimeoutMs: resolved.connectTimeoutMs,
+      localAddress: resolved.localAddress,
       keepAliveTimeoutMs: resolved.keepAliveTimeoutMs,
       maxConnectionsPerEndpoint: resolved.maxConnectionsPerEndpoint,
       useTransportHeader: resolved.useTransportHeader,

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { ConfigError, isDnsName } from "@inmesh/core";
 import { DEFAULT_MAX_REQUEST_BYTES } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
@@ -32,6 +33,13 @@ export interface MeshDispatcherOptions {
   failFastTimeoutMs?: number;
   /** TCP + TLS handshake limit. @default 10000 */
   connectTimeoutMs?: number;
+  /**
+   * Source address of connections to endpoints, normally the pod IP, which the kernel picks itself.
+   * Set it where several workloads share one host (the dev control plane gives each local pod its own
+   * 127.0.0.x): Linkerd authorizes 127.0.0.1 unconditionally, so calls from it would always pass policy.
+   * @default the operating system's choice
+   */
+  localAddress?: string;
   /** Idle keep-alive of pooled connections. @default undici's (4 s, or the server's hint) */
   keepAliveTimeoutMs?: number;
   /** Connections per endpoint. @default unlimited */
@@ -67,6 +75,7 @@ export interface ResolvedDispatcherOptions {
   readonly discoveryTimeoutMs: number;
   readonly failFastTimeoutMs: number;
   readonly connectTimeoutMs: number;
+  readonly localAddress: string | undefined;
   readonly keepAliveTimeoutMs: number | undefined;
   readonly maxConnectionsPerEndpoint: number | undefined;
   readonly useTransportHeader: boolean;
@@ -75,6 +84,16 @@ export interface ResolvedDispatcherOptions {
   readonly maxTargets: number;
   readonly targetIdleTimeoutMs: number;
   readonly interceptors: readonly Dispatcher.DispatcherComposeInterceptor[];
+}
+
+function ipAddress(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (isIP(value) === 0) {
+    throw new ConfigError(`${name} must be an IP address, got ${JSON.stringify(value)}`, {
+      details: { variable: name },
+    });
+  }
+  return value;
 }
 
 function positive(name: string, value: number | undefined, fallback: number): number;
@@ -144,6 +163,7 @@ export function resolveDispatcherOptions(options: MeshDispatcherOptions): Resolv
     discoveryTimeoutMs: positive("discoveryTimeoutMs", options.discoveryTimeoutMs, 3000),
     failFastTimeoutMs: positive("failFastTimeoutMs", options.failFastTimeoutMs, 3000),
     connectTimeoutMs: positive("connectTimeoutMs", options.connectTimeoutMs, 10_000),
+    localAddress: ipAddress("localAddress", options.localAddress),
     keepAliveTimeoutMs: positive("keepAliveTimeoutMs", options.keepAliveTimeoutMs, undefined),
     maxConnectionsPerEndpoint: integer(
       "maxConnectionsPerEndpoint",

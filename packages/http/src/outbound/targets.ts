@@ -43,6 +43,7 @@ export type MeshDiscovery = Pick<Discovery, "watchEndpoints"> &
 export interface PoolSettings extends RouteOptions {
   readonly identity: IdentityProvider | undefined;
   readonly connectTimeoutMs: number;
+  readonly localAddress: string | undefined;
   readonly keepAliveTimeoutMs: number | undefined;
   readonly maxConnectionsPerEndpoint: number | undefined;
 }
@@ -232,6 +233,7 @@ export class EndpointGroup {
           route,
           identity: settings.identity,
           connectTimeoutMs: settings.connectTimeoutMs,
+          localAddress: settings.localAddress,
         }),
         allowH2: route.http2,
         ...(settings.maxConnectionsPerEndpoint !== undefined
