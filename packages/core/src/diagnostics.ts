@@ -21,6 +21,7 @@ export const MeshChannel = {
   identityChanged: "mesh:identity:changed",
   policyChanged: "mesh:policy:changed",
   destinationChanged: "mesh:destination:changed",
+  meshStatusChanged: "mesh:status:changed",
 } as const;
 
 export type MeshChannelName = (typeof MeshChannel)[keyof typeof MeshChannel];
@@ -124,6 +125,10 @@ export interface MeshChannelMessages {
   };
   [MeshChannel.policyChanged]: { readonly port: number; readonly status: string };
   [MeshChannel.destinationChanged]: { readonly authority: string; readonly endpointCount: number };
+  [MeshChannel.meshStatusChanged]: {
+    readonly status: "starting" | "ready" | "degraded" | "closing" | "closed";
+    readonly reasons: readonly string[];
+  };
 }
 
 /** The channel for a name; `hasSubscribers` should be checked before building a message. */

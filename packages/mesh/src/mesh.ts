@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import { type Env, MeshError, MeshErrorCode } from "@inmesh/core";
+import { type Env, MeshChannel, MeshError, MeshErrorCode, meshChannel } from "@inmesh/core";
 import { createDiscovery, type Discovery } from "@inmesh/destination";
 import type { MeshPolicySource } from "@inmesh/http";
 import {
@@ -161,10 +161,12 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     },
   };
 
+  const statusChannel = meshChannel(MeshChannel.meshStatusChanged);
   const setStatus = (next: MeshStatus) => {
     if (status === next) return;
     status = next;
     events.emit("status", next);
+    if (statusChannel.hasSubscribers) statusChannel.publish({ status: next, reasons: reasons() });
   };
 
   const identityListeners = [

@@ -1,8 +1,10 @@
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
+import { MeshChannel } from "@inmesh/core";
 import { meshContext } from "@inmesh/http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMesh, type Mesh } from "../src/index.js";
@@ -118,8 +120,13 @@ describe("createMesh against the dev control plane", () => {
       { port: booksPort },
     );
     await server.listen(booksPort, "127.0.0.3");
+    const statuses: string[] = [];
+    const onStatus = (message: unknown) => statuses.push((message as { status: string }).status);
+    subscribe(MeshChannel.meshStatusChanged, onStatus);
     await books.ready({ signal: AbortSignal.timeout(15_000) });
+    unsubscribe(MeshChannel.meshStatusChanged, onStatus);
     expect(books.isReady()).toBe(true);
+    expect(statuses).toContain("ready");
     expect(books.identity.state().localName).toBe(
       "books.bookshop.serviceaccount.identity.linkerd.cluster.local",
     );
