@@ -1,12 +1,15 @@
 // Rewrites every README code block marked `<!-- example: path -->` with the current text of that file,
 // so samples stay the real, type-checked and tested example files. test/readme-examples.test.ts fails
 // when a README is out of date; run `pnpm docs:sync` to fix it.
-import { readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
-const readmes = ["README.md", ...readdirSync(join(root, "packages")).map((name) => join("packages", name, "README.md"))];
+const readmes = [
+  "README.md",
+  ...readdirSync(join(root, "packages")).map((name) => join("packages", name, "README.md")),
+];
 const markedBlock = /(<!-- example: ([^\s]+) -->\s*\n```(?:ts|typescript)\n)([\s\S]*?)(```)/g;
 
 let changed = 0;
