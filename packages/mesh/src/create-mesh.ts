@@ -1,3 +1,4 @@
+import type { Server as HttpServer } from "node:http";
 import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "@inmesh/admin";
 import { ConfigError, DestinationError, MeshErrorCode } from "@inmesh/core";
 import {
@@ -46,7 +47,7 @@ export interface Mesh extends MeshCore {
    */
   serverFactory(
     options: MeshServeOptions,
-  ): (handler: NonNullable<MeshServerOptions["handler"]>) => MeshServer["server"];
+  ): (handler: NonNullable<MeshServerOptions["handler"]>) => HttpServer;
   /** An undici Dispatcher: discovery, mTLS to each endpoint's identity, balancing, timeouts, retries. */
   readonly dispatcher: MeshDispatcher;
   /** `fetch` bound to `dispatcher`. */
@@ -146,7 +147,10 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     ...core,
     ready,
     createServer,
-    serverFactory: (serveOptions) => (handler) => createServer(handler, serveOptions).server,
+    // Fastify types its serverFactory result as an http.Server; the mesh listener is a net.Server that
+    // feeds one, and offers what Fastify calls on it (listen, close, address, closeIdleConnections).
+    serverFactory: (serveOptions) => (handler) =>
+      createServer(handler, serveOptions).server as unknown as HttpServer,
     dispatcher,
     fetch,
     metrics,

@@ -4,7 +4,7 @@ import {
   outbound as outboundProto,
 } from "@inmesh/proto";
 import { endpoints, profile } from "./destination.js";
-import { inboundServer } from "./inbound.js";
+import { effectiveDefaultPolicy, inboundServer, podOpaquePorts } from "./inbound.js";
 import { loadResources } from "./load.js";
 import { buildModel, key, type Model } from "./model.js";
 import { type ClusterOptions, resolveClusterOptions } from "./options.js";
@@ -95,6 +95,8 @@ export function buildState(files: ManifestFile[], options: ClusterOptions): Clus
         ),
       ),
       meshed: pod.meshed,
+      defaultInboundPolicy: effectiveDefaultPolicy(model, pod),
+      opaquePorts: freeze([...podOpaquePorts(model, pod)].sort((a, b) => a - b)),
     }),
   );
   const podsByKey = new Map(pods.map((pod) => [key(pod.namespace, pod.name), pod]));

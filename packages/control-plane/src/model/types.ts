@@ -1,7 +1,7 @@
 /** Public types of the model; see index.ts for the overview. */
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import type { destination, inbound, outbound } from "@inmesh/proto";
-import type { ResolvedClusterOptions } from "./options.js";
+import type { DefaultPolicyName, ResolvedClusterOptions } from "./options.js";
 
 export interface ManifestFile {
   path: string;
@@ -68,6 +68,10 @@ export interface PodInfo {
   readonly annotations: Readonly<Record<string, string>>;
   readonly containerPorts: readonly ContainerPortInfo[];
   readonly meshed: boolean;
+  /** The default inbound policy the pod is served under: pod annotation, then namespace, then cluster. */
+  readonly defaultInboundPolicy: DefaultPolicyName;
+  /** Ports with protocol detection disabled (annotation on the pod or namespace, else the injector's default). */
+  readonly opaquePorts: readonly number[];
 }
 
 export interface ServicePortInfo {

@@ -402,7 +402,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     watcher?.close();
     unsubscribeCa();
     if (renewTimer !== undefined) clearTimeout(renewTimer);
-    registry.endAll();
+    await registry.endAll();
     await Promise.all(
       servers.map(
         (server) =>

@@ -10,6 +10,9 @@ const debug = debuglog("mesh");
 const TLS_HANDSHAKE_RECORD = 0x16;
 
 /** Key material the listener serves; replaced as a whole when the serving certificate rotates. */
+/** How long a closing listener waits for clients to close their connections before it destroys them. */
+const SOCKET_END_GRACE_MS = 1000;
+
 export interface ServingCredentials {
   /** PEM private key. */
   readonly keyPem: string;
@@ -72,6 +75,7 @@ export async function startGrpcListener(options: GrpcListenerOptions): Promise<G
     ServerCredentials.createInsecure(),
   );
   const sockets = new Set<net.Socket>();
+  let allSocketsClosed: (() => void) | undefined;
 
   const tlsServer = tls.createServer({
     ...secureContextOptions(options.credentials),
@@ -127,7 +131,10 @@ export async function startGrpcListener(options: GrpcListenerOptions): Promise<G
 
   const netServer = net.createServer({ allowHalfOpen: false }, (socket) => {
     sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
+    socket.on("close", () => {
+      sockets.delete(socket);
+      if (sockets.size === 0) allSocketsClosed?.();
+    });
     // Errors on a socket are the client's problem; they must never reach the process.
     socket.on("error", (error) => debug("control-plane: socket error: %s", error.message));
     route(socket);
@@ -151,12 +158,26 @@ export async function startGrpcListener(options: GrpcListenerOptions): Promise<G
       tlsServer.setSecureContext(secureContextOptions(credentials));
     },
     close() {
-      closing ??= new Promise<void>((resolve) => {
-        netServer.close(() => resolve());
+      closing ??= (async () => {
+        const listenerClosed = new Promise<void>((resolve) => netServer.close(() => resolve()));
+        // grpc-js has sent GOAWAY and the streams' final statuses; clients close their side once those
+        // arrive. Tearing the sessions down first would discard the statuses still being flushed (a
+        // client then sees UNAVAILABLE instead of a clean end), so wait for that, within a bound.
+        if (sockets.size > 0) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, SOCKET_END_GRACE_MS);
+            timer.unref();
+            allSocketsClosed = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+        }
         injector.destroy();
         for (const socket of sockets) socket.destroy();
         sockets.clear();
-      });
+        await listenerClosed;
+      })();
       return closing;
     },
   };

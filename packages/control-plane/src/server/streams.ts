@@ -7,17 +7,20 @@ const debug = debuglog("mesh");
 /** An open server stream that recomputes its message when the cluster state changes. */
 export interface ActiveWatch {
   refresh(): void;
-  /** Ends the stream with OK (shutdown). */
-  end(): void;
+  /** Ends the stream with OK (shutdown); resolves once the status has been handed to the transport. */
+  end(): Promise<void>;
 }
 
 /** Every open watch of one control plane, so a reload reaches all of them and close() ends them all. */
 export interface WatchRegistry {
   add(watch: ActiveWatch): () => void;
   refreshAll(): void;
-  endAll(): void;
+  /** Ends every watch with OK and waits (bounded) until their statuses are flushed. */
+  endAll(): Promise<void>;
   readonly size: number;
 }
+
+const END_FLUSH_TIMEOUT_MS = 1000;
 
 export function createWatchRegistry(): WatchRegistry {
   const watches = new Set<ActiveWatch>();
@@ -29,9 +32,20 @@ export function createWatchRegistry(): WatchRegistry {
     refreshAll() {
       for (const watch of [...watches]) watch.refresh();
     },
-    endAll() {
-      for (const watch of [...watches]) watch.end();
+    async endAll() {
+      const ending = [...watches].map((watch) => watch.end());
       watches.clear();
+      // A server shutdown that starts before the OK trailers are written drops the connection under
+      // them (seen on Node 24), so the clients would see UNAVAILABLE instead of a clean end.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.allSettled(ending),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, END_FLUSH_TIMEOUT_MS);
+          timer.unref();
+        }),
+      ]);
+      clearTimeout(timer);
     },
     get size() {
       return watches.size;
@@ -90,9 +104,12 @@ export function attachWatch<Req, Res>(
       else refresh();
     },
     end() {
-      if (!open) return;
+      if (!open) return Promise.resolve();
       stop();
-      call.end();
+      return new Promise<void>((resolve) => {
+        call.once("close", () => resolve());
+        call.end();
+      });
     },
   };
   const unregister = open ? registry.add(watch) : () => false;

@@ -1,5 +1,5 @@
 import { isLoopbackHost, serviceAccountIdentity } from "@inmesh/core";
-import { isDefaultPolicyName, type PodInfo, type ResolvedClusterOptions } from "../model/index.js";
+import type { PodInfo, ResolvedClusterOptions } from "../model/index.js";
 
 /** The injector's default `proxy.opaquePorts` (contract §2.1). */
 export const DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211";
@@ -50,8 +50,8 @@ function uniqueSortedPorts(ports: Iterable<number>): string {
 export function buildWorkloadEnv(input: WorkloadEnvInput): Record<string, string> {
   const { pod, options } = input;
   const names = controlPlaneServerNames(options);
-  const annotatedPolicy = pod.annotations["config.linkerd.io/default-inbound-policy"];
-  const defaultPolicy = isDefaultPolicyName(annotatedPolicy) ? annotatedPolicy : options.defaultPolicy;
+  // The injector copies namespace annotations onto the pod; the model resolved that already.
+  const defaultPolicy = pod.defaultInboundPolicy;
   const opaquePorts = pod.annotations["config.linkerd.io/opaque-ports"] ?? DEFAULT_OPAQUE_PORTS;
   const clusterNetworks = options.clusterNetworks.join(",");
   const inboundPorts = uniqueSortedPorts(

@@ -245,6 +245,9 @@ describe("inbound lookups", () => {
         { container: "sidecar", containerPort: 9100, name: "metrics", protocol: "TCP" },
       ],
       meshed: true,
+      defaultInboundPolicy: "all-unauthenticated",
+      // The injector marks the pod's container ports that are default opaque ports (MySQL here).
+      opaquePorts: [3306],
     });
     expect(state.findPod("plain", "pod-bogus")?.serviceAccount).toBe("default");
     expect(state.findPod("plain", "pod-bogus")?.ip).toBe("127.0.0.1");
