@@ -124,6 +124,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
       identity: core.identity,
       policy: core.policy,
       initialPolicyWaitMs: serveOptions.initialPolicyWaitMs ?? core.policy.initialWaitMs,
+      drainTimeoutMs: serveOptions.drainTimeoutMs ?? core.config.shutdownGraceMs,
     });
     servers.add(server);
     return server;
