@@ -1,6 +1,6 @@
-import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { debuglog } from "node:util";
 import {
+  createMeshChannelSubscription,
   type InboundCallMessage,
   isLoopbackHost,
   MeshChannel,
@@ -517,42 +517,28 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     }
   };
 
-  // diagnostics_channel rethrows a subscriber's exception on the next tick (an uncaught exception), so
-  // telemetry must never throw into the request path.
-  const guard =
-    <T>(name: string, handler: (message: T) => void) =>
-    (message: unknown) => {
-      try {
-        handler(message as T);
-      } catch (error) {
-        log("metrics handler for %s failed: %o", name, error);
-      }
-    };
-
-  const handlers: [string, (message: unknown, name: string | symbol) => void][] = [
-    [MeshChannel.inboundCallEnd, guard(MeshChannel.inboundCallEnd, inboundEnd)],
-    [MeshChannel.outboundAttemptStart, guard(MeshChannel.outboundAttemptStart, attemptStart)],
-    [MeshChannel.outboundAttemptEnd, guard(MeshChannel.outboundAttemptEnd, attemptEnd)],
-    [MeshChannel.outboundCallEnd, guard(MeshChannel.outboundCallEnd, outboundEnd)],
-    [MeshChannel.tcpOpen, guard(MeshChannel.tcpOpen, tcpOpen)],
-    [MeshChannel.tcpClose, guard(MeshChannel.tcpClose, tcpClose)],
-    [MeshChannel.identityChanged, guard(MeshChannel.identityChanged, identityChanged)],
-  ];
-  let subscribed = false;
+  const channels = createMeshChannelSubscription(
+    {
+      [MeshChannel.inboundCallEnd]: inboundEnd,
+      [MeshChannel.outboundAttemptStart]: attemptStart,
+      [MeshChannel.outboundAttemptEnd]: attemptEnd,
+      [MeshChannel.outboundCallEnd]: outboundEnd,
+      [MeshChannel.tcpOpen]: tcpOpen,
+      [MeshChannel.tcpClose]: tcpClose,
+      [MeshChannel.identityChanged]: identityChanged,
+    },
+    (name, error) => log("metrics handler for %s failed: %o", name, error),
+  );
 
   return {
     subscribe() {
-      if (subscribed) return;
-      subscribed = true;
-      for (const [name, handler] of handlers) subscribe(name, handler);
+      channels.subscribe();
     },
     unsubscribe() {
-      if (!subscribed) return;
-      subscribed = false;
-      for (const [name, handler] of handlers) unsubscribe(name, handler);
+      channels.unsubscribe();
     },
     get subscribed() {
-      return subscribed;
+      return channels.active;
     },
     render() {
       let expiresAtMs = certificateExpiresAtMs;

@@ -1,4 +1,4 @@
-import { channel } from "node:diagnostics_channel";
+import { channel, subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { PeerIdentity } from "./peer.js";
 
 /**
@@ -135,5 +135,57 @@ export interface MeshChannelMessages {
 export function meshChannel<TName extends MeshChannelName>(name: TName) {
   return channel(name) as ReturnType<typeof channel> & {
     publish(message: MeshChannelMessages[TName]): void;
+  };
+}
+
+/** A handler per channel; each receives that channel's message type. */
+export type MeshChannelHandlers = {
+  readonly [TName in MeshChannelName]?: (message: MeshChannelMessages[TName]) => void;
+};
+
+/** A set of channel handlers attached and detached together (both idempotent). */
+export interface MeshChannelSubscription {
+  subscribe(): void;
+  unsubscribe(): void;
+  readonly active: boolean;
+}
+
+/**
+ * Subscribes telemetry handlers to mesh channels. A subscriber's exception would be rethrown by
+ * diagnostics_channel as an uncaught exception, so every handler is guarded and failures go to `onError`:
+ * telemetry can never break a request.
+ */
+export function createMeshChannelSubscription(
+  handlers: MeshChannelHandlers,
+  onError: (channel: MeshChannelName, error: unknown) => void,
+): MeshChannelSubscription {
+  const guarded = (Object.entries(handlers) as [MeshChannelName, (message: unknown) => void][]).map(
+    ([name, handler]) =>
+      [
+        name,
+        (message: unknown) => {
+          try {
+            handler(message);
+          } catch (error) {
+            onError(name, error);
+          }
+        },
+      ] as const,
+  );
+  let active = false;
+  return {
+    subscribe() {
+      if (active) return;
+      active = true;
+      for (const [name, handler] of guarded) subscribe(name, handler);
+    },
+    unsubscribe() {
+      if (!active) return;
+      active = false;
+      for (const [name, handler] of guarded) unsubscribe(name, handler);
+    },
+    get active() {
+      return active;
+    },
   };
 }

@@ -5,14 +5,16 @@ export { normalizeClientAddress } from "./call.js";
 export type {
   DecisionSummary,
   InboundCallMessage,
+  MeshChannelHandlers,
   MeshChannelMessages,
   MeshChannelName,
+  MeshChannelSubscription,
   OutboundAttemptMessage,
   OutboundCallMessage,
   ResourceLabels,
   TcpConnectionMessage,
 } from "./diagnostics.js";
-export { MeshChannel, meshChannel } from "./diagnostics.js";
+export { createMeshChannelSubscription, MeshChannel, meshChannel } from "./diagnostics.js";
 export type { ControlPlaneAddress, Env, HostPort } from "./env.js";
 export {
   assertDnsName,

@@ -1,6 +1,6 @@
-import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { debuglog } from "node:util";
 import {
+  createMeshChannelSubscription,
   type InboundCallMessage,
   isMeshError,
   MeshChannel,
@@ -320,42 +320,29 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     span.end();
   };
 
-  // Telemetry must never break a request: diagnostics_channel would rethrow a subscriber's exception
-  // as an uncaught exception on the next tick.
-  const guard =
-    <T>(name: string, handler: (message: T) => void) =>
-    (message: unknown) => {
-      try {
-        handler(message as T);
-      } catch (error) {
-        log("otel handler for %s failed: %o", name, error);
-      }
-    };
-
-  const handlers: [string, (message: unknown, name: string | symbol) => void][] = [
-    [MeshChannel.inboundCallStart, guard(MeshChannel.inboundCallStart, inboundStart)],
-    [MeshChannel.inboundCallEnd, guard(MeshChannel.inboundCallEnd, inboundEnd)],
-    [MeshChannel.outboundCallStart, guard(MeshChannel.outboundCallStart, outboundStart)],
-    [MeshChannel.outboundCallEnd, guard(MeshChannel.outboundCallEnd, outboundEnd)],
-    [MeshChannel.outboundAttemptStart, guard(MeshChannel.outboundAttemptStart, attemptStart)],
-    [MeshChannel.outboundAttemptEnd, guard(MeshChannel.outboundAttemptEnd, attemptEnd)],
-  ];
-  let registered = false;
+  const channels = createMeshChannelSubscription(
+    {
+      [MeshChannel.inboundCallStart]: inboundStart,
+      [MeshChannel.inboundCallEnd]: inboundEnd,
+      [MeshChannel.outboundCallStart]: outboundStart,
+      [MeshChannel.outboundCallEnd]: outboundEnd,
+      [MeshChannel.outboundAttemptStart]: attemptStart,
+      [MeshChannel.outboundAttemptEnd]: attemptEnd,
+    },
+    (name, error) => log("otel handler for %s failed: %o", name, error),
+  );
 
   return {
     register() {
-      if (registered) return;
-      registered = true;
+      if (channels.active) return;
       tracer = (config.tracerProvider ?? trace.getTracerProvider()).getTracer("@inmesh/otel", VERSION);
-      for (const [name, handler] of handlers) subscribe(name, handler);
+      channels.subscribe();
     },
     unregister() {
-      if (!registered) return;
-      registered = false;
-      for (const [name, handler] of handlers) unsubscribe(name, handler);
+      channels.unsubscribe();
     },
     get registered() {
-      return registered;
+      return channels.active;
     },
   };
 }
