@@ -1,0 +1,197 @@
+/**
+ * HTTP/1: a `node:http` server fed with the connections detection classified as HTTP/1 (and with the
+ * in-memory connections the HTTP/2 downgrade bridge opens). Authorizes each request before the handler
+ * sees it; node:http bounds headers, whole requests and keep-alive idleness.
+ */
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import { MeshError, MeshErrorCode } from "@inmesh/core";
+import { attachMeshContext, type MeshRequestContext } from "./context.js";
+import {
+  authorizeRequest,
+  type ConnectionState,
+  type GateConfig,
+  type MeshAuthorization,
+  sendSynthetic,
+} from "./gate.js";
+import { debug, type ShutdownFlag } from "./pipeline.js";
+import { type CallTelemetry, callsObserved, endCall, startCall } from "./telemetry.js";
+
+export type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+export interface Http1StageOptions {
+  readonly gate: GateConfig;
+  readonly port: number;
+  readonly handler: Http1Handler | undefined;
+  readonly shutdown: ShutdownFlag;
+  readonly maxHeaderSize: number;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly keepAliveTimeoutMs: number;
+}
+
+export interface Http1Stage {
+  /** The node:http server; the HTTP/2 downgrade bridge hands it in-memory connections. */
+  readonly server: Server;
+  serve(socket: Socket | TLSSocket, state: ConnectionState): void;
+  /** A bridge connection carrying one request the HTTP/2 stage already authorized. */
+  markBridged(socket: Duplex, context: MeshRequestContext): void;
+  startDrain(): void;
+  close(): void;
+}
+
+export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
+  const { gate, port, handler, shutdown } = options;
+  const connections = new WeakMap<object, ConnectionState>();
+  const bridged = new WeakMap<object, { readonly context: MeshRequestContext }>();
+  const activeResponses = new Set<ServerResponse>();
+
+  const server = createHttpServer({
+    maxHeaderSize: options.maxHeaderSize,
+    headersTimeout: options.headersTimeoutMs,
+    requestTimeout: options.requestTimeoutMs,
+    keepAliveTimeout: options.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1000, options.headersTimeoutMs),
+  });
+  // node:http starts enforcing headersTimeout/requestTimeout on 'listening'; this server never listens
+  // (connections are handed to it), so it is told it does, or slow clients would never be cut off (R9).
+  server.emit("listening");
+  server.on("request", onRequest);
+  // Expect: 100-continue is answered only once the request is authorized, so a refused client never
+  // sends its body.
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
+
+  function serve(socket: Socket | TLSSocket, state: ConnectionState): void {
+    if (handler === undefined) {
+      socket.destroy();
+      return;
+    }
+    connections.set(socket, state);
+    server.emit("connection", socket);
+    // Detection left the socket paused with its first bytes pushed back; node:http only listens.
+    socket.resume();
+  }
+
+  function onRequest(req: IncomingMessage, res: ServerResponse, expectContinue = false): void {
+    const socket = req.socket;
+    const bridge = bridged.get(socket);
+    if (bridge !== undefined) {
+      attachMeshContext(req, bridge.context);
+      if (expectContinue) res.writeContinue();
+      (handler as Http1Handler)(req, res);
+      return;
+    }
+    const state = connections.get(socket);
+    if (state === undefined || handler === undefined) {
+      res.destroy();
+      return;
+    }
+    activeResponses.add(res);
+    res.once("close", () => {
+      activeResponses.delete(res);
+      if (shutdown.closing) setImmediate(() => server.closeIdleConnections());
+    });
+    if (shutdown.closing) res.setHeader("connection", "close");
+    const result = authorizeRequest(gate, state, {
+      method: req.method ?? "GET",
+      target: req.url ?? "/",
+      authority: req.headers.host,
+      headers: req.headers,
+      rawHeaders: req.rawHeaders,
+      h2: false,
+      message: req,
+    });
+    if (result instanceof Promise) {
+      result.then(
+        (settled) => finish(req, res, state, settled, expectContinue),
+        (error) => failResponse(res, error),
+      );
+    } else {
+      finish(req, res, state, result, expectContinue);
+    }
+  }
+
+  function finish(
+    req: IncomingMessage,
+    res: ServerResponse,
+    state: ConnectionState,
+    result: MeshAuthorization,
+    expectContinue: boolean,
+  ): void {
+    if (res.destroyed) return;
+    if (callsObserved()) observeResponse(req, res, state, result);
+    if (!result.allowed) {
+      // The body the client held back must not be read as the next request.
+      if (expectContinue) res.setHeader("connection", "close");
+      sendSynthetic(res, result.response);
+      return;
+    }
+    if (expectContinue) res.writeContinue();
+    attachMeshContext(req, result.context);
+    (handler as Http1Handler)(req, res);
+  }
+
+  function failResponse(res: ServerResponse, error: unknown): void {
+    debug("inbound: request failed before the handler: %s", (error as Error)?.message);
+    if (!res.headersSent) {
+      res.writeHead(500, { "content-length": "0", connection: "close" });
+      res.end();
+    } else {
+      res.destroy();
+    }
+  }
+
+  function observeResponse(
+    req: IncomingMessage,
+    res: ServerResponse,
+    state: ConnectionState,
+    result: MeshAuthorization,
+  ): void {
+    const target = req.url ?? "/";
+    const question = target.indexOf("?");
+    const telemetry: CallTelemetry = startCall(
+      state,
+      port,
+      {
+        method: req.method ?? "GET",
+        path: question < 0 ? target : target.slice(0, question),
+        authority: req.headers.host,
+        h2: false,
+        grpc: false,
+        headers: req.headers,
+      },
+      result.decision,
+    );
+    res.once("close", () =>
+      endCall(telemetry, {
+        statusCode: res.statusCode,
+        grpcStatus: result.response?.grpcStatus,
+        error: res.writableFinished
+          ? undefined
+          : new MeshError(MeshErrorCode.CANCELED, "response closed before it finished"),
+      }),
+    );
+  }
+
+  return {
+    server,
+    serve,
+    markBridged: (socket, context) => {
+      bridged.set(socket, { context });
+    },
+    startDrain() {
+      for (const res of activeResponses) if (!res.headersSent) res.setHeader("connection", "close");
+      server.closeIdleConnections();
+    },
+    close: () => {
+      server.close();
+    },
+  };
+}

@@ -1,0 +1,263 @@
+/**
+ * HTTP/2: a `node:http2` server fed with the connections detection classified as prior-knowledge
+ * HTTP/2 (plaintext, or mesh TLS without ALPN as sidecars send), or the hand-off of whole connections to
+ * `onHttp2Connection` (grpc-js). Authorizes each stream, then serves it with `onStream`, the compat
+ * handler, or the HTTP/1 handler through the downgrade bridge.
+ */
+import type {
+  Http2ServerRequest,
+  Http2ServerResponse,
+  IncomingHttpHeaders,
+  ServerHttp2Session,
+  ServerHttp2Stream,
+} from "node:http2";
+import { createServer as createHttp2Server, constants as h2constants } from "node:http2";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import { MeshError, MeshErrorCode } from "@inmesh/core";
+import type { CompiledServerPolicy } from "@inmesh/policy";
+import { attachMeshContext, type MeshConnectionInfo, type MeshRequestContext } from "./context.js";
+import {
+  authorizeRequest,
+  type ConnectionState,
+  type GateConfig,
+  type MeshAuthorization,
+  sendSyntheticOnStream,
+} from "./gate.js";
+import { L5D_ORIG_PROTO } from "./headers.js";
+import { bridgeToHttp1 } from "./http1-bridge.js";
+import type { Http1Stage } from "./http1-stage.js";
+import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
+import { callsObserved, endCall, startCall } from "./telemetry.js";
+
+export type Http2CompatHandler = (req: Http2ServerRequest, res: Http2ServerResponse) => void;
+
+export interface Http2StageOptions {
+  readonly gate: GateConfig;
+  readonly port: number;
+  readonly shutdown: ShutdownFlag;
+  readonly maxConcurrentStreams: number;
+  /** Serves requests when neither `onStream` nor the compat handler does (downgraded to HTTP/1). */
+  readonly http1: Http1Stage;
+  readonly hasHandler: boolean;
+  readonly compatHandler: Http2CompatHandler | undefined;
+  readonly onStream:
+    | ((stream: ServerHttp2Stream, headers: IncomingHttpHeaders, context: MeshRequestContext) => void)
+    | undefined;
+  readonly onHttp2Connection: ((socket: Duplex, info: MeshConnectionInfo) => void) | undefined;
+}
+
+export interface Http2Stage {
+  serve(socket: Socket | TLSSocket, state: ConnectionState, policy: CompiledServerPolicy): void;
+  /** GOAWAY on every session; in-flight streams finish. */
+  startDrain(): void;
+  close(): void;
+}
+
+export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
+  const { gate, port, shutdown, http1, onStream, onHttp2Connection, compatHandler } = options;
+  const sessions = new Map<ServerHttp2Session, ConnectionState>();
+  let pendingSession: ConnectionState | undefined;
+
+  const h2 = createHttp2Server({ settings: { maxConcurrentStreams: options.maxConcurrentStreams } });
+  h2.on("session", (session: ServerHttp2Session) => {
+    const state = pendingSession;
+    if (state === undefined) {
+      session.destroy();
+      return;
+    }
+    sessions.set(session, state);
+    session.on("error", (error) => debug("inbound: http2 session error: %s", error.message));
+    session.once("close", () => {
+      sessions.delete(session);
+    });
+    if (shutdown.closing) session.close();
+  });
+  if (compatHandler !== undefined && onStream === undefined) {
+    h2.on("request", onCompatRequest);
+  } else {
+    h2.on("stream", onH2Stream);
+  }
+
+  function serve(socket: Socket | TLSSocket, state: ConnectionState, policy: CompiledServerPolicy): void {
+    if (state.tls) {
+      // Sidecars speak prior-knowledge HTTP/2 over TLS without ALPN; node:http2 refuses a TLS socket
+      // whose ALPN is not h2, so the detected protocol is recorded as if negotiated.
+      (socket as TLSSocket).alpnProtocol = "h2";
+    }
+    if (onHttp2Connection !== undefined) {
+      onHttp2Connection(socket, {
+        peer: state.peer,
+        clientAddress: state.facts.address,
+        port,
+        tls: state.tls,
+        transportHeader: state.transportHeader,
+        decision: undefined,
+        policy,
+      });
+      return;
+    }
+    if (!options.hasHandler && onStream === undefined) {
+      socket.destroy();
+      return;
+    }
+    pendingSession = state;
+    try {
+      h2.emit("connection", socket);
+    } finally {
+      pendingSession = undefined;
+    }
+  }
+
+  function onH2Stream(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    _flags: number,
+    rawHeaders: string[],
+  ): void {
+    const state =
+      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
+    if (state === undefined) {
+      stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    stream.on("error", swallow);
+    const method = String(headers[":method"] ?? "");
+    if (method === "CONNECT") {
+      stream.respond({ ":status": 405, "content-length": "0" }, { endStream: true });
+      return;
+    }
+    const authority = headers[":authority"] ?? headers.host;
+    const result = authorizeRequest(gate, state, {
+      method,
+      target: String(headers[":path"] ?? "/"),
+      authority,
+      headers: headers as Record<string, string | string[] | undefined>,
+      rawHeaders,
+      h2: true,
+    });
+    if (result instanceof Promise) {
+      result.then(
+        (settled) => finishStream(stream, headers, state, settled),
+        () => stream.close(h2constants.NGHTTP2_INTERNAL_ERROR),
+      );
+    } else {
+      finishStream(stream, headers, state, result);
+    }
+  }
+
+  function finishStream(
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    state: ConnectionState,
+    result: MeshAuthorization,
+  ): void {
+    if (stream.destroyed) return;
+    if (callsObserved()) observeStream(stream, state, headers, result);
+    if (!result.allowed) {
+      sendSyntheticOnStream(stream, result.response);
+      return;
+    }
+    const context = result.context;
+    if (onStream !== undefined) {
+      attachMeshContext(stream, context);
+      onStream(stream, headers, context);
+      return;
+    }
+    const socket = stream.session?.socket;
+    bridgeToHttp1(stream, headers, {
+      server: http1.server,
+      address: {
+        remoteAddress: socket?.remoteAddress,
+        remotePort: socket?.remotePort,
+        localAddress: socket?.localAddress,
+        localPort: socket?.localPort,
+        encrypted: state.tls,
+      },
+      origProto: context.origProto,
+      onServerSocket: (bridgeSocket) => http1.markBridged(bridgeSocket, context),
+    });
+  }
+
+  function onCompatRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {
+    const stream = req.stream;
+    const state = sessions.get(stream.session as ServerHttp2Session);
+    if (state === undefined) {
+      stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    const headers = req.headers as Record<string, string | string[] | undefined>;
+    const result = authorizeRequest(gate, state, {
+      method: req.method,
+      target: req.url,
+      authority: req.authority || undefined,
+      headers,
+      rawHeaders: req.rawHeaders,
+      h2: true,
+    });
+    const finish = (settled: MeshAuthorization) => {
+      if (stream.destroyed) return;
+      if (callsObserved()) observeStream(stream, state, req.headers, settled);
+      if (!settled.allowed) {
+        sendSyntheticOnStream(stream, settled.response);
+        return;
+      }
+      if (settled.context.origProto !== undefined) res.setHeader(L5D_ORIG_PROTO, settled.context.origProto);
+      attachMeshContext(req, settled.context);
+      (compatHandler as Http2CompatHandler)(req, res);
+    };
+    if (result instanceof Promise) {
+      result.then(finish, () => stream.close(h2constants.NGHTTP2_INTERNAL_ERROR));
+    } else {
+      finish(result);
+    }
+  }
+
+  function observeStream(
+    stream: ServerHttp2Stream,
+    state: ConnectionState,
+    headers: IncomingHttpHeaders,
+    result: MeshAuthorization,
+  ): void {
+    const target = String(headers[":path"] ?? "/");
+    const question = target.indexOf("?");
+    const contentType = headers["content-type"];
+    const grpc = typeof contentType === "string" && contentType.toLowerCase().startsWith("application/grpc");
+    const telemetry = startCall(
+      state,
+      port,
+      {
+        method: String(headers[":method"] ?? ""),
+        path: question < 0 ? target : target.slice(0, question),
+        authority: headers[":authority"] ?? headers.host,
+        h2: true,
+        grpc,
+        headers: headers as Record<string, string | string[] | undefined>,
+      },
+      result.decision,
+    );
+    stream.once("close", () => {
+      const status = stream.sentHeaders?.[":status"];
+      endCall(telemetry, {
+        statusCode: typeof status === "number" ? status : status === undefined ? undefined : Number(status),
+        grpcStatus: result.response?.grpcStatus,
+        error:
+          stream.rstCode !== undefined && stream.rstCode !== h2constants.NGHTTP2_NO_ERROR
+            ? new MeshError(MeshErrorCode.CANCELED, `stream reset with code ${stream.rstCode}`)
+            : undefined,
+      });
+    });
+  }
+
+  return {
+    serve,
+    startDrain() {
+      for (const session of sessions.keys()) session.close();
+    },
+    close() {
+      for (const session of sessions.keys()) session.destroy();
+      h2.close();
+    },
+  };
+}

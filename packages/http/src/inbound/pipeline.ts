@@ -1,0 +1,53 @@
+/**
+ * What the inbound stages share: where a classified connection goes next, the drain flag, and the
+ * protocol choice. `server.ts` builds one of these and hands it to every stage.
+ */
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { debuglog } from "node:util";
+import type { CompiledServerPolicy } from "@inmesh/policy";
+import type { PlaintextProtocol } from "./detect.js";
+import type { ConnectionState } from "./gate.js";
+
+export const debug = debuglog("mesh");
+
+export type ServedProtocol = PlaintextProtocol;
+
+/** Set once `close()` (or `closeIdleConnections()`) starts draining; every stage reads it. */
+export interface ShutdownFlag {
+  readonly closing: boolean;
+}
+
+/** How a stage passes a connection on once it knows what it is. */
+export interface Pipeline {
+  readonly shutdown: ShutdownFlag;
+  /** The raw socket left detection: draining no longer destroys it at once. */
+  classified(raw: Socket): void;
+  serveOpaque(
+    socket: Socket | TLSSocket,
+    state: ConnectionState,
+    policy: CompiledServerPolicy,
+    raw: Socket,
+  ): void;
+  serveProtocol(
+    socket: Socket | TLSSocket,
+    state: ConnectionState,
+    policy: CompiledServerPolicy,
+    protocol: ServedProtocol,
+    raw: Socket,
+  ): void;
+}
+
+/** Which protocol to serve: detection decides, except where the Server's `proxyProtocol` fixes it. */
+export function chooseProtocol(
+  policy: CompiledServerPolicy,
+  detected: ServedProtocol | undefined,
+): ServedProtocol {
+  if (policy.protocol === "http2" || policy.protocol === "grpc") return "h2";
+  if (detected === "h2" || detected === "http1") return detected;
+  return policy.protocol === "http1" ? "http1" : "opaque";
+}
+
+export function swallow(error: Error): void {
+  debug("inbound: connection error: %s", error.message);
+}
