@@ -54,3 +54,5 @@ export {
 export type { NoPeerIdentityReason, PeerIdentity } from "./peer.js";
 export { NO_PEER, peerIdentityName, serviceAccountIdentity } from "./peer.js";
 export { secureRandom } from "./random.js";
+export type { RustRegexTranslation } from "./rust-regex.js";
+export { translateRustRegex } from "./rust-regex.js";

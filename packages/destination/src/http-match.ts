@@ -1,3 +1,5 @@
+import { fullMatch, type RustRegex } from "./regex.js";
+
 /**
  * Gateway API request matching and scoring, as linkerd `http-route` does it (policy-semantics §8.4):
  * candidates are scored (host, path length, header count, query count, method) and the highest wins;
@@ -25,11 +27,11 @@ export type HostMatcher =
 
 export type PathMatcher =
   | { readonly kind: "exact" | "prefix"; readonly value: string }
-  | { readonly kind: "regex"; readonly value: string; readonly regex: RegExp };
+  | { readonly kind: "regex"; readonly value: string; readonly regex: RustRegex };
 
 export type ValueMatcher =
   | { readonly name: string; readonly kind: "exact"; readonly value: string }
-  | { readonly name: string; readonly kind: "regex"; readonly value: string; readonly regex: RegExp };
+  | { readonly name: string; readonly kind: "regex"; readonly value: string; readonly regex: RustRegex };
 
 export interface HttpRequestMatch {
   readonly path?: PathMatcher;
@@ -57,20 +59,6 @@ export function compareScores(a: MatchScore, b: MatchScore): number {
     if (d !== 0) return d;
   }
   return a.length - b.length;
-}
-
-/**
- * Compiles a regex that must match a whole value: the leftmost match must start at 0 and end at the
- * end, as Rust's `regex` is used by linkerd (a sticky regex emulates "start at 0").
- */
-export function compileFullMatchRegex(pattern: string): RegExp {
-  return new RegExp(pattern, "y");
-}
-
-export function fullMatch(regex: RegExp, value: string): boolean {
-  regex.lastIndex = 0;
-  const match = regex.exec(value);
-  return match !== null && match[0].length === value.length;
 }
 
 /** Lower-cases the authority and strips the port, keeping IPv6 brackets out. */

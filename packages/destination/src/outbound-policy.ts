@@ -6,16 +6,16 @@ import {
 } from "./backoff.js";
 import { invalidUpdate, methodFromProto, positiveDurationMs } from "./convert.js";
 import { type Endpoint, endpointFromProto } from "./endpoint.js";
-import {
-  compileFullMatchRegex,
-  type GrpcRequestMatch,
-  type HostMatcher,
-  type HttpRequestMatch,
-  type PathMatcher,
-  type ValueMatcher,
+import type {
+  GrpcRequestMatch,
+  HostMatcher,
+  HttpRequestMatch,
+  PathMatcher,
+  ValueMatcher,
 } from "./http-match.js";
 import { LIMITS } from "./limits.js";
 import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
+import { compileRustRegex, type RustRegex } from "./regex.js";
 import type { RequestTimeouts } from "./timeouts.js";
 
 /** Request bodies up to this size are buffered so they can be replayed (Linkerd's default). */
@@ -244,13 +244,11 @@ function checkCount(what: string, count: number, limit: number): void {
   if (count > limit) throw invalidUpdate(`outbound policy has ${count} ${what}; the limit is ${limit}`);
 }
 
-function compileRegex(what: string, pattern: string): RegExp {
+function compileRegex(what: string, pattern: string): RustRegex {
   if (pattern.length > LIMITS.maxRegexLength) throw invalidUpdate(`${what} regex is too long`);
-  try {
-    return compileFullMatchRegex(pattern);
-  } catch (error) {
-    throw invalidUpdate(`invalid ${what} regex ${JSON.stringify(pattern)}: ${(error as Error).message}`);
-  }
+  const compiled = compileRustRegex(pattern);
+  if (typeof compiled === "string") throw invalidUpdate(`${what}: ${compiled}`);
+  return compiled;
 }
 
 function compileHostMatch(match: httpRoute.HostMatch | tlsRoute.SniMatch): HostMatcher {

@@ -6,6 +6,7 @@ import { boundedLabels, invalidUpdate, methodFromProto, positiveDurationMs } fro
 import { type Endpoint, endpointFromProto } from "./endpoint.js";
 import { LIMITS } from "./limits.js";
 import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
+import { compileRustRegex, type RustRegex, search } from "./regex.js";
 import {
   createRetryBudget,
   type RetryBudget,
@@ -21,7 +22,7 @@ export type RequestCondition =
   | { readonly kind: "any"; readonly conditions: readonly RequestCondition[] }
   | { readonly kind: "not"; readonly condition: RequestCondition }
   /** `regex` is the controller's pattern anchored as linkerd does: `^pattern$`. */
-  | { readonly kind: "path"; readonly pattern: string; readonly regex: RegExp }
+  | { readonly kind: "path"; readonly pattern: string; readonly regex: RustRegex }
   | { readonly kind: "method"; readonly method: string };
 
 export interface ProfileRoute {
@@ -76,20 +77,15 @@ interface ConditionBudget {
   nodes: number;
 }
 
-/** Rust's inline `(?i)` has no JavaScript equivalent inside a pattern; map a leading one to the flag. */
-export function compileProfilePathRegex(pattern: string): RegExp {
+/**
+ * linkerd builds `^pattern$` by concatenation (so `a|b` becomes `^a|b$`) and tests it unanchored; the
+ * same text is translated and compiled here, for RE2's linear-time search.
+ */
+export function compileProfilePathRegex(pattern: string): RustRegex {
   if (pattern.length > LIMITS.maxRegexLength) throw new InvalidCondition("regex too long");
-  let source = pattern;
-  let flags = "";
-  if (source.startsWith("(?i)")) {
-    source = source.slice(4);
-    flags = "i";
-  }
-  try {
-    return new RegExp(`^${source}$`, flags);
-  } catch (error) {
-    throw new InvalidCondition(`invalid path regex ${JSON.stringify(pattern)}: ${(error as Error).message}`);
-  }
+  const compiled = compileRustRegex(`^${pattern}$`);
+  if (typeof compiled === "string") throw new InvalidCondition(`path regex: ${compiled}`);
+  return compiled;
 }
 
 function compileRequestCondition(
@@ -175,7 +171,7 @@ export function matchRequestCondition(
     case "not":
       return !matchRequestCondition(condition.condition, request);
     case "path":
-      return condition.regex.test(request.path);
+      return search(condition.regex, request.path);
     case "method":
       return condition.method === request.method;
   }

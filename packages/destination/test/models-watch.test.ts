@@ -145,8 +145,8 @@ describe("watchProfile over Destination.GetProfile", () => {
     expect(
       books?.condition.kind === "all" &&
         books.condition.conditions[0]?.kind === "path" &&
-        books.condition.conditions[0].regex.source,
-    ).toBe("^\\/books\\/[0-9]+$");
+        books.condition.conditions[0].regex.pattern,
+    ).toBe("^/books/[0-9]+$");
     expect(notPurge).toMatchObject({
       condition: { kind: "not", condition: { kind: "method", method: "PURGE" } },
       isRetryable: false,

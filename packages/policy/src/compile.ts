@@ -20,7 +20,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { DEFAULT_ROUTE_META, defaultMeta, isAuditMeta, LOCALHOST_META, resourceMeta } from "./meta.js";
-import { compileRustRegex } from "./regex.js";
+import { compileRustRegex, type RustRegex } from "./regex.js";
 import type { HeaderEntry, ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
 import { utf8Length } from "./util.js";
 
@@ -247,7 +247,7 @@ function headerValue(bytes: Uint8Array | string, what: string): string {
   return buffer.toString("latin1");
 }
 
-function regex(pattern: string, what: string): RegExp {
+function regex(pattern: string, what: string): RustRegex {
   const compiled = compileRustRegex(pattern);
   if (typeof compiled === "string") invalid(`${what}: ${compiled}`);
   return compiled;

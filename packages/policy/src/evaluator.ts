@@ -16,7 +16,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { INVALID_META, NOT_LOADED_META } from "./meta.js";
-import { fullMatch } from "./regex.js";
+import { fullMatch, type RustRegex } from "./regex.js";
 import type {
   ClientFacts,
   CompiledServerPolicy,
@@ -314,12 +314,12 @@ function pathScore(p: IrPath, path: string, trimmedEnd: number): number {
     if (trimmedEnd < prefix.length || !path.startsWith(prefix)) return -1;
     return trimmedEnd === prefix.length || path.charCodeAt(prefix.length) === 0x2f ? p.score : -1;
   }
-  return fullMatch(p.regex as RegExp, path) ? utf8Length(path) : -1;
+  return fullMatch(p.regex as RustRegex, path) ? utf8Length(path) : -1;
 }
 
 function headerValueMatches(h: IrHeaderMatch, value: string): boolean {
   if (h.exact !== undefined) return value === h.exact;
-  return isVisibleAscii(value) && fullMatch(h.regex as RegExp, value);
+  return isVisibleAscii(value) && fullMatch(h.regex as RustRegex, value);
 }
 
 function headerMatches(h: IrHeaderMatch, headers: HeaderLookup): boolean {
@@ -364,7 +364,7 @@ function queryMatches(q: IrQueryMatch, query: string): boolean {
         const valueStart = eq < end ? eq + 1 : end;
         if (q.exact !== undefined) {
           if (segmentEquals(query, valueStart, end, q.exact)) return true;
-        } else if (fullMatch(q.regex as RegExp, formDecode(query.slice(valueStart, end)))) {
+        } else if (fullMatch(q.regex as RustRegex, formDecode(query.slice(valueStart, end)))) {
           return true;
         }
       }

@@ -1,3 +1,4 @@
+import type { RustRegex } from "./regex.js";
 import type { ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
 
 /**
@@ -64,7 +65,7 @@ export interface IrPath {
   readonly trimmed: string;
   /** The prefix is exactly "/". */
   readonly root: boolean;
-  readonly regex: RegExp | undefined;
+  readonly regex: RustRegex | undefined;
   /** Score when it matches (exact and prefix); regex scores the request path's byte length. */
   readonly score: number;
 }
@@ -74,13 +75,13 @@ export interface IrHeaderMatch {
   readonly name: string;
   /** Exact value as a Latin-1 string (header bytes as Node exposes them). */
   readonly exact: string | undefined;
-  readonly regex: RegExp | undefined;
+  readonly regex: RustRegex | undefined;
 }
 
 export interface IrQueryMatch {
   readonly name: string;
   readonly exact: string | undefined;
-  readonly regex: RegExp | undefined;
+  readonly regex: RustRegex | undefined;
 }
 
 export interface IrHttpMatch {

@@ -1,149 +1,72 @@
+import { translateRustRegex } from "@inmesh/core";
+import { RE2JS } from "re2js";
+
 /**
- * Linkerd compiles route regexes with Rust's `regex` crate. This turns that syntax into a JavaScript
- * RegExp for the common subset and refuses the rest, so a pattern is never silently given a different
- * meaning:
- * - refused as Rust refuses them (the policy becomes invalid in Linkerd too): look-around and
- *   back-references;
- * - translated: `(?P<name>…)` → `(?<name>…)`, `\A` → `^`, `\z` → `$`, leading flag groups `(?i)`, `(?s)`,
- *   `(?m)`;
- * - refused although Rust accepts them (documented deviation): inline flags elsewhere, `(?x)`, `(?U)`,
- *   POSIX classes `[[:alpha:]]`, class set operations `&&`/`--`/`~~`, `\pL`-style one-letter classes,
- *   `\Q…\E`, `\z`-like escapes JavaScript does not know.
- * Remaining semantic difference: `\d`, `\w`, `\s`, `\b` are Unicode-aware in Rust and ASCII in JavaScript;
- * paths and header values compared here are ASCII.
+ * A control-plane regex compiled for RE2 (re2js): matching is linear in the input, so a hostile path or
+ * header value cannot stall the event loop the way V8's backtracking engine can (`(a+)+$`). The Rust →
+ * RE2 translation and what it refuses are described in @inmesh/core's `translateRustRegex`.
  */
-export type RegexTranslation = { ok: true; source: string; flags: string } | { ok: false; error: string };
-
-const JS_ESCAPABLE = "^$\\.*+?()[]{}|/";
-
-export function translateRustRegex(pattern: string): RegexTranslation {
-  let flags = "";
-  let i = 0;
-  // Leading global flag groups such as (?i) or (?is).
-  for (;;) {
-    const m = /^\(\?([imsxU-]+)\)/.exec(pattern.slice(i));
-    if (!m) break;
-    const group = m[1] ?? "";
-    if (group.includes("-") || group.includes("x") || group.includes("U")) {
-      return { ok: false, error: `unsupported regex flags (?${group})` };
-    }
-    for (const flag of group) if (!flags.includes(flag)) flags += flag;
-    i += m[0].length;
-  }
-
-  let out = "";
-  let inClass = false;
-  while (i < pattern.length) {
-    const ch = pattern[i] as string;
-    if (ch === "\\") {
-      const next = pattern[i + 1];
-      if (next === undefined) return { ok: false, error: "regex ends with a backslash" };
-      if (/[1-9]/.test(next) || next === "k")
-        return { ok: false, error: "back-references are not supported" };
-      if (next === "Q" || next === "E") return { ok: false, error: "\\Q…\\E quoting is not supported" };
-      if (!inClass && next === "A") {
-        out += "^";
-        i += 2;
-        continue;
-      }
-      if (!inClass && next === "z") {
-        out += "$";
-        i += 2;
-        continue;
-      }
-      if ((next === "p" || next === "P") && pattern[i + 2] !== "{") {
-        return { ok: false, error: "one-letter Unicode classes (\\pL) are not supported" };
-      }
-      if (next === "Z" || next === "G") return { ok: false, error: `\\${next} is not supported` };
-      if (next === "x" && pattern[i + 2] === "{") {
-        // Rust's \x{10FFFF} is \u{10FFFF} in a Unicode-mode JavaScript regex.
-        out += "\\u";
-        i += 2;
-        continue;
-      }
-      if (!/[0-9A-Za-z]/.test(next) && !JS_ESCAPABLE.includes(next) && !(inClass && next === "-")) {
-        // Rust lets any punctuation be escaped; Unicode-mode JavaScript only syntax characters.
-        out += `\\u{${(next.codePointAt(0) ?? 0).toString(16)}}`;
-        i += 2;
-        continue;
-      }
-      out += ch + next;
-      i += 2;
-      continue;
-    }
-    if (inClass) {
-      if (ch === "]") inClass = false;
-      else if (ch === "[") {
-        if (pattern[i + 1] === ":")
-          return { ok: false, error: "POSIX classes ([[:alpha:]]) are not supported" };
-        return { ok: false, error: "nested character classes are not supported" };
-      } else if ((ch === "&" || ch === "-" || ch === "~") && pattern[i + 1] === ch) {
-        return { ok: false, error: "character class set operations are not supported" };
-      }
-      out += ch;
-      i += 1;
-      continue;
-    }
-    if (ch === "[") {
-      inClass = true;
-      out += ch;
-      i += 1;
-      // A leading `]` (or `^]`) is a literal in Rust; JavaScript needs it escaped.
-      if (pattern[i] === "^") {
-        out += "^";
-        i += 1;
-      }
-      if (pattern[i] === "]") {
-        out += "\\]";
-        i += 1;
-      }
-      continue;
-    }
-    if (ch === "(" && pattern[i + 1] === "?") {
-      const rest = pattern.slice(i + 2);
-      if (rest.startsWith("P<")) {
-        out += "(?<";
-        i += 4;
-        continue;
-      }
-      if (rest.startsWith("<") && (rest[1] === "=" || rest[1] === "!")) {
-        return { ok: false, error: "look-behind is not supported" };
-      }
-      if (rest.startsWith("=") || rest.startsWith("!"))
-        return { ok: false, error: "look-ahead is not supported" };
-      if (rest.startsWith(":") || rest.startsWith("<")) {
-        out += "(?";
-        i += 2;
-        continue;
-      }
-      return { ok: false, error: "inline flags are only supported at the start of a regex" };
-    }
-    out += ch;
-    i += 1;
-  }
-  if (inClass) return { ok: false, error: "unclosed character class" };
-  return { ok: true, source: out, flags };
+export interface RustRegex {
+  readonly pattern: string;
+  readonly re: RE2JS;
+  /** When false, a full match must be confirmed to be the leftmost-first one (see `fullMatch`). */
+  readonly fullMatchIsLeftmostFirst: boolean;
 }
 
 /**
- * Compiles a Rust-syntax regex for full matching. The sticky flag lets `fullMatch` test a match at
- * position 0 without allocating a result array.
+ * One compiled matcher per pattern: policies are recompiled on every update and routes repeat the same
+ * patterns, and RE2 compilation (and its lazily built DFA) costs far more than a Map lookup. Bounded so
+ * that a stream of distinct patterns cannot grow it without limit; the oldest entry goes first.
  */
-export function compileRustRegex(pattern: string): RegExp | string {
+const CACHE_LIMIT = 4096;
+const cache = new Map<string, RustRegex>();
+
+/** RE2's repetition cap and program size bound the work per pattern; this bounds the pattern text. */
+export const MAX_REGEX_LENGTH = 4096;
+
+/** Compiles a Rust-syntax regex for full matching, or returns why it is refused. */
+export function compileRustRegex(pattern: string): RustRegex | string {
+  const cached = cache.get(pattern);
+  if (cached !== undefined) return cached;
+  const quoted = JSON.stringify(pattern.length > 200 ? `${pattern.slice(0, 200)}…` : pattern);
+  if (pattern.length > MAX_REGEX_LENGTH) {
+    return `invalid regular expression ${quoted}: longer than ${MAX_REGEX_LENGTH} characters`;
+  }
   const translated = translateRustRegex(pattern);
-  if (!translated.ok) return `invalid regular expression ${JSON.stringify(pattern)}: ${translated.error}`;
+  if (!translated.ok) return `invalid regular expression ${quoted}: ${translated.error}`;
+  let re: RE2JS;
   try {
-    return new RegExp(translated.source, `${translated.flags}uy`);
+    re = RE2JS.compile(translated.source);
   } catch (error) {
-    return `invalid regular expression ${JSON.stringify(pattern)}: ${(error as Error).message}`;
+    return `invalid regular expression ${quoted}: ${(error as Error).message}`;
   }
+  const compiled: RustRegex = Object.freeze({
+    pattern,
+    re,
+    fullMatchIsLeftmostFirst: translated.fullMatchIsLeftmostFirst,
+  });
+  if (cache.size >= CACHE_LIMIT) {
+    const oldest = cache.keys().next().value;
+    if (oldest !== undefined) cache.delete(oldest);
+  }
+  cache.set(pattern, compiled);
+  return compiled;
 }
 
+const ANCHOR_START = 1;
+
 /**
- * True when the leftmost-first match of `re` in `value` starts at 0 and ends at the end, which is how
- * Linkerd checks route regexes (`find` + start/end check, not an anchored search).
+ * True when the leftmost-first match of `regex` in `value` starts at 0 and ends at the end, which is how
+ * Linkerd checks route regexes (`find` + start/end check, not an anchored search). `testExact` (one
+ * anchored DFA run, no capture arrays) decides alone unless the pattern has a choice that could make the
+ * leftmost-first match shorter than a full one (`a|ab`); then the match end is read as well.
  */
-export function fullMatch(re: RegExp, value: string): boolean {
-  re.lastIndex = 0;
-  return re.test(value) && re.lastIndex === value.length;
+export function fullMatch(regex: RustRegex, value: string): boolean {
+  if (!regex.re.testExact(value)) return false;
+  if (regex.fullMatchIsLeftmostFirst) return true;
+  const [found, groups] = regex.re.re2().matchWithGroup(value, 0, value.length, ANCHOR_START, 1) as [
+    boolean,
+    number[] | null,
+  ];
+  return found && groups !== null && groups[1] === value.length;
 }

@@ -3,9 +3,9 @@
  * precompilation: it walks the proto on every call, uses bigint CIDR arithmetic, URLSearchParams, regex
  * `exec`, and tuple scores. The property tests compare the compiled evaluator against it.
  */
-import { cidrContains, parseCidr, parseIpAddress } from "@inmesh/core";
+import { cidrContains, parseCidr, parseIpAddress, translateRustRegex } from "@inmesh/core";
 import { type inbound, ipNetworkToString, type meta } from "@inmesh/proto";
-import { translateRustRegex } from "../src/regex.js";
+import { RE2JS } from "re2js";
 
 export interface RefMeta {
   group: string;
@@ -125,11 +125,11 @@ function authzMatches(a: inbound.Authz, client: RefClient): boolean {
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-function refRegex(pattern: string): RegExp {
+function refRegex(pattern: string): RE2JS {
   const t = translateRustRegex(pattern);
   if (!t.ok) return fail("regex");
   try {
-    return new RegExp(t.source, `${t.flags}u`);
+    return RE2JS.compile(t.source);
   } catch {
     return fail("regex");
   }
@@ -256,9 +256,10 @@ function greater(a: number[], b: number[]): boolean {
   return false;
 }
 
+/** Linkerd's check, literally: an unanchored leftmost-first `find` that must span the whole value. */
 function fullRegexMatch(pattern: string, value: string): boolean {
-  const m = refRegex(pattern).exec(value);
-  return m !== null && m.index === 0 && m[0].length === value.length;
+  const m = refRegex(pattern).exec(value) as (string[] & { index: number }) | null;
+  return m !== null && m.index === 0 && (m[0] ?? "").length === value.length;
 }
 
 function headerValues(req: RefRequest, name: string): string[] {

@@ -3,8 +3,17 @@
  * Parsers never throw: every problem goes to the Reader (file, document, field) and parsing goes on,
  * so one run reports everything wrong with the manifests.
  */
-import { type Cidr, cidrContains, formatIpAddress, isDnsName, parseCidr, parseIpAddress } from "@inmesh/core";
+import {
+  type Cidr,
+  cidrContains,
+  formatIpAddress,
+  isDnsName,
+  parseCidr,
+  parseIpAddress,
+  translateRustRegex,
+} from "@inmesh/core";
 import { type grpcRoute, type httpRoute, httpTypes } from "@inmesh/proto";
+import { RE2JS } from "re2js";
 import { parseGatewayDurationMs } from "./durations.js";
 import { type DefaultPolicyName, isDefaultPolicyName } from "./options.js";
 import {
@@ -808,22 +817,28 @@ export function registeredMethod(method: string): httpTypes.HttpMethod | undefin
   return registered === undefined ? undefined : { type: { $case: "registered", value: registered } };
 }
 
-/** The proxy compiles Rust regexes; refuse what JavaScript accepts but Rust does not (look-around, backreferences). */
-function checkRegex(r: Reader, pattern: string, field: string): boolean {
-  if (/\(\?<?[=!]/.test(pattern) || /\\[1-9]/.test(pattern) || /\\k</.test(pattern)) {
-    r.fail(
-      field,
-      `${JSON.stringify(pattern)} uses look-around or backreferences, which Linkerd's regex engine does not support`,
-    );
-    return false;
-  }
+/**
+ * Why a route regex would be refused, or undefined. The proxy compiles Rust regexes and inmesh matches
+ * them on RE2 after `translateRustRegex`; validating with the same translation and engine means the dev
+ * control plane never serves a pattern its clients refuse (look-around, back-references, …), and never
+ * compiles one on V8's backtracking engine.
+ */
+export function rustRegexError(pattern: string): string | undefined {
+  const translated = translateRustRegex(pattern);
+  if (!translated.ok) return translated.error;
   try {
-    new RegExp(pattern);
-    return true;
+    RE2JS.compile(translated.source);
+    return undefined;
   } catch (error) {
-    r.fail(field, `invalid regular expression: ${(error as Error).message}`);
-    return false;
+    return (error as Error).message;
   }
+}
+
+function checkRegex(r: Reader, pattern: string, field: string): boolean {
+  const error = rustRegexError(pattern);
+  if (error === undefined) return true;
+  r.fail(field, `invalid regular expression ${JSON.stringify(pattern)}: ${error}`);
+  return false;
 }
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;

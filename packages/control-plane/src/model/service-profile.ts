@@ -8,7 +8,7 @@ import { type destination, durationFromMs } from "@inmesh/proto";
 import { parseGoDurationMs } from "./durations.js";
 import type { JsonObject, Reader } from "./reader.js";
 import { joinField } from "./reader.js";
-import { type Meta, parseMeta, registeredMethod } from "./resources.js";
+import { type Meta, parseMeta, registeredMethod, rustRegexError } from "./resources.js";
 
 export interface ServiceProfileRes {
   readonly meta: Meta;
@@ -55,13 +55,14 @@ function requestMatch(
   }
   const pathRegex = r.string(obj, "pathRegex", joinField(field, "pathRegex"));
   if (pathRegex !== undefined && pathRegex !== "") {
-    try {
-      // The proxy anchors the regex itself (`^…$`); the wire carries it as written.
-      new RegExp(`^(?:${pathRegex})$`);
-      matches.push({ match: { $case: "path", value: { regex: pathRegex } } });
-    } catch (error) {
-      r.fail(joinField(field, "pathRegex"), `invalid regular expression: ${(error as Error).message}`);
-    }
+    // The proxy anchors the regex itself (`^…$`, by concatenation); the wire carries it as written.
+    const error = rustRegexError(`^${pathRegex}$`);
+    if (error === undefined) matches.push({ match: { $case: "path", value: { regex: pathRegex } } });
+    else
+      r.fail(
+        joinField(field, "pathRegex"),
+        `invalid regular expression ${JSON.stringify(pathRegex)}: ${error}`,
+      );
   }
   if (matches.length === 0) return r.fail(field, "a request match must have a field set");
   if (matches.length === 1) return matches[0];
