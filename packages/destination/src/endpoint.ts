@@ -88,6 +88,32 @@ function tlsIdentityFromProto(
 }
 
 /**
+ * Converts the `WeightedAddr`s of one update. Everything the addresses of one message usually share is
+ * computed once per message rather than once per address (set labels merged and validated, TLS identities
+ * validated), so a 10,000-address update costs one pass and little garbage.
+ */
+export function createEndpointConverter(
+  setLabels: { readonly [key: string]: string } = {},
+): (addr: destination.WeightedAddr) => Endpoint | undefined {
+  const sharedLabels = boundedLabels([setLabels]);
+  const identities = new Map<string, EndpointTlsIdentity | undefined | null>();
+  const identity = (tls: destination.TlsIdentity | undefined) => {
+    const strategy = tls?.strategy;
+    if (!strategy) return undefined;
+    const name = strategy.$case === "dnsLikeIdentity" ? strategy.value.name : strategy.value.uri;
+    const key = `${strategy.$case}\n${name}\n${tls.serverName?.name ?? ""}`;
+    let converted = identities.get(key);
+    if (converted === undefined && !identities.has(key)) {
+      converted = tlsIdentityFromProto(tls);
+      // Bounded: a hostile message may carry a distinct identity per address.
+      if (identities.size < 1024) identities.set(key, converted);
+    }
+    return converted;
+  };
+  return (addr) => convertEndpoint(addr, setLabels, sharedLabels, identity);
+}
+
+/**
  * Converts one `WeightedAddr`. Returns undefined when the address is unusable: no IP, port out of range,
  * or a TLS identity that cannot be verified (never downgraded to plaintext).
  */
@@ -95,14 +121,29 @@ export function endpointFromProto(
   addr: destination.WeightedAddr,
   setLabels: { readonly [key: string]: string } = {},
 ): Endpoint | undefined {
+  return createEndpointConverter(setLabels)(addr);
+}
+
+function isEmpty(labels: { readonly [key: string]: string } | undefined): boolean {
+  for (const _ in labels) return false;
+  return true;
+}
+
+function convertEndpoint(
+  addr: destination.WeightedAddr,
+  setLabels: { readonly [key: string]: string },
+  sharedLabels: Readonly<Record<string, string>>,
+  identity: (tls: destination.TlsIdentity | undefined) => EndpointTlsIdentity | undefined | null,
+): Endpoint | undefined {
   const host = ipAddressToString(addr.addr?.ip);
   const port = addr.addr?.port ?? 0;
   if (host === undefined || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  const tlsIdentity = tlsIdentityFromProto(addr.tlsIdentity);
+  const tlsIdentity = identity(addr.tlsIdentity);
   if (tlsIdentity === null) return undefined;
   // Address labels come second so they override set labels of the same name.
-  const metricLabels = boundedLabels([setLabels, addr.metricLabels]);
-
+  const metricLabels = isEmpty(addr.metricLabels)
+    ? sharedLabels
+    : boundedLabels([setLabels, addr.metricLabels]);
   const hint = addr.protocolHint;
   const protocolHint =
     hint?.protocol?.$case === "h2" ? "h2" : hint?.protocol?.$case === "opaque" ? "opaque" : undefined;
@@ -144,8 +185,57 @@ export function endpointFromProto(
   return Object.freeze(endpoint);
 }
 
+function sameRecord(a: object | undefined, b: object | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined) return false;
+  const left = a as Record<string, unknown>;
+  const right = b as Record<string, unknown>;
+  let count = 0;
+  for (const key in left) {
+    if (left[key] !== right[key]) return false;
+    count += 1;
+  }
+  for (const _ in right) count -= 1;
+  return count === 0;
+}
+
+/** Field by field (a resync re-adds every endpoint: no serialisation per endpoint). */
 function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
-  return a === b || JSON.stringify(a) === JSON.stringify(b);
+  return (
+    a === b ||
+    (a.address === b.address &&
+      a.weight === b.weight &&
+      a.protocolHint === b.protocolHint &&
+      a.opaqueTransportPort === b.opaqueTransportPort &&
+      a.authorityOverride === b.authorityOverride &&
+      sameRecord(a.metricLabels, b.metricLabels) &&
+      sameRecord(a.tlsIdentity, b.tlsIdentity) &&
+      sameRecord(a.http2, b.http2) &&
+      JSON.stringify(a.resourceRef) === JSON.stringify(b.resourceRef))
+  );
+}
+
+function addressKey(tcp: { ip?: Parameters<typeof ipAddressToString>[0]; port: number } | undefined) {
+  const host = ipAddressToString(tcp?.ip);
+  if (host === undefined || tcp === undefined) return undefined;
+  return host.includes(":") ? `[${host}]:${tcp.port}` : `${host}:${tcp.port}`;
+}
+
+/**
+ * Endpoints beyond `LIMITS.maxEndpoints` are left out rather than the update refused: Linkerd endpoints
+ * of one service are interchangeable replicas, so balancing over the first 10,000 is still correct,
+ * while refusing would leave a very large service with no endpoints at all. Said once per process, as a
+ * warning with a stable code, so that it is visible without flooding the log on every resync.
+ */
+let cappedWarned = false;
+function onEndpointsCapped(dropped: number): void {
+  if (cappedWarned) return;
+  cappedWarned = true;
+  process.emitWarning(
+    `a destination update exceeded the cap of ${LIMITS.maxEndpoints} endpoints per set; ${dropped} new ` +
+      "addresses were left out (LIMITS.maxEndpoints)",
+    { code: "MESH_DESTINATION_ENDPOINTS_CAPPED" },
+  );
 }
 
 /**
@@ -168,30 +258,36 @@ export function applyEndpointUpdate(
       return previous && previous.exists === next.exists && previous.endpoints.length === 0 ? previous : next;
     }
     case "add": {
-      const added: Endpoint[] = [];
-      for (const addr of kind.value.addrs) {
-        const endpoint = endpointFromProto(addr, kind.value.metricLabels);
-        if (endpoint) added.push(endpoint);
-      }
-      if (added.length === 0) return undefined;
+      const convert = createEndpointConverter(kind.value.metricLabels);
       const merged = new Map<string, Endpoint>();
       for (const endpoint of base.endpoints) merged.set(endpoint.address, endpoint);
       let changed = base !== previous;
-      for (const endpoint of added) {
+      let valid = 0;
+      let dropped = 0;
+      for (const addr of kind.value.addrs) {
+        // Past the cap only updates of known addresses can apply: new ones are not even converted, so the
+        // work stays proportional to the cap, not to what the message holds.
+        if (merged.size >= LIMITS.maxEndpoints && !merged.has(addressKey(addr.addr) ?? "")) {
+          dropped += 1;
+          continue;
+        }
+        const endpoint = convert(addr);
+        if (endpoint === undefined) continue;
+        valid += 1;
         const existing = merged.get(endpoint.address);
-        if (existing === undefined && merged.size >= LIMITS.maxEndpoints) continue;
         if (existing !== undefined && sameEndpoint(existing, endpoint)) continue;
         merged.set(endpoint.address, endpoint);
         changed = true;
       }
+      if (dropped > 0) onEndpointsCapped(dropped);
+      if (valid === 0 && dropped === 0) return undefined;
       return changed || previous === undefined ? createEndpointSet(true, merged.values()) : previous;
     }
     case "remove": {
       const removed = new Set<string>();
       for (const tcp of kind.value.addrs) {
-        const host = ipAddressToString(tcp.ip);
-        if (host !== undefined)
-          removed.add(host.includes(":") ? `[${host}]:${tcp.port}` : `${host}:${tcp.port}`);
+        const key = addressKey(tcp);
+        if (key !== undefined) removed.add(key);
       }
       const kept = base.endpoints.filter((endpoint) => !removed.has(endpoint.address));
       if (base === previous && kept.length === base.endpoints.length) return previous;

@@ -1,0 +1,103 @@
+/**
+ * Oversized Destination updates (issue 11) from a real grpc-js controller double on loopback: one add
+ * of 50,000 addresses keeps LIMITS.maxEndpoints of them (endpoints are interchangeable replicas, so a
+ * subset balances correctly), says so once with a coded warning, and the watch keeps working; a message
+ * over the byte cap is refused and the last good set stays.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { createContextToken, createDiscovery, type EndpointSet, LIMITS } from "../src/index.js";
+import { startControlPlane, testClients } from "./control-plane-double.js";
+import { addUpdate, removeUpdate, waitFor, weightedAddr } from "./helpers.js";
+
+const AUTHORITY = "web.ns.svc.cluster.local:80";
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const address = (i: number) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:8080`;
+const identity = {
+  strategy: {
+    $case: "dnsLikeIdentity" as const,
+    value: { name: "web.ns.serviceaccount.identity.linkerd.cluster.local" },
+  },
+  serverName: undefined,
+};
+
+async function setup(handlers: Parameters<typeof startControlPlane>[0], maxMessageBytes?: number) {
+  const plane = await startControlPlane(handlers);
+  cleanups.push(() => plane.kill());
+  const clients = testClients(plane.address);
+  cleanups.push(() => clients.close());
+  const discovery = createDiscovery({
+    destinationClient: clients.destinationClient,
+    contextToken: createContextToken({ ns: "client-ns" }),
+    backoff: { minMs: 10, maxMs: 100 },
+    ...(maxMessageBytes ? { maxMessageBytes } : {}),
+  });
+  cleanups.push(() => discovery.close());
+  return { plane, discovery };
+}
+
+describe("endpoint updates over the caps", () => {
+  it("keeps the first maxEndpoints of a 50,000-address add, warns once, then applies later updates", async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on("warning", onWarning);
+    cleanups.push(() => process.off("warning", onWarning));
+
+    const { plane, discovery } = await setup({});
+    const watch = discovery.watchEndpoints(AUTHORITY);
+    const values: EndpointSet[] = [];
+    watch.onUpdate((set) => values.push(set));
+    await waitFor(() => plane.getCalls.length === 1);
+    const call = plane.getCalls[0] as NonNullable<(typeof plane.getCalls)[0]>;
+
+    const addrs = Array.from({ length: 50_000 }, (_, i) =>
+      weightedAddr(address(i), { tlsIdentity: identity }),
+    );
+    call.write(addUpdate(addrs, { namespace: "ns" }));
+    await waitFor(() => values.length === 1, 20_000, "the capped set");
+    const set = values[0] as EndpointSet;
+    expect(set.endpoints).toHaveLength(LIMITS.maxEndpoints);
+    expect(set.get(address(0))?.tlsIdentity?.name).toBe(
+      "web.ns.serviceaccount.identity.linkerd.cluster.local",
+    );
+    expect(set.get(address(0))?.metricLabels).toEqual({ namespace: "ns" });
+    expect(set.get(address(LIMITS.maxEndpoints))).toBeUndefined();
+    await waitFor(() =>
+      warnings.some((w) => (w as { code?: string }).code === "MESH_DESTINATION_ENDPOINTS_CAPPED"),
+    );
+
+    // The stream is alive and proportional updates apply: a removal frees a slot for a new address.
+    call.write(removeUpdate([address(0)]));
+    await waitFor(() => values.length === 2);
+    call.write(addUpdate([weightedAddr("10.200.0.1:8080")]));
+    await waitFor(() => values.length === 3);
+    const last = values[2] as EndpointSet;
+    expect(last.endpoints).toHaveLength(LIMITS.maxEndpoints);
+    expect(last.get("10.200.0.1:8080")).toBeDefined();
+    expect(last.get(address(0))).toBeUndefined();
+    expect(watch.state().closed).toBe(false);
+  }, 30_000);
+
+  it("refuses a message over the byte cap and keeps the last good set", async () => {
+    const { plane, discovery } = await setup({}, 64 * 1024);
+    const watch = discovery.watchEndpoints(AUTHORITY);
+    const values: EndpointSet[] = [];
+    const errors: string[] = [];
+    watch.onUpdate((set) => values.push(set));
+    watch.onError((error) => errors.push(error.code));
+    await waitFor(() => plane.getCalls.length === 1);
+    const first = plane.getCalls[0] as NonNullable<(typeof plane.getCalls)[0]>;
+    first.write(addUpdate([weightedAddr("10.0.0.1:8080")]));
+    await waitFor(() => values.length === 1);
+    first.write(addUpdate(Array.from({ length: 5_000 }, (_, i) => weightedAddr(address(i + 10)))));
+    // The oversized message restarts the stream (a typed error) instead of being applied.
+    await waitFor(() => plane.getCalls.length >= 2, 10_000, "a new stream");
+    expect(values).toHaveLength(1);
+    expect(values[0]?.endpoints.map((e) => e.address)).toEqual(["10.0.0.1:8080"]);
+    expect(watch.state().closed).toBe(false);
+    expect(errors.every((code) => code.startsWith("MESH_ERR_"))).toBe(true);
+  });
+});
