@@ -1,6 +1,7 @@
 // Evaluator: compile a controller policy (or a built-in default) once, then authorize per request.
 
 export { clientFacts } from "./client.js";
+export { POLICY_LIMITS } from "./compile.js";
 export type { DefaultPolicyName, DefaultServerPolicyOptions } from "./defaults.js";
 export { DEFAULT_POLICY_NAMES, defaultServerPolicy, isDefaultPolicyName } from "./defaults.js";
 export { invalidServerPolicy, NOT_LOADED_POLICY } from "./evaluator.js";

@@ -15,6 +15,7 @@ import {
   unrefTimeout,
 } from "@inmesh/core";
 import { DEFAULT_MAX_MESSAGE_BYTES, decodeMessage, inbound } from "@inmesh/proto";
+import { serverOverLimits } from "./compile.js";
 import { type DefaultPolicyName, defaultServerPolicy } from "./defaults.js";
 import { NOT_LOADED_POLICY } from "./evaluator.js";
 import { compileServerPolicy } from "./policy.js";
@@ -370,6 +371,24 @@ export function createPolicyWatcher(options: PolicyWatcherOptions): PolicyWatche
       debug("policy: port %d: %s", watch.port, decoded.error.message);
       emit({ type: "error", port: watch.port, error: decoded.error, fatal: false });
       scheduleReconnect(watch);
+      return;
+    }
+    const over = serverOverLimits(decoded.server);
+    if (over !== undefined) {
+      // Refused whole and before any compilation: the last good policy stays in force. Not a broken
+      // stream, so no reconnect: the controller's next update may fit again.
+      watch.lastError = `policy too large: ${over}`;
+      debug("policy: port %d: %s", watch.port, watch.lastError);
+      emit({
+        type: "error",
+        port: watch.port,
+        error: new MeshError(
+          MeshErrorCode.POLICY_INVALID,
+          `policy update for port ${watch.port} refused, the last policy stays: too large: ${over}`,
+          { details: { port: watch.port } },
+        ),
+        fatal: false,
+      });
       return;
     }
     const previous = watch.policy;
