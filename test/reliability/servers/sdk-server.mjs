@@ -19,12 +19,12 @@ const outboundBase = process.env.ATTACK_OUTBOUND_BASE ?? "http://target.bookshop
 
 const mesh = createMesh();
 
-/** Every header whose name looks like l5d-client-id once case and whitespace are ignored. */
+/** Every header whose name is l5d-client-id once case and whitespace are ignored. */
 function clientIdHeaders(rawHeaders) {
   const seen = [];
   for (let index = 0; index + 1 < rawHeaders.length && seen.length < MAX_ECHOED_HEADERS; index += 2) {
     const name = String(rawHeaders[index]);
-    if (name.toLowerCase().replace(/\s/g, "").includes("l5d-client-id")) {
+    if (name.toLowerCase().replace(/\s/g, "") === "l5d-client-id") {
       seen.push([name, String(rawHeaders[index + 1]).slice(0, MAX_ECHOED_LENGTH)]);
     }
   }
