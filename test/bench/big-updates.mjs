@@ -1,18 +1,22 @@
 /**
- * Big control-plane updates (issue 11): the longest event-loop stall while one Destination.Get update of
- * ENDPOINTS addresses is received and applied by @inmesh/destination (decode, convert, cap, endpoint set,
- * balancer), against a raw grpc-js client that only decodes the same stream, measured in the same run.
+ * Big control-plane updates (issue 11): the longest event-loop stall while one big update is received and
+ * applied, against a raw grpc-js client that only decodes the same stream, measured side by side in the
+ * same run (ratio = inmesh / raw).
+ * - Destination.Get: one `add` of ENDPOINTS addresses through @inmesh/destination (decode, convert, the
+ *   LIMITS.maxEndpoints cap, endpoint set, balancer); then an add at the cap.
+ * - InboundServerPolicies.WatchPort: a ~3 MB Server with 14,000 regex routes through the policy watcher
+ *   (refused whole, over POLICY_LIMITS, the last policy stays); then one at the regex cap with patterns
+ *   not seen before (compiled cold on RE2).
  *
  *   node --import ./test/bench/policy-ts-loader.mjs test/bench/big-updates.mjs [endpoints=50000]
  *
- * The controller double is a real grpc-js server on 127.0.0.1 built from @inmesh/proto. A message over
- * the endpoint cap is refused (the watch keeps its last state) — the figure printed then is what
- * refusing costs; the bench also applies a message at the cap, which is the largest accepted work.
+ * The controller doubles are real grpc-js servers on 127.0.0.1 built from @inmesh/proto.
  */
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { credentials, Server, ServerCredentials } from "@grpc/grpc-js";
 import { createBalancer, createDiscovery, LIMITS } from "@inmesh/destination";
-import { destination } from "@inmesh/proto";
+import { createPolicyWatcher, POLICY_LIMITS } from "@inmesh/policy";
+import { destination, inbound } from "@inmesh/proto";
 
 const requested = Number(process.argv[2] ?? 50_000);
 const ROUNDS = 5;
@@ -145,7 +149,151 @@ async function compare(count) {
   }
 }
 
-console.log(`big updates (node ${process.version}); endpoint cap per set: ${LIMITS.maxEndpoints}`);
+// ----- policy ---------------------------------------------------------------------------------------
+
+let patternSeed = 0;
+function policyServer(routes, name) {
+  patternSeed += 1;
+  const seed = patternSeed;
+  const match = (i) => ({
+    path: { kind: { $case: "regex", value: `/api/s${seed}/v${i}/([a-z0-9]+/?)+` } },
+    headers: [{ name: "x-tenant", value: { $case: "regex", value: `tenant-${seed}-${i}-[0-9a-f]{8}` } }],
+    queryParams: [],
+    method: { type: { $case: "registered", value: 0 } },
+  });
+  return inbound.Server.fromPartial({
+    protocol: {
+      kind: {
+        $case: "detect",
+        value: {
+          timeout: { seconds: 10n, nanos: 0 },
+          httpRoutes: Array.from({ length: routes }, (_, i) => ({
+            metadata: {
+              kind: {
+                $case: "resource",
+                value: { group: "policy.linkerd.io", kind: "HTTPRoute", name: `route-${name}-${i}` },
+              },
+            },
+            hosts: [],
+            authorizations: [],
+            rules: [{ matches: [match(i)], filters: [] }],
+          })),
+        },
+      },
+    },
+    authorizations: [
+      {
+        metadata: { kind: { $case: "default", value: "all-unauthenticated" } },
+        networks: [{ net: { ip: { ip: { $case: "ipv4", value: 0 } }, prefixLen: 0 } }],
+        authentication: { permit: { $case: "unauthenticated", value: {} } },
+      },
+    ],
+    labels: { name },
+  });
+}
+
+async function startPolicyPlane() {
+  const server = new Server({ "grpc.max_send_message_length": 64 * 1024 * 1024 });
+  const plane = { calls: [], next: undefined };
+  server.addService(inbound.InboundServerPoliciesService, {
+    getPort(_call, done) {
+      done({ code: 12, details: "not used" });
+    },
+    watchPort(call) {
+      plane.calls.push(call);
+      call.write(plane.next);
+    },
+  });
+  const port = await new Promise((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  return Object.assign(plane, { address: `127.0.0.1:${port}`, close: () => server.forceShutdown() });
+}
+
+const LARGE = { "grpc.max_receive_message_length": 64 * 1024 * 1024 };
+
+function rawPolicy(address) {
+  const client = new inbound.InboundServerPoliciesClient(address, credentials.createInsecure(), LARGE);
+  return new Promise((resolve, reject) => {
+    const call = client.watchPort(inbound.PortSpec.fromPartial({ workload: "{}", port: 8080 }));
+    call.on("data", () => {
+      call.cancel();
+      client.close();
+      resolve();
+    });
+    call.on("error", (error) => {
+      if (error.code !== 1) reject(error);
+    });
+  });
+}
+
+function meshedPolicy(address) {
+  const client = new inbound.InboundServerPoliciesClient(address, credentials.createInsecure(), LARGE);
+  const watcher = createPolicyWatcher({
+    client,
+    workload: "{}",
+    ports: [8080],
+    maxMessageBytes: 16 * 1024 * 1024,
+  });
+  return new Promise((resolve) => {
+    const done = (outcome) => {
+      watcher.close();
+      client.close();
+      resolve(outcome);
+    };
+    watcher.subscribe((event) => {
+      if (event.type === "updated") done(`applied, ${event.policy.status}`);
+      else done(`refused: ${event.error.code}`);
+    });
+  });
+}
+
+async function comparePolicy(label, makeServer) {
+  const plane = await startPolicyPlane();
+  try {
+    plane.next = makeServer();
+    await rawPolicy(plane.address);
+    await meshedPolicy(plane.address);
+    const rawMax = [];
+    const meshMax = [];
+    let outcome;
+    let bytes = 0;
+    for (let round = 0; round < ROUNDS; round += 1) {
+      // New patterns every round, so the regexes are compiled cold, not found in the cache.
+      plane.next = makeServer();
+      bytes = inbound.Server.encode(plane.next).finish().length;
+      rawMax.push((await maxDelay(() => rawPolicy(plane.address))).maxMs);
+      meshMax.push(
+        (
+          await maxDelay(async () => {
+            outcome = await meshedPolicy(plane.address);
+          })
+        ).maxMs,
+      );
+    }
+    const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+    const r = median(rawMax);
+    const m = median(meshMax);
+    console.log(
+      `${label} (${(bytes / 1024 / 1024).toFixed(2)} MiB): max event-loop delay, median of ${ROUNDS}: ` +
+        `raw grpc-js ${r.toFixed(1)} ms, inmesh ${m.toFixed(1)} ms, ratio ${(m / Math.max(r, 1)).toFixed(2)} ` +
+        `(inmesh outcome: ${outcome})`,
+    );
+  } finally {
+    plane.close();
+  }
+}
+
+console.log(
+  `big updates (node ${process.version}); caps: ${LIMITS.maxEndpoints} endpoints per set, ` +
+    `${POLICY_LIMITS.maxRoutes} routes and ${POLICY_LIMITS.maxRegexes} regexes per server`,
+);
 await compare(requested);
 if (requested > LIMITS.maxEndpoints) await compare(LIMITS.maxEndpoints);
+await comparePolicy("policy, 14,000 regex routes", () => policyServer(14_000, "web"));
+await comparePolicy(`policy, ${POLICY_LIMITS.maxRegexes / 2} routes of 2 new regexes (at the regex cap)`, () =>
+  policyServer(POLICY_LIMITS.maxRegexes / 2, "web"),
+);
 process.exit(0);

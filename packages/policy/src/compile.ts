@@ -599,7 +599,7 @@ export const POLICY_LIMITS = Object.freeze({
   maxQueryMatchesPerMatch: 64,
   /** Matches of all routes together, and the regexes among them (one compiled matcher each). */
   maxMatches: 16_384,
-  maxRegexes: 4096,
+  maxRegexes: 1024,
 });
 
 /**
