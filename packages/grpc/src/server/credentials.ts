@@ -1,4 +1,6 @@
+import type { Http2Server, ServerHttp2Stream } from "node:http2";
 import type { Duplex } from "node:stream";
+import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import type { PeerIdentity } from "@inmesh/core";
 import {
@@ -42,6 +44,60 @@ class MeshTlsServerCredentials extends ServerCredentials {
 
   override _equals(other: ServerCredentials): boolean {
     return other === this;
+  }
+}
+
+const debug = debuglog("mesh");
+
+/**
+ * Bytes read before a connection is handed over (protocol detection) reach nghttp2 in one synchronous
+ * pass when the session starts, so a stream can already be reset (DATA beyond its content-length, DATA
+ * after END_STREAM…) when its 'stream' event fires. grpc-js answers some streams synchronously in that
+ * event (wrong content-type, unknown method), and `respond()` on a destroyed stream throws, which would
+ * take the process down. Every 'stream' listener of the server is wrapped so a stream reaches them only
+ * while it is alive, and always has an error handler.
+ */
+function guardStreams(server: Http2Server): void {
+  const listeners = server.rawListeners("stream") as ((...args: unknown[]) => void)[];
+  server.removeAllListeners("stream");
+  server.on(
+    "stream",
+    function guardedStream(this: Http2Server, stream: ServerHttp2Stream, ...rest: unknown[]) {
+      stream.on("error", (error) => debug("grpc: injected stream error: %s", error.message));
+      if (stream.destroyed || stream.closed) return;
+      for (const listener of listeners) Reflect.apply(listener, this, [stream, ...rest]);
+    },
+  );
+}
+
+type Http2ServerFactory = (this: Server, credentials: ServerCredentials) => Http2Server;
+
+/**
+ * `server.createConnectionInjector`, with the HTTP/2 server grpc-js makes for it guarded (see
+ * {@link guardStreams}). grpc-js exposes that server nowhere, so its factory method is wrapped on this
+ * instance for the duration of the call; without that method (another grpc-js) the injector is unguarded.
+ */
+function createGuardedInjector(
+  server: Server,
+  credentials: ServerCredentials,
+): ReturnType<Server["createConnectionInjector"]> {
+  const target = server as unknown as { createHttp2Server?: Http2ServerFactory };
+  const factory = target.createHttp2Server;
+  if (typeof factory !== "function") {
+    debug("grpc: this grpc-js has no createHttp2Server; injected connections are not guarded");
+    return server.createConnectionInjector(credentials);
+  }
+  const own = Object.hasOwn(target, "createHttp2Server");
+  target.createHttp2Server = function guardedFactory(this: Server, creds: ServerCredentials) {
+    const http2Server = Reflect.apply(factory, this, [creds]) as Http2Server;
+    guardStreams(http2Server);
+    return http2Server;
+  };
+  try {
+    return server.createConnectionInjector(credentials);
+  } finally {
+    if (own) target.createHttp2Server = factory;
+    else delete target.createHttp2Server;
   }
 }
 
@@ -128,7 +184,7 @@ export function createMeshConnectionInjector(
   }
   const credentials = createMeshServerCredentials({ ...options, terminateTls: false });
   const registry = registries.get(credentials) as ConnectionRegistry;
-  const injector = server.createConnectionInjector(credentials);
+  const injector = createGuardedInjector(server, credentials);
   const { identity } = resolved;
   return {
     injectConnection(socket, info) {

@@ -9,7 +9,7 @@ import type { CompiledServerPolicy } from "@inmesh/policy";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
 import type { ConnectionState, GateConfig } from "./gate.js";
-import { chooseProtocol, type Pipeline, swallow } from "./pipeline.js";
+import { chooseProtocol, debug, type Pipeline, swallow } from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
 
@@ -55,6 +55,11 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
   if (options.direct) {
     directServer = createNetServer({ noDelay: true }, (socket) => onRawConnection(socket, true));
     directServer.maxConnections = options.maxConnections;
+  }
+  // Accept failures once listening (EMFILE under a connection flood) must not end the process; the
+  // listener keeps accepting once descriptors are free. `listen()` failures still reject `listen()`.
+  for (const listener of [server, directServer]) {
+    listener?.on("error", (error) => debug("inbound: listener error: %s", error.message));
   }
 
   function onRawConnection(raw: Socket, direct: boolean): void {

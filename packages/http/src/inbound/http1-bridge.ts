@@ -20,6 +20,10 @@ export interface BridgeAddress {
   readonly encrypted: boolean;
 }
 
+function bridgeError(error: Error): void {
+  debug("inbound: HTTP/1 bridge socket error: %s", error.message);
+}
+
 /** One end of an in-memory, back-pressured byte pipe that node:http accepts as a socket. */
 class BridgeSocket extends Duplex {
   peer: BridgeSocket | undefined;
@@ -119,6 +123,10 @@ export function bridgeToHttp1(
   },
 ): void {
   const [serverSocket, clientSocket] = bridgePair(options.address);
+  // node:http detaches its socket listeners once a request is done; a late write on a torn-down pipe
+  // must not become an unhandled 'error'.
+  serverSocket.on("error", bridgeError);
+  clientSocket.on("error", bridgeError);
   const forwarded: Record<string, string | string[]> = {};
   for (const name of Object.keys(headers)) {
     if (name.charCodeAt(0) === 0x3a || DROP_REQUEST.has(name)) continue;

@@ -74,6 +74,13 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     });
     if (shutdown.closing) session.close();
   });
+  // Registered before every other 'stream' listener (node's compat layer included). Bytes read during
+  // detection reach nghttp2 in one synchronous pass when the session starts, so a stream can be reset
+  // (content-length exceeded, DATA after END_STREAM…) before its 'stream' event runs: the listener must
+  // hold an error handler whatever happened, and nothing may be served on a stream that is already gone.
+  h2.on("stream", (stream: ServerHttp2Stream) => {
+    stream.on("error", swallow);
+  });
   if (compatHandler !== undefined && onStream === undefined) {
     h2.on("request", onCompatRequest);
   } else {
@@ -116,13 +123,13 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     _flags: number,
     rawHeaders: string[],
   ): void {
+    if (stream.destroyed || stream.closed) return;
     const state =
       stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
     if (state === undefined) {
       stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
-    stream.on("error", swallow);
     const method = String(headers[":method"] ?? "");
     if (method === "CONNECT") {
       stream.respond({ ":status": 405, "content-length": "0" }, { endStream: true });
@@ -182,6 +189,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
 
   function onCompatRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {
     const stream = req.stream;
+    if (stream.destroyed || stream.closed) return;
     const state = sessions.get(stream.session as ServerHttp2Session);
     if (state === undefined) {
       stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
