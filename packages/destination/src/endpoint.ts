@@ -135,7 +135,7 @@ function convertEndpoint(
   sharedLabels: Readonly<Record<string, string>>,
   identity: (tls: destination.TlsIdentity | undefined) => EndpointTlsIdentity | undefined | null,
 ): Endpoint | undefined {
-  const host = ipAddressToString(addr.addr?.ip);
+  const host = hostOf(addr.addr?.ip);
   const port = addr.addr?.port ?? 0;
   if (host === undefined || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
   const tlsIdentity = identity(addr.tlsIdentity);
@@ -215,8 +215,22 @@ function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
   );
 }
 
+/**
+ * The host part of an address. IPv4, nearly every address Linkerd sends, is formatted with plain number
+ * arithmetic: the generic formatter goes through BigInt and cost ~2 µs an address, which made a 50,000-
+ * address update spend most of its time here.
+ */
+function hostOf(ip: Parameters<typeof ipAddressToString>[0]): string | undefined {
+  const inner = ip?.ip;
+  if (inner?.$case === "ipv4") {
+    const v = inner.value >>> 0;
+    return `${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
+  }
+  return ipAddressToString(ip);
+}
+
 function addressKey(tcp: { ip?: Parameters<typeof ipAddressToString>[0]; port: number } | undefined) {
-  const host = ipAddressToString(tcp?.ip);
+  const host = hostOf(tcp?.ip);
   if (host === undefined || tcp === undefined) return undefined;
   return host.includes(":") ? `[${host}]:${tcp.port}` : `${host}:${tcp.port}`;
 }
