@@ -20,7 +20,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { DEFAULT_ROUTE_META, defaultMeta, isAuditMeta, LOCALHOST_META, resourceMeta } from "./meta.js";
-import { compileRustRegex, type RustRegex } from "./regex.js";
+import { compileRustRegex, isRustRegexCached, type RustRegex } from "./regex.js";
 import type { HeaderEntry, ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
 import { utf8Length } from "./util.js";
 
@@ -645,6 +645,32 @@ export function serverOverLimits(pb: inbound.Server): string | undefined {
   if (matches > limits.maxMatches) return `${matches} route matches (limit ${limits.maxMatches})`;
   if (regexes > limits.maxRegexes) return `${regexes} regex matches (limit ${limits.maxRegexes})`;
   return undefined;
+}
+
+/** The regex patterns of a server's routes not compiled yet (each once), in order. */
+export function uncompiledRegexes(pb: inbound.Server): string[] {
+  const value = pb.protocol?.kind?.value as
+    | {
+        routes?: readonly (inbound.HttpRoute | inbound.GrpcRoute)[];
+        httpRoutes?: readonly inbound.HttpRoute[];
+      }
+    | undefined;
+  const patterns = new Set<string>();
+  const add = (pattern: string) => {
+    if (!isRustRegexCached(pattern)) patterns.add(pattern);
+  };
+  for (const route of value?.routes ?? value?.httpRoutes ?? []) {
+    for (const rule of route.rules) {
+      for (const match of rule.matches) {
+        for (const header of match.headers ?? [])
+          if (header.value?.$case === "regex") add(header.value.value);
+        if ("path" in match && match.path?.kind?.$case === "regex") add(match.path.kind.value);
+        if ("queryParams" in match)
+          for (const query of match.queryParams) if (query.value?.$case === "regex") add(query.value.value);
+      }
+    }
+  }
+  return [...patterns];
 }
 
 export function convertServer(pb: inbound.Server): IrServer {

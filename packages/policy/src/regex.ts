@@ -24,6 +24,11 @@ const cache = new Map<string, RustRegex>();
 /** RE2's repetition cap and program size bound the work per pattern; this bounds the pattern text. */
 export const MAX_REGEX_LENGTH = 4096;
 
+/** True when `pattern` is compiled and cached: compiling a policy that uses it costs a Map lookup. */
+export function isRustRegexCached(pattern: string): boolean {
+  return cache.has(pattern);
+}
+
 /** Compiles a Rust-syntax regex for full matching, or returns why it is refused. */
 export function compileRustRegex(pattern: string): RustRegex | string {
   const cached = cache.get(pattern);

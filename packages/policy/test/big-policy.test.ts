@@ -70,6 +70,56 @@ describe("policy updates over the caps", () => {
     expect(double.calls).toHaveLength(1);
   }, 30_000);
 
+  it("compiles new regexes a batch per turn, and a newer policy sent meanwhile is the one that stays", async () => {
+    const manyRegexes = (seed: string) =>
+      serverMsg({
+        name: "web",
+        authorizations: [authz({ name: "all" })],
+        protocol: {
+          kind: "detect",
+          routes: Array.from({ length: 400 }, (_, i) =>
+            httpRouteMsg({ name: `r${i}`, rules: [{ matches: [pathRegex(`/${seed}/v${i}/[a-z]+`)] }] }),
+          ),
+        },
+      });
+    const double: ControllerDouble = await startController((call) => call.write(only("a")));
+    cleanups.push(() => double.kill());
+    const client = policyClient(double.address);
+    cleanups.push(() => client.close());
+    const w = createPolicyWatcher({
+      client,
+      workload: "{}",
+      ports: [8080],
+      backoff: { minMs: 20, maxMs: 200 },
+    });
+    cleanups.push(() => w.close());
+    await w.ready();
+    const updates: string[] = [];
+    w.subscribe((event) => {
+      if (event.type === "updated")
+        updates.push(event.policy.authorizeHttp(facts(request({ path: "/new/v7/x" }))).route?.name ?? "-");
+    });
+
+    // Applied once its 400 new regexes are compiled, and it routes by them.
+    double.calls[0]?.write(manyRegexes("new"));
+    const deadline = Date.now() + 10_000;
+    while (updates.length === 0 && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(updates).toEqual(["r7"]);
+
+    // A warming policy superseded by a newer one never applies after it.
+    double.calls[0]?.write(manyRegexes("other"));
+    double.calls[0]?.write(only("b"));
+    const allowedB = () =>
+      w.policyFor(8080).authorizeHttp(facts(request({ client: MESH("10.0.0.1", SA("b")) }))).allowed;
+    while (!allowedB() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(allowedB()).toBe(true);
+    expect(w.policyFor(8080).authorizeHttp(facts(request({ path: "/other/v7/x" }))).route?.name).not.toBe(
+      "r7",
+    );
+  });
+
   it("compiles an over-cap server directly to the invalid policy (fails closed), naming the cap", () => {
     const policy = compileServerPolicy(huge);
     expect(policy.status).toBe("invalid");
