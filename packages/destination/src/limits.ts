@@ -5,7 +5,7 @@
 export const LIMITS = {
   /** Largest control-plane message decoded. */
   maxMessageBytes: 4 * 1024 * 1024,
-  /** Endpoints kept per endpoint set; further additions are ignored. */
+  /** Endpoints kept per endpoint set; further new addresses are left out (and not converted). */
   maxEndpoints: 10_000,
   /** Metric labels kept per endpoint (set and address labels merged). */
   maxLabels: 64,
@@ -26,6 +26,8 @@ export const LIMITS = {
   /** Nodes in one ServiceProfile condition tree. */
   maxConditionNodes: 1024,
   maxRegexLength: 4096,
+  /** Regexes not compiled before that one outbound policy or profile may bring (each ~0.1 ms on RE2). */
+  maxNewRegexesPerMessage: 1024,
   maxStatusRanges: 64,
   maxHeaderModifiers: 64,
 } as const;

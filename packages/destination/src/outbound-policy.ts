@@ -15,7 +15,7 @@ import type {
 } from "./http-match.js";
 import { LIMITS } from "./limits.js";
 import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
-import { compileRustRegex, type RustRegex } from "./regex.js";
+import { compileRustRegex, type RustRegex, withRegexBudget } from "./regex.js";
 import type { RequestTimeouts } from "./timeouts.js";
 
 /** Request bodies up to this size are buffered so they can be replayed (Linkerd's default). */
@@ -761,9 +761,11 @@ function compileProtocol(protocol: outbound.ProxyProtocol | undefined): Outbound
  * message with `MESH_ERR_DESTINATION_INVALID_UPDATE`, and the watch keeps the previous policy.
  */
 export function compileOutboundPolicy(message: outbound.OutboundPolicy): OutboundPolicy {
+  // Past LIMITS.maxNewRegexesPerMessage a regex is refused, which refuses the whole policy.
+  const { value: protocol } = withRegexBudget(() => compileProtocol(message.protocol));
   return Object.freeze({
     kind: "policy",
     metadata: metadataFromProto(message.metadata),
-    protocol: compileProtocol(message.protocol),
+    protocol,
   });
 }

@@ -6,7 +6,7 @@ import { boundedLabels, invalidUpdate, methodFromProto, positiveDurationMs } fro
 import { type Endpoint, endpointFromProto } from "./endpoint.js";
 import { LIMITS } from "./limits.js";
 import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
-import { compileRustRegex, type RustRegex, search } from "./regex.js";
+import { compileRustRegex, type RustRegex, search, withRegexBudget } from "./regex.js";
 import {
   createRetryBudget,
   type RetryBudget,
@@ -218,14 +218,19 @@ export function compileProfile(
       `profile has ${message.dstOverrides.length} dst overrides; the limit is ${LIMITS.maxDstOverrides}`,
     );
   const routes: ProfileRoute[] = [];
-  for (const route of message.routes) {
-    try {
-      routes.push(compileRoute(route));
-    } catch (error) {
-      if (!(error instanceof InvalidCondition)) throw error;
-      debug("destination: dropping profile route of %s: %s", message.fullyQualifiedName, error.message);
+  const { exceeded } = withRegexBudget(() => {
+    for (const route of message.routes) {
+      try {
+        routes.push(compileRoute(route));
+      } catch (error) {
+        if (!(error instanceof InvalidCondition)) throw error;
+        debug("destination: dropping profile route of %s: %s", message.fullyQualifiedName, error.message);
+      }
     }
-  }
+  });
+  // Dropping the routes past the budget would change which route a request gets: refuse the message.
+  if (exceeded)
+    throw invalidUpdate(`profile has more than ${LIMITS.maxNewRegexesPerMessage} new path regexes`);
   const budgetMessage = message.retryBudget;
   const retryBudgetConfig = budgetMessage
     ? validateRetryBudget({

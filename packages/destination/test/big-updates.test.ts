@@ -4,8 +4,18 @@
  * subset balances correctly), says so once with a coded warning, and the watch keeps working; a message
  * over the byte cap is refused and the last good set stays.
  */
+
+import type { MeshError } from "@inmesh/core";
+import { destination, outbound } from "@inmesh/proto";
 import { afterEach, describe, expect, it } from "vitest";
-import { createContextToken, createDiscovery, type EndpointSet, LIMITS } from "../src/index.js";
+import {
+  compileProfile,
+  createContextToken,
+  createDiscovery,
+  type EndpointSet,
+  LIMITS,
+  type OutboundPolicyState,
+} from "../src/index.js";
 import { startControlPlane, testClients } from "./control-plane-double.js";
 import { addUpdate, removeUpdate, waitFor, weightedAddr } from "./helpers.js";
 
@@ -30,7 +40,8 @@ async function setup(handlers: Parameters<typeof startControlPlane>[0], maxMessa
   const clients = testClients(plane.address);
   cleanups.push(() => clients.close());
   const discovery = createDiscovery({
-    destinationClient: clients.destinationClient,
+    ...clients,
+    sourceWorkload: '{"ns":"client-ns","pod":"client-0"}',
     contextToken: createContextToken({ ns: "client-ns" }),
     backoff: { minMs: 10, maxMs: 100 },
     ...(maxMessageBytes ? { maxMessageBytes } : {}),
@@ -99,5 +110,99 @@ describe("endpoint updates over the caps", () => {
     expect(values[0]?.endpoints.map((e) => e.address)).toEqual(["10.0.0.1:8080"]);
     expect(watch.state().closed).toBe(false);
     expect(errors.every((code) => code.startsWith("MESH_ERR_"))).toBe(true);
+  });
+});
+
+const BACKENDS = {
+  kind: {
+    $case: "firstAvailable",
+    value: {
+      backends: [
+        {
+          backend: {
+            metadata: { kind: { $case: "default", value: "svc" } },
+            kind: {
+              $case: "balancer",
+              value: {
+                discovery: { kind: { $case: "dst", value: { path: "web.ns.svc.cluster.local:80" } } },
+              },
+            },
+          },
+        },
+      ],
+    },
+  },
+};
+
+/** An outbound policy whose routes bring `regexes` distinct path regexes, 8 per rule. */
+function outboundPolicy(regexes: number, seed: string) {
+  const routes = [];
+  for (let r = 0; r * 8 < regexes; r += 1) {
+    const matches = [];
+    for (let m = 0; m < 8 && r * 8 + m < regexes; m += 1) {
+      matches.push({ path: { kind: { $case: "regex", value: `/${seed}/r${r}/m${m}/[a-z]+` } } });
+    }
+    routes.push({
+      metadata: { kind: { $case: "default", value: `r${r}` } },
+      hosts: [],
+      rules: [{ matches, backends: BACKENDS }],
+    });
+  }
+  return outbound.OutboundPolicy.fromPartial({
+    metadata: { kind: { $case: "default", value: "web" } },
+    protocol: { kind: { $case: "http1", value: { routes } } },
+  } as never);
+}
+
+describe("outbound policies and profiles over the regex cap", () => {
+  it("refuses an outbound policy bringing more new regexes than the cap; the last policy stays", async () => {
+    const { discovery, plane } = await setup({
+      watch(call) {
+        call.write(outboundPolicy(8, "small"));
+        call.write(outboundPolicy(LIMITS.maxNewRegexesPerMessage + 8, "huge"));
+      },
+    });
+    const watch = discovery.watchOutboundPolicy("web.ns.svc.cluster.local:80");
+    const values: OutboundPolicyState[] = [];
+    const errors: MeshError[] = [];
+    watch.onUpdate((value) => values.push(value));
+    watch.onError((error) => errors.push(error));
+    await waitFor(() => errors.length > 0, 10_000, "the refusal");
+    expect(errors[0]?.code).toBe("MESH_ERR_DESTINATION_INVALID_UPDATE");
+    expect(errors[0]?.message).toMatch(/more than 1024 new regexes in one message/);
+    expect(values).toHaveLength(1);
+    const first = values[0];
+    expect(first?.kind === "policy" && first.protocol.kind === "http1" && first.protocol.routes.length).toBe(
+      1,
+    );
+    expect(plane.watchCalls.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("accepts a policy at the cap, and the same policy again costs no new compilation", () => {
+    const profile = (seed: string, count: number) =>
+      destination.DestinationProfile.fromPartial({
+        fullyQualifiedName: "web.ns.svc.cluster.local",
+        routes: Array.from({ length: count / 2 }, (_, i) => ({
+          condition: {
+            match: {
+              $case: "any",
+              value: {
+                matches: [
+                  { match: { $case: "path", value: { regex: `/${seed}/a${i}` } } },
+                  { match: { $case: "path", value: { regex: `/${seed}/b${i}` } } },
+                ],
+              },
+            },
+          },
+          metricsLabels: { route: `r${i}` },
+        })),
+      } as never);
+    const atCap = profile("cap", LIMITS.maxNewRegexesPerMessage);
+    expect(compileProfile(atCap).routes).toHaveLength(LIMITS.maxNewRegexesPerMessage / 2);
+    // Cached now: the same patterns again are not new.
+    expect(compileProfile(atCap).routes).toHaveLength(LIMITS.maxNewRegexesPerMessage / 2);
+    expect(() => compileProfile(profile("over", LIMITS.maxNewRegexesPerMessage + 2))).toThrow(
+      /more than 1024 new path regexes/,
+    );
   });
 });
