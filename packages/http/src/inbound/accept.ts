@@ -2,6 +2,12 @@
  * Accept and detect: the listening sockets, the connection cap, the hold for the port's first policy,
  * and detection on the first bytes (a ClientHello for our SNI, HTTP/1, prior-knowledge HTTP/2, or
  * opaque). Owns every raw socket until drain.
+ *
+ * Bounds: a connection is held for the first policy at most `initialPolicyWaitMs` (its requests then
+ * wait only what is left of it); detection, the TLS handshake and the transport header together must
+ * finish within one `detectTimeoutMs` of accept. At `maxConnections`, a new connection reaps the
+ * oldest one still in detection, else the oldest idle one, else the oldest one: a client that holds
+ * connections open without using them cannot lock others out.
  */
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import type { PeerIdentity } from "@inmesh/core";
@@ -9,7 +15,7 @@ import type { CompiledServerPolicy } from "@inmesh/policy";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
 import type { ConnectionState, GateConfig } from "./gate.js";
-import { chooseProtocol, debug, type Pipeline, swallow } from "./pipeline.js";
+import { type Admission, chooseProtocol, debug, type Pipeline, remainingMs, swallow } from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
 
@@ -20,12 +26,13 @@ export interface AcceptStageOptions {
   readonly port: number;
   readonly allowPlaintext: boolean;
   readonly detectTimeoutMs: number;
+  /** Open connections per listener; at the cap a new one reaps an old one (see above). */
   readonly maxConnections: number;
   /** Also listen for Linkerd's direct (transport-header) connections. */
   readonly direct: boolean;
   readonly pipeline: Pipeline;
   /** Our SNI arrived: terminate TLS (the TLS stage). */
-  terminateTls(raw: Socket, policy: CompiledServerPolicy, direct: boolean): void;
+  terminateTls(admission: Admission, policy: CompiledServerPolicy, direct: boolean): void;
 }
 
 export interface AcceptStage {
@@ -35,6 +42,7 @@ export interface AcceptStage {
   readonly connectionCount: number;
   /** The raw socket left detection (it is served now). */
   classified(raw: Socket): void;
+  setIdle(raw: Socket, idle: boolean): void;
   /** Draining: connections still in detection or handshake are closed at once. */
   startDrain(): void;
   destroyAll(): void;
@@ -42,24 +50,62 @@ export interface AcceptStage {
   whenEmpty(): Promise<void>;
 }
 
+type Phase = "detecting" | "idle" | "busy";
+
+interface Tracked {
+  phase: Phase;
+  readonly listener: Listener;
+}
+
+/** One listening socket's connections, oldest first (Map keeps insertion order). */
+type Listener = Map<Socket, Tracked>;
+
 export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
   const { identity, source, gate, port, detectTimeoutMs, pipeline } = options;
-  const rawSockets = new Set<Socket>();
-  /** Sockets still in detection or handshake: closed at once when draining starts. */
-  const unclassified = new Set<Socket>();
+  const tracked = new Map<Socket, Tracked>();
+  const mainConnections: Listener = new Map();
+  const directConnections: Listener = new Map();
   let emptyWaiter: (() => void) | undefined;
 
   const server = createNetServer({ noDelay: true }, (socket) => onRawConnection(socket, false));
-  server.maxConnections = options.maxConnections;
   let directServer: NetServer | undefined;
   if (options.direct) {
     directServer = createNetServer({ noDelay: true }, (socket) => onRawConnection(socket, true));
-    directServer.maxConnections = options.maxConnections;
   }
   // Accept failures once listening (EMFILE under a connection flood) must not end the process; the
   // listener keeps accepting once descriptors are free. `listen()` failures still reject `listen()`.
   for (const listener of [server, directServer]) {
     listener?.on("error", (error) => debug("inbound: listener error: %s", error.message));
+  }
+
+  /** Frees a slot for a new connection: the oldest still detecting, else idle, else the oldest. */
+  function reap(listener: Listener): void {
+    let victim: Socket | undefined;
+    let idle: Socket | undefined;
+    for (const [socket, entry] of listener) {
+      if (entry.phase === "detecting") {
+        victim = socket;
+        break;
+      }
+      if (entry.phase === "idle" && idle === undefined) idle = socket;
+    }
+    victim ??= idle ?? listener.keys().next().value;
+    if (victim === undefined) return;
+    debug(
+      "inbound: connection cap reached; closing %s connection from %s",
+      tracked.get(victim)?.phase,
+      victim.remoteAddress,
+    );
+    forget(victim);
+    victim.destroy();
+  }
+
+  function forget(raw: Socket): void {
+    const entry = tracked.get(raw);
+    if (entry === undefined) return;
+    tracked.delete(raw);
+    entry.listener.delete(raw);
+    if (emptyWaiter !== undefined && tracked.size === 0) emptyWaiter();
   }
 
   function onRawConnection(raw: Socket, direct: boolean): void {
@@ -68,20 +114,25 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
       return;
     }
     raw.on("error", swallow);
-    rawSockets.add(raw);
-    unclassified.add(raw);
-    raw.once("close", () => {
-      rawSockets.delete(raw);
-      unclassified.delete(raw);
-      if (emptyWaiter !== undefined && rawSockets.size === 0) emptyWaiter();
-    });
+    const listener = direct ? directConnections : mainConnections;
+    if (listener.size >= options.maxConnections) reap(listener);
+    const entry: Tracked = { phase: "detecting", listener };
+    tracked.set(raw, entry);
+    listener.set(raw, entry);
+    raw.once("close", () => forget(raw));
+    const acceptedAt = Date.now();
+    const admission: Admission = {
+      raw,
+      detectDeadline: acceptedAt + detectTimeoutMs,
+      policyWaitUntil: acceptedAt + gate.initialPolicyWaitMs,
+    };
     const policy = source.policyFor(port);
     if (
       policy.status !== "not-loaded" ||
       source.waitForPolicy === undefined ||
       gate.initialPolicyWaitMs === 0
     ) {
-      detect(raw, policy, direct);
+      detect(admission, policy, direct);
       return;
     }
     // Strict mode: hold the connection (bounded) for the first policy; a still-missing one denies.
@@ -89,25 +140,31 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
       .waitForPolicy(port, { timeoutMs: gate.initialPolicyWaitMs })
       .catch(() => source.policyFor(port))
       .then((loaded) => {
-        if (!raw.destroyed) detect(raw, loaded, direct);
+        if (!raw.destroyed) detect(admission, loaded, direct);
       });
   }
 
-  function plaintextState(raw: Socket): ConnectionState {
-    return connectionState(raw, identity.peerIdentity(raw), { tls: false, transportHeader: false });
+  function plaintextState(admission: Admission, peer?: PeerIdentity): ConnectionState {
+    const raw = admission.raw;
+    return connectionState(raw, peer ?? identity.peerIdentity(raw), {
+      tls: false,
+      transportHeader: false,
+      policyWaitUntil: admission.policyWaitUntil,
+    });
   }
 
-  function detect(raw: Socket, policy: CompiledServerPolicy, direct: boolean): void {
+  function detect(admission: Admission, policy: CompiledServerPolicy, direct: boolean): void {
+    const raw = admission.raw;
     if (!direct && policy.protocol === "opaque") {
       // Linkerd skips TLS detection on opaque ports: meshed clients come through the direct port.
-      pipeline.serveOpaque(raw, plaintextState(raw), policy, raw);
+      pipeline.serveOpaque(raw, plaintextState(admission), policy, raw);
       return;
     }
     readPrefix(
       raw,
       {
         maxBytes: CLIENT_HELLO_MAX_BYTES,
-        timeoutMs: detectTimeoutMs,
+        timeoutMs: remainingMs(admission.detectDeadline),
         decide: (buffer) => {
           const detection = detectConnection(buffer);
           return detection.kind === "more" ? undefined : detection;
@@ -117,7 +174,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
         if (result.kind === "closed") return;
         if (result.kind === "decided" && result.value.kind === "tls") {
           if (result.value.serverName === identity.localName) {
-            options.terminateTls(raw, policy, direct);
+            options.terminateTls(admission, policy, direct);
             return;
           }
           if (direct) {
@@ -129,19 +186,14 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
             result.value.serverName === undefined
               ? identity.peerIdentity(raw)
               : { kind: "none", reason: "passthru" };
-          pipeline.serveOpaque(
-            raw,
-            connectionState(raw, peer, { tls: false, transportHeader: false }),
-            policy,
-            raw,
-          );
+          pipeline.serveOpaque(raw, plaintextState(admission, peer), policy, raw);
           return;
         }
         if (direct || !options.allowPlaintext) {
           raw.destroy();
           return;
         }
-        const state = plaintextState(raw);
+        const state = plaintextState(admission);
         if (policy.protocol === "tls") {
           pipeline.serveOpaque(raw, state, policy, raw);
           return;
@@ -153,23 +205,27 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     );
   }
 
+  function setPhase(raw: Socket, phase: Phase): void {
+    const entry = tracked.get(raw);
+    if (entry !== undefined) entry.phase = phase;
+  }
+
   return {
     server,
     directServer,
     get connectionCount() {
-      return rawSockets.size;
+      return tracked.size;
     },
-    classified: (raw) => {
-      unclassified.delete(raw);
-    },
+    classified: (raw) => setPhase(raw, "busy"),
+    setIdle: (raw, idle) => setPhase(raw, idle ? "idle" : "busy"),
     startDrain() {
-      for (const socket of unclassified) socket.destroy();
+      for (const [socket, entry] of tracked) if (entry.phase === "detecting") socket.destroy();
     },
     destroyAll() {
-      for (const socket of rawSockets) socket.destroy();
+      for (const socket of [...tracked.keys()]) socket.destroy();
     },
     whenEmpty() {
-      if (rawSockets.size === 0) return Promise.resolve();
+      if (tracked.size === 0) return Promise.resolve();
       return new Promise<void>((resolve) => {
         emptyWaiter = () => {
           emptyWaiter = undefined;

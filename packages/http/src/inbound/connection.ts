@@ -11,7 +11,11 @@ export type MeshServerIdentity = Pick<IdentityProvider, "localName" | "tlsServer
 export function connectionState(
   socket: Socket | TLSSocket,
   peer: PeerIdentity,
-  options: { readonly tls: boolean; readonly transportHeader: boolean },
+  options: {
+    readonly tls: boolean;
+    readonly transportHeader: boolean;
+    readonly policyWaitUntil?: number | undefined;
+  },
 ): ConnectionState {
   const facts = clientFacts(socket.remoteAddress, peer);
   return {
@@ -21,6 +25,7 @@ export function connectionState(
     tls: options.tls,
     transportHeader: options.transportHeader,
     targetAddress: formatTarget(socket.localAddress, socket.localPort),
+    policyWaitUntil: options.policyWaitUntil,
   };
 }
 

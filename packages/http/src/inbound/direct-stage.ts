@@ -3,7 +3,6 @@
  * `transport.l5d.io/v1` and a client identity, reads the transport header naming our port and the
  * session protocol, then serves the rest as that protocol.
  */
-import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import {
   MAX_TRANSPORT_HEADER_BYTES,
@@ -12,7 +11,7 @@ import {
   type TransportHeader,
 } from "@inmesh/proto";
 import type { ConnectionState } from "./gate.js";
-import { debug, type Pipeline } from "./pipeline.js";
+import { type Admission, debug, type Pipeline, remainingMs } from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
 
@@ -24,13 +23,14 @@ export interface DirectStageOptions {
 }
 
 export interface DirectStage {
-  serve(socket: TLSSocket, raw: Socket, state: ConnectionState): void;
+  serve(socket: TLSSocket, admission: Admission, state: ConnectionState): void;
 }
 
 export function createDirectStage(options: DirectStageOptions): DirectStage {
   const { source, port, detectTimeoutMs, pipeline } = options;
 
-  function serve(socket: TLSSocket, raw: Socket, state: ConnectionState): void {
+  function serve(socket: TLSSocket, admission: Admission, state: ConnectionState): void {
+    const raw = admission.raw;
     // Linkerd's direct stack: ALPN transport.l5d.io/v1 and a client identity, or the connection is closed.
     if (socket.alpnProtocol !== TRANSPORT_HEADER_ALPN || !state.meshed) {
       debug(
@@ -46,7 +46,7 @@ export function createDirectStage(options: DirectStageOptions): DirectStage {
       socket,
       {
         maxBytes: MAX_TRANSPORT_HEADER_BYTES + 64,
-        timeoutMs: detectTimeoutMs,
+        timeoutMs: Math.min(detectTimeoutMs, remainingMs(admission.detectDeadline)),
         decide: (buffer) => {
           try {
             const parsed = parseTransportHeader(buffer);

@@ -32,6 +32,12 @@ export interface ConnectionState {
   readonly transportHeader: boolean;
   /** `ip:port` we accepted on (Linkerd's target_addr), for telemetry. */
   readonly targetAddress: string;
+  /**
+   * Until when (epoch ms) a request on this connection may wait for the port's first policy. The
+   * connection's own wait counts against it, so a connection is held once, not once per stage.
+   * Undefined: each request may wait `initialPolicyWaitMs`.
+   */
+  readonly policyWaitUntil?: number | undefined;
 }
 
 /**
@@ -241,15 +247,15 @@ export function authorizeRequest(
   request: RequestParts,
 ): MeshAuthorization | Promise<MeshAuthorization> {
   const policy = gate.source.policyFor(gate.port);
-  if (
-    policy.status !== "not-loaded" ||
-    gate.source.waitForPolicy === undefined ||
-    gate.initialPolicyWaitMs === 0
-  ) {
+  const waitMs =
+    connection.policyWaitUntil === undefined
+      ? gate.initialPolicyWaitMs
+      : Math.max(0, connection.policyWaitUntil - Date.now());
+  if (policy.status !== "not-loaded" || gate.source.waitForPolicy === undefined || waitMs === 0) {
     return authorizeWithPolicy(gate, connection, request, policy);
   }
   return gate.source
-    .waitForPolicy(gate.port, { timeoutMs: gate.initialPolicyWaitMs })
+    .waitForPolicy(gate.port, { timeoutMs: waitMs })
     .catch(() => gate.source.policyFor(gate.port))
     .then((loaded) => authorizeWithPolicy(gate, connection, request, loaded));
 }

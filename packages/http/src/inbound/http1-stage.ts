@@ -35,21 +35,30 @@ export interface Http1StageOptions {
   readonly headersTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly keepAliveTimeoutMs: number;
+  /** Tells the accept stage whether a connection is between requests (reaped first at the cap). */
+  setIdle(raw: Socket, idle: boolean): void;
 }
 
 export interface Http1Stage {
   /** The node:http server; the HTTP/2 downgrade bridge hands it in-memory connections. */
   readonly server: Server;
-  serve(socket: Socket | TLSSocket, state: ConnectionState): void;
+  serve(socket: Socket | TLSSocket, state: ConnectionState, raw: Socket): void;
   /** A bridge connection carrying one request the HTTP/2 stage already authorized. */
   markBridged(socket: Duplex, context: MeshRequestContext): void;
   startDrain(): void;
   close(): void;
 }
 
+interface Http1Connection {
+  readonly state: ConnectionState;
+  readonly raw: Socket;
+  /** Requests whose responses are not closed yet (pipelining can make it more than one). */
+  inFlight: number;
+}
+
 export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   const { gate, port, handler, shutdown } = options;
-  const connections = new WeakMap<object, ConnectionState>();
+  const connections = new WeakMap<object, Http1Connection>();
   const bridged = new WeakMap<object, { readonly context: MeshRequestContext }>();
   const activeResponses = new Set<ServerResponse>();
 
@@ -68,12 +77,14 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   // sends its body.
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => onRequest(req, res, true));
 
-  function serve(socket: Socket | TLSSocket, state: ConnectionState): void {
+  function serve(socket: Socket | TLSSocket, state: ConnectionState, raw: Socket): void {
     if (handler === undefined) {
       socket.destroy();
       return;
     }
-    connections.set(socket, state);
+    connections.set(socket, { state, raw, inFlight: 0 });
+    // Waiting for its first request: node:http's headersTimeout bounds it, and the cap may reap it.
+    options.setIdle(raw, true);
     server.emit("connection", socket);
     // Detection left the socket paused with its first bytes pushed back; node:http only listens.
     socket.resume();
@@ -88,14 +99,19 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
       (handler as Http1Handler)(req, res);
       return;
     }
-    const state = connections.get(socket);
-    if (state === undefined || handler === undefined) {
+    const connection = connections.get(socket);
+    if (connection === undefined || handler === undefined) {
       res.destroy();
       return;
     }
+    const state = connection.state;
+    connection.inFlight += 1;
+    if (connection.inFlight === 1) options.setIdle(connection.raw, false);
     activeResponses.add(res);
     res.once("close", () => {
       activeResponses.delete(res);
+      connection.inFlight -= 1;
+      if (connection.inFlight === 0) options.setIdle(connection.raw, true);
       if (shutdown.closing) setImmediate(() => server.closeIdleConnections());
     });
     if (shutdown.closing) res.setHeader("connection", "close");

@@ -29,6 +29,7 @@ import { L5D_ORIG_PROTO } from "./headers.js";
 import { bridgeToHttp1 } from "./http1-bridge.js";
 import type { Http1Stage } from "./http1-stage.js";
 import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
+
 import { callsObserved, endCall, startCall } from "./telemetry.js";
 
 export type Http2CompatHandler = (req: Http2ServerRequest, res: Http2ServerResponse) => void;
@@ -38,6 +39,16 @@ export interface Http2StageOptions {
   readonly port: number;
   readonly shutdown: ShutdownFlag;
   readonly maxConcurrentStreams: number;
+  /** Header block bytes per request (SETTINGS_MAX_HEADER_LIST_SIZE). */
+  readonly maxHeaderListSize: number;
+  /** A new session must complete its first request's HEADERS within this. */
+  readonly headersTimeoutMs: number;
+  /** A stream must receive its whole request (END_STREAM) within this. */
+  readonly requestTimeoutMs: number;
+  /** A session with no open stream is closed (GOAWAY) after this. */
+  readonly idleTimeoutMs: number;
+  /** Tells the accept stage whether a connection is between requests (reaped first at the cap). */
+  setIdle(raw: Socket, idle: boolean): void;
   /** Serves requests when neither `onStream` nor the compat handler does (downgraded to HTTP/1). */
   readonly http1: Http1Stage;
   readonly hasHandler: boolean;
@@ -49,27 +60,55 @@ export interface Http2StageOptions {
 }
 
 export interface Http2Stage {
-  serve(socket: Socket | TLSSocket, state: ConnectionState, policy: CompiledServerPolicy): void;
+  serve(socket: Socket | TLSSocket, state: ConnectionState, policy: CompiledServerPolicy, raw: Socket): void;
   /** GOAWAY on every session; in-flight streams finish. */
   startDrain(): void;
   close(): void;
 }
 
+/** After GOAWAY, how long a session may take to close before it is destroyed. */
+const CLOSE_GRACE_MS = 1000;
+
+interface SessionEntry {
+  readonly session: ServerHttp2Session;
+  readonly state: ConnectionState;
+  readonly raw: Socket;
+  openStreams: number;
+  /** The first-request headers bound, then the idle bound whenever no stream is open. */
+  timer: NodeJS.Timeout;
+}
+
 export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   const { gate, port, shutdown, http1, onStream, onHttp2Connection, compatHandler } = options;
-  const sessions = new Map<ServerHttp2Session, ConnectionState>();
-  let pendingSession: ConnectionState | undefined;
+  const sessions = new Map<ServerHttp2Session, SessionEntry>();
+  let pendingSession: { readonly state: ConnectionState; readonly raw: Socket } | undefined;
 
-  const h2 = createHttp2Server({ settings: { maxConcurrentStreams: options.maxConcurrentStreams } });
+  const h2 = createHttp2Server({
+    settings: {
+      maxConcurrentStreams: options.maxConcurrentStreams,
+      maxHeaderListSize: options.maxHeaderListSize,
+    },
+  });
   h2.on("session", (session: ServerHttp2Session) => {
-    const state = pendingSession;
-    if (state === undefined) {
+    const pending = pendingSession;
+    if (pending === undefined) {
       session.destroy();
       return;
     }
-    sessions.set(session, state);
     session.on("error", (error) => debug("inbound: http2 session error: %s", error.message));
+    // Until its first request's headers are complete (preface only, HEADERS without END_HEADERS,
+    // nothing after the preface), a session is held no longer than an HTTP/1 connection would be.
+    const entry: SessionEntry = {
+      session,
+      state: pending.state,
+      raw: pending.raw,
+      openStreams: 0,
+      timer: boundedWait(session, options.headersTimeoutMs, "no request headers"),
+    };
+    sessions.set(session, entry);
+    options.setIdle(entry.raw, true);
     session.once("close", () => {
+      clearTimeout(entry.timer);
       sessions.delete(session);
     });
     if (shutdown.closing) session.close();
@@ -80,6 +119,10 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   // hold an error handler whatever happened, and nothing may be served on a stream that is already gone.
   h2.on("stream", (stream: ServerHttp2Stream) => {
     stream.on("error", swallow);
+    const entry =
+      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
+    if (entry === undefined || stream.destroyed || stream.closed) return;
+    trackStream(stream, entry);
   });
   if (compatHandler !== undefined && onStream === undefined) {
     h2.on("request", onCompatRequest);
@@ -87,7 +130,64 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     h2.on("stream", onH2Stream);
   }
 
-  function serve(socket: Socket | TLSSocket, state: ConnectionState, policy: CompiledServerPolicy): void {
+  /** GOAWAY once `ms` pass; a session that cannot even do that (nghttp2 stopped reading) is destroyed. */
+  function boundedWait(session: ServerHttp2Session, ms: number, why: string): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      debug("inbound: closing http2 session from %s (%s)", session.socket?.remoteAddress, why);
+      session.close();
+      const grace = setTimeout(() => session.destroy(), Math.min(ms, CLOSE_GRACE_MS));
+      grace.unref();
+    }, ms);
+    timer.unref();
+    return timer;
+  }
+
+  function trackStream(stream: ServerHttp2Stream, entry: SessionEntry): void {
+    entry.openStreams += 1;
+    if (entry.openStreams === 1) {
+      clearTimeout(entry.timer);
+      options.setIdle(entry.raw, false);
+    }
+    // A request body that never ends must not hold the stream (and its connection) forever.
+    let requestTimer: NodeJS.Timeout | undefined;
+    if (!stream.endAfterHeaders) {
+      requestTimer = setTimeout(() => expireRequest(stream), options.requestTimeoutMs);
+      requestTimer.unref();
+    }
+    stream.once("close", () => {
+      clearTimeout(requestTimer);
+      entry.openStreams -= 1;
+      if (entry.openStreams === 0 && sessions.has(entry.session)) {
+        options.setIdle(entry.raw, true);
+        entry.timer = boundedWait(entry.session, options.idleTimeoutMs, "idle");
+      }
+    });
+  }
+
+  function expireRequest(stream: ServerHttp2Stream): void {
+    if (stream.destroyed || stream.closed) return;
+    const streamState = stream.state.state;
+    if (
+      streamState === h2constants.NGHTTP2_STREAM_STATE_HALF_CLOSED_REMOTE ||
+      streamState === h2constants.NGHTTP2_STREAM_STATE_CLOSED
+    )
+      return;
+    debug("inbound: http2 request from %s timed out", stream.session?.socket?.remoteAddress);
+    if (!stream.headersSent) {
+      // As node:http answers an HTTP/1 request that outlived requestTimeout.
+      stream.respond({ ":status": 408, "content-length": "0" }, { endStream: true });
+      stream.close(h2constants.NGHTTP2_NO_ERROR);
+    } else {
+      stream.close(h2constants.NGHTTP2_CANCEL);
+    }
+  }
+
+  function serve(
+    socket: Socket | TLSSocket,
+    state: ConnectionState,
+    policy: CompiledServerPolicy,
+    raw: Socket,
+  ): void {
     if (state.tls) {
       // Sidecars speak prior-knowledge HTTP/2 over TLS without ALPN; node:http2 refuses a TLS socket
       // whose ALPN is not h2, so the detected protocol is recorded as if negotiated.
@@ -109,7 +209,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       socket.destroy();
       return;
     }
-    pendingSession = state;
+    pendingSession = { state, raw };
     try {
       h2.emit("connection", socket);
     } finally {
@@ -125,7 +225,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   ): void {
     if (stream.destroyed || stream.closed) return;
     const state =
-      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
+      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session)?.state;
     if (state === undefined) {
       stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
       return;
@@ -190,7 +290,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   function onCompatRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {
     const stream = req.stream;
     if (stream.destroyed || stream.closed) return;
-    const state = sessions.get(stream.session as ServerHttp2Session);
+    const state = sessions.get(stream.session as ServerHttp2Session)?.state;
     if (state === undefined) {
       stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
       return;

@@ -18,11 +18,30 @@ export interface ShutdownFlag {
   readonly closing: boolean;
 }
 
+/** What the accept stage decided for one connection; the later stages honour its deadlines. */
+export interface Admission {
+  readonly raw: Socket;
+  /** Epoch ms by which detection, the TLS handshake and a transport header must all be done. */
+  readonly detectDeadline: number;
+  /** Epoch ms until which the connection, then its requests, may wait for the port's first policy. */
+  readonly policyWaitUntil: number;
+}
+
+/** Milliseconds left before `deadline` (at least 1, so a timer still fires after what is queued). */
+export function remainingMs(deadline: number): number {
+  return Math.max(1, deadline - Date.now());
+}
+
 /** How a stage passes a connection on once it knows what it is. */
 export interface Pipeline {
   readonly shutdown: ShutdownFlag;
   /** The raw socket left detection: draining no longer destroys it at once. */
   classified(raw: Socket): void;
+  /**
+   * Whether a served connection is between requests (HTTP/1 keep-alive, HTTP/2 with no open stream):
+   * at the connection cap, idle connections are reaped first after those still in detection.
+   */
+  setIdle(raw: Socket, idle: boolean): void;
   serveOpaque(
     socket: Socket | TLSSocket,
     state: ConnectionState,

@@ -80,24 +80,44 @@ export interface MeshServerOptions {
   onConnection?(socket: Duplex, info: MeshConnectionInfo): void;
   /** Accept plaintext connections (Linkerd does, and lets policy decide; kubelet probes are plaintext). @default true */
   allowPlaintext?: boolean;
-  /** How long a connection or request is held for the port's first policy before being denied (R4). @default 1000 */
+  /**
+   * How long a new connection may wait for the port's first policy before it is denied (R4). The
+   * connection's requests wait only what is left of it, so nothing is held twice. @default 1000
+   */
   initialPolicyWaitMs?: number;
   /**
    * Also accept Linkerd's direct connections (port 4143 in a pod): TLS with ALPN `transport.l5d.io/v1`, a
    * client identity, and a transport header naming `port`. Bound by `listen()` on the same host.
    */
   transportHeaderPort?: number;
-  /** Bound on TLS and protocol detection (handshake, ClientHello, first request bytes). @default 10000 */
+  /**
+   * One bound, from accept, on everything before a connection is served: the ClientHello, the TLS
+   * handshake, HTTP detection and a transport header. A silent connection is closed (or, where the
+   * policy allows opaque traffic, handed to `onConnection`) after it. @default 10000
+   */
   detectTimeoutMs?: number;
-  /** Connections accepted at once per listener; more are dropped at accept. @default 10000 */
+  /**
+   * Open connections per listener. At the cap a new connection is still accepted: it closes the oldest
+   * connection still in detection or handshake, else the oldest idle one (HTTP/1 between requests,
+   * HTTP/2 with no open stream), else the oldest one. @default 10000
+   */
   maxConnections?: number;
-  /** HTTP/1: time to receive a request's headers. @default 10000 */
+  /**
+   * Time to receive a request's headers: HTTP/1 per request; HTTP/2 for the first request of a
+   * connection (a client that sends only the preface, or HEADERS without END_HEADERS, is closed).
+   * @default 10000
+   */
   headersTimeoutMs?: number;
-  /** HTTP/1: time to receive a whole request. @default 300000 */
+  /**
+   * Time to receive a whole request, body included (HTTP/1: 408 and close; HTTP/2: 408, or
+   * RST_STREAM once the response started). @default 300000
+   */
   requestTimeoutMs?: number;
-  /** HTTP/1: idle keep-alive time. @default 5000 */
+  /** HTTP/1: idle keep-alive time between requests. @default 5000 */
   keepAliveTimeoutMs?: number;
-  /** HTTP/1: request header bytes (431 beyond). @default 16384 */
+  /** HTTP/2: a connection with no open stream is closed with GOAWAY after this. @default 60000 */
+  http2IdleTimeoutMs?: number;
+  /** Request header bytes: HTTP/1 (431 beyond) and HTTP/2 (SETTINGS_MAX_HEADER_LIST_SIZE). @default 16384 */
   maxHeaderSizeBytes?: number;
   /** HTTP/2: concurrent streams per connection. @default 200 */
   maxConcurrentStreams?: number;
@@ -215,12 +235,14 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   const keepAliveTimeoutMs = checkDuration(options.keepAliveTimeoutMs, 5000, "keepAliveTimeoutMs", WHERE);
   const maxHeaderSize = positiveInteger(options.maxHeaderSizeBytes, 16 * 1024, "maxHeaderSizeBytes");
   const maxConcurrentStreams = positiveInteger(options.maxConcurrentStreams, 200, "maxConcurrentStreams");
+  const http2IdleTimeoutMs = checkDuration(options.http2IdleTimeoutMs, 60_000, "http2IdleTimeoutMs", WHERE);
   const direct = options.transportHeaderPort !== undefined;
 
   const shutdown = createShutdownFlag();
   const pipeline: Pipeline = {
     shutdown,
     classified: (raw) => accept.classified(raw),
+    setIdle: (raw, idle) => accept.setIdle(raw, idle),
     serveOpaque: (socket, state, policy, raw) => opaque.serve(socket, state, policy, raw),
     serveProtocol,
   };
@@ -234,12 +256,18 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     headersTimeoutMs,
     requestTimeoutMs,
     keepAliveTimeoutMs,
+    setIdle: pipeline.setIdle,
   });
   const http2 = createHttp2Stage({
     gate,
     port,
     shutdown,
     maxConcurrentStreams,
+    maxHeaderListSize: maxHeaderSize,
+    headersTimeoutMs,
+    requestTimeoutMs,
+    idleTimeoutMs: http2IdleTimeoutMs,
+    setIdle: pipeline.setIdle,
     http1,
     hasHandler: handler !== undefined,
     compatHandler:
@@ -254,7 +282,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     detectTimeoutMs,
     direct,
     pipeline,
-    serveDirect: (socket, raw, state) => directStage.serve(socket, raw, state),
+    serveDirect: (socket, admission, state) => directStage.serve(socket, admission, state),
   });
   const accept = createAcceptStage({
     identity,
@@ -266,7 +294,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     maxConnections,
     direct,
     pipeline,
-    terminateTls: (raw, policy, isDirect) => tls.terminate(raw, policy, isDirect),
+    terminateTls: (admission, policy, isDirect) => tls.terminate(admission, policy, isDirect),
   });
   const drain = createDrain({
     shutdown,
@@ -290,8 +318,8 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     }
     accept.classified(raw);
     observeTcp(raw, port, state.peer);
-    if (protocol === "http1") http1.serve(socket, state);
-    else http2.serve(socket, state, policy);
+    if (protocol === "http1") http1.serve(socket, state, raw);
+    else http2.serve(socket, state, policy, raw);
   }
 
   const netServer = accept.server;

@@ -3,14 +3,13 @@
  * requested, an unverifiable one refused), then detects HTTP on the decrypted bytes unless the Server's
  * `proxyProtocol` fixes the protocol. Direct (transport-header) connections go on to the direct stage.
  */
-import type { Socket } from "node:net";
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from "node:tls";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { detectHttp, HTTP_DETECT_MAX_BYTES } from "./detect.js";
 import type { ConnectionState } from "./gate.js";
-import { chooseProtocol, debug, type Pipeline, swallow } from "./pipeline.js";
+import { type Admission, chooseProtocol, debug, type Pipeline, remainingMs, swallow } from "./pipeline.js";
 import { readPrefix } from "./prefix.js";
 
 export interface TlsStageOptions {
@@ -20,16 +19,17 @@ export interface TlsStageOptions {
   readonly direct: boolean;
   readonly pipeline: Pipeline;
   /** A direct connection finished its handshake: read its transport header (the direct stage). */
-  serveDirect(socket: TLSSocket, raw: Socket, state: ConnectionState): void;
+  serveDirect(socket: TLSSocket, admission: Admission, state: ConnectionState): void;
 }
 
 export interface TlsStage {
-  terminate(raw: Socket, policy: CompiledServerPolicy, direct: boolean): void;
+  terminate(admission: Admission, policy: CompiledServerPolicy, direct: boolean): void;
 }
 
 interface PendingTls {
-  readonly raw: Socket;
+  readonly admission: Admission;
   readonly policy: CompiledServerPolicy;
+  readonly handshakeTimer: NodeJS.Timeout;
 }
 
 function addressKey(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
@@ -58,12 +58,20 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
     );
   }
 
-  function terminate(raw: Socket, policy: CompiledServerPolicy, direct: boolean): void {
+  function terminate(admission: Admission, policy: CompiledServerPolicy, direct: boolean): void {
+    const raw = admission.raw;
     const pending = direct ? pendingDirectTls : pendingTls;
     const key = addressKey(raw);
-    pending.set(key, { raw, policy });
+    // The handshake gets what is left of the connection's detect bound, not a fresh one.
+    const handshakeTimer = setTimeout(() => {
+      debug("inbound: TLS handshake from %s timed out", raw.remoteAddress);
+      raw.destroy();
+    }, remainingMs(admission.detectDeadline));
+    handshakeTimer.unref();
+    pending.set(key, { admission, policy, handshakeTimer });
     raw.once("close", () => {
-      if (pending.get(key)?.raw === raw) pending.delete(key);
+      clearTimeout(handshakeTimer);
+      if (pending.get(key)?.admission === admission) pending.delete(key);
     });
     ((direct ? directTlsServer : tlsServer) as TlsServer).emit("connection", raw);
   }
@@ -73,6 +81,7 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
     const key = addressKey(socket);
     const entry = pending.get(key);
     pending.delete(key);
+    if (entry !== undefined) clearTimeout(entry.handshakeTimer);
     if (entry === undefined || pipeline.shutdown.closing) {
       socket.destroy();
       return;
@@ -81,22 +90,28 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
     if (peer.kind === "none") {
       // A client certificate that does not verify against the trust anchors: linkerd2-proxy's verifier
       // fails such handshakes (only an absent certificate is allowed), so the connection ends here.
-      debug("inbound: client certificate from %s refused", entry.raw.remoteAddress);
+      debug("inbound: client certificate from %s refused", entry.admission.raw.remoteAddress);
       socket.destroy();
       return;
     }
-    const state = connectionState(entry.raw, peer, { tls: true, transportHeader: direct });
+    const { admission } = entry;
+    const raw = admission.raw;
+    const state = connectionState(raw, peer, {
+      tls: true,
+      transportHeader: direct,
+      policyWaitUntil: admission.policyWaitUntil,
+    });
     if (direct) {
-      options.serveDirect(socket, entry.raw, state);
+      options.serveDirect(socket, admission, state);
       return;
     }
     const policy = entry.policy;
     if (policy.protocol === "tls") {
-      pipeline.serveOpaque(socket, state, policy, entry.raw);
+      pipeline.serveOpaque(socket, state, policy, raw);
       return;
     }
     if (policy.protocol === "http2" || policy.protocol === "grpc") {
-      pipeline.serveProtocol(socket, state, policy, "h2", entry.raw);
+      pipeline.serveProtocol(socket, state, policy, "h2", raw);
       return;
     }
     // A client proxy may have upgraded to HTTP/2 even on an HTTP/1 server, so detection always runs.
@@ -104,13 +119,14 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
       socket,
       {
         maxBytes: HTTP_DETECT_MAX_BYTES,
-        timeoutMs: policy.detectTimeoutMs ?? detectTimeoutMs,
+        // The Server's detect timeout applies, within what is left of the connection's detect bound.
+        timeoutMs: Math.min(policy.detectTimeoutMs ?? detectTimeoutMs, remainingMs(admission.detectDeadline)),
         decide: (buffer, final) => detectHttp(buffer) ?? (final ? "opaque" : undefined),
       },
       (result) => {
         if (result.kind === "closed") return;
         const detected = result.kind === "decided" ? result.value : undefined;
-        pipeline.serveProtocol(socket, state, policy, chooseProtocol(policy, detected), entry.raw);
+        pipeline.serveProtocol(socket, state, policy, chooseProtocol(policy, detected), raw);
       },
     );
   }
