@@ -218,6 +218,58 @@ describe("createBalancer (peak-EWMA P2C)", () => {
     expect(balancer.loads().find((l) => l.address === "bad:1")?.gate).toBe("open");
   });
 
+  it("never picks an ejected endpoint among many, spreading picks over the ready ones (sampled P2C)", () => {
+    const clock = createFakeClock();
+    const endpoints = Array.from({ length: 200 }, (_, i) => ep(`10.0.0.${i}:80`));
+    const balancer = createBalancer({
+      clock,
+      random: seededRandom(11),
+      endpoints,
+      failureAccrual: {
+        kind: "consecutive",
+        maxFailures: 1,
+        minReadyEndpoints: 0,
+        backoff: { minMs: 60_000, maxMs: 60_000, jitterRatio: 0, respectRetryAfterHint: false },
+      },
+    });
+    // Eject every endpoint but the first ten, whichever the picks land on.
+    const keep = new Set(endpoints.slice(0, 10).map((e) => e.address));
+    for (let i = 0; i < 20_000 && balancer.readyCount() > 10; i += 1) {
+      const pick = balancer.pick();
+      pick.onComplete(keep.has(pick.endpoint.address) ? "success" : "failure");
+    }
+    expect(balancer.readyCount()).toBe(10);
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 5_000; i += 1) {
+      const pick = balancer.pick();
+      counts.set(pick.endpoint.address, (counts.get(pick.endpoint.address) ?? 0) + 1);
+      pick.onComplete("success");
+    }
+    expect([...counts.keys()].every((address) => keep.has(address))).toBe(true);
+    expect(counts.size).toBe(10);
+    // Mostly ready (one ejected of 200): picks go through the sampling path and still skip it.
+    const mostly = createBalancer({
+      clock,
+      random: seededRandom(5),
+      endpoints,
+      failureAccrual: {
+        kind: "consecutive",
+        maxFailures: 1,
+        minReadyEndpoints: 0,
+        backoff: { minMs: 60_000, maxMs: 60_000, jitterRatio: 0, respectRetryAfterHint: false },
+      },
+    });
+    const first = mostly.pick();
+    const ejected = first.endpoint.address;
+    first.onComplete("failure");
+    expect(mostly.readyCount()).toBe(199);
+    for (let i = 0; i < 5_000; i += 1) {
+      const pick = mostly.pick();
+      expect(pick.endpoint.address).not.toBe(ejected);
+      pick.onComplete("success");
+    }
+  });
+
   it("reports when an all-ejected set becomes ready again", () => {
     const clock = createFakeClock();
     const balancer = createBalancer({
