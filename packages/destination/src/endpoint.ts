@@ -60,6 +60,11 @@ export interface EndpointSet {
 export function createEndpointSet(exists: boolean, endpoints: Iterable<Endpoint>): EndpointSet {
   const byAddress = new Map<string, Endpoint>();
   for (const endpoint of endpoints) byAddress.set(endpoint.address, endpoint);
+  return setOf(exists, byAddress);
+}
+
+/** A set over a Map the caller hands over (built for this snapshot and never changed afterwards). */
+function setOf(exists: boolean, byAddress: Map<string, Endpoint>): EndpointSet {
   const list = Object.freeze([...byAddress.values()]);
   return Object.freeze({
     exists,
@@ -295,7 +300,7 @@ export function applyEndpointUpdate(
       }
       if (dropped > 0) onEndpointsCapped(dropped);
       if (valid === 0 && dropped === 0) return undefined;
-      return changed || previous === undefined ? createEndpointSet(true, merged.values()) : previous;
+      return changed || previous === undefined ? setOf(true, merged) : previous;
     }
     case "remove": {
       const removed = new Set<string>();
@@ -303,9 +308,13 @@ export function applyEndpointUpdate(
         const key = addressKey(tcp);
         if (key !== undefined) removed.add(key);
       }
-      const kept = base.endpoints.filter((endpoint) => !removed.has(endpoint.address));
-      if (base === previous && kept.length === base.endpoints.length) return previous;
-      return createEndpointSet(true, kept);
+      let present = 0;
+      for (const address of removed) if (base.get(address) !== undefined) present += 1;
+      if (base === previous && present === 0) return previous;
+      const kept = new Map<string, Endpoint>();
+      for (const endpoint of base.endpoints)
+        if (!removed.has(endpoint.address)) kept.set(endpoint.address, endpoint);
+      return setOf(true, kept);
     }
   }
 }
