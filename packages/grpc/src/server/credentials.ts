@@ -1,4 +1,4 @@
-import type { Http2Server, ServerHttp2Stream } from "node:http2";
+import type { Http2Server, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
@@ -57,7 +57,7 @@ const debug = debuglog("mesh");
  * take the process down. Every 'stream' listener of the server is wrapped so a stream reaches them only
  * while it is alive, and always has an error handler.
  */
-function guardStreams(server: Http2Server): void {
+function guardStreams(server: Http2Server, bounds: SessionBounds): void {
   const listeners = server.rawListeners("stream") as ((...args: unknown[]) => void)[];
   server.removeAllListeners("stream");
   server.on(
@@ -65,9 +65,59 @@ function guardStreams(server: Http2Server): void {
     function guardedStream(this: Http2Server, stream: ServerHttp2Stream, ...rest: unknown[]) {
       stream.on("error", (error) => debug("grpc: injected stream error: %s", error.message));
       if (stream.destroyed || stream.closed) return;
+      sessionStreamOpened(stream);
       for (const listener of listeners) Reflect.apply(listener, this, [stream, ...rest]);
     },
   );
+  server.on("session", (session: ServerHttp2Session) => boundSession(session, bounds));
+}
+
+interface SessionBounds {
+  readonly headersTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+interface SessionIdle {
+  readonly bounds: SessionBounds;
+  openStreams: number;
+  timer: NodeJS.Timeout;
+}
+
+const idleStates = new WeakMap<ServerHttp2Session, SessionIdle>();
+
+/** GOAWAY once `ms` pass; a session that cannot even close (nghttp2 stopped reading) is destroyed. */
+function closeAfter(session: ServerHttp2Session, ms: number): NodeJS.Timeout {
+  const timer = setTimeout(() => {
+    session.close();
+    setTimeout(() => session.destroy(), Math.min(ms, 1000)).unref();
+  }, ms);
+  timer.unref();
+  return timer;
+}
+
+/**
+ * The session bounds `createMeshServer` applies to its own HTTP/2 sessions (grpc-js has none by
+ * default): the first call's headers within `headersTimeoutMs` (a client that sends only the preface
+ * is closed), then GOAWAY after `idleTimeoutMs` without a call in progress.
+ */
+function boundSession(session: ServerHttp2Session, bounds: SessionBounds): void {
+  const state: SessionIdle = { bounds, openStreams: 0, timer: closeAfter(session, bounds.headersTimeoutMs) };
+  idleStates.set(session, state);
+  session.once("close", () => clearTimeout(state.timer));
+}
+
+function sessionStreamOpened(stream: ServerHttp2Stream): void {
+  const session = stream.session as ServerHttp2Session | undefined;
+  const state = session === undefined ? undefined : idleStates.get(session);
+  if (session === undefined || state === undefined) return;
+  state.openStreams += 1;
+  clearTimeout(state.timer);
+  stream.once("close", () => {
+    state.openStreams -= 1;
+    if (state.openStreams === 0 && !session.closed && !session.destroyed) {
+      state.timer = closeAfter(session, state.bounds.idleTimeoutMs);
+    }
+  });
 }
 
 type Http2ServerFactory = (this: Server, credentials: ServerCredentials) => Http2Server;
@@ -80,6 +130,7 @@ type Http2ServerFactory = (this: Server, credentials: ServerCredentials) => Http
 function createGuardedInjector(
   server: Server,
   credentials: ServerCredentials,
+  bounds: SessionBounds,
 ): ReturnType<Server["createConnectionInjector"]> {
   const target = server as unknown as { createHttp2Server?: Http2ServerFactory };
   const factory = target.createHttp2Server;
@@ -90,7 +141,7 @@ function createGuardedInjector(
   const own = Object.hasOwn(target, "createHttp2Server");
   target.createHttp2Server = function guardedFactory(this: Server, creds: ServerCredentials) {
     const http2Server = Reflect.apply(factory, this, [creds]) as Http2Server;
-    guardStreams(http2Server);
+    guardStreams(http2Server, bounds);
     return http2Server;
   };
   try {
@@ -161,7 +212,20 @@ export interface MeshConnectionInjector {
   destroy(): void;
 }
 
-export type MeshConnectionInjectorOptions = Omit<MeshServerCredentialsOptions, "terminateTls">;
+export interface MeshConnectionInjectorOptions extends Omit<MeshServerCredentialsOptions, "terminateTls"> {
+  /** A connection must send its first call's headers within this, or it is closed. @default 10000 */
+  headersTimeoutMs?: number;
+  /** A connection with no call in progress is closed (GOAWAY) after this. @default 60000 */
+  idleTimeoutMs?: number;
+}
+
+function positiveMs(value: number | undefined, fallback: number, name: string): number {
+  const result = value ?? fallback;
+  if (typeof result !== "number" || !Number.isFinite(result) || result <= 0) {
+    throw invalidArg(`createMeshConnectionInjector: ${name} must be a positive number, got ${String(value)}`);
+  }
+  return result;
+}
 
 /**
  * Serves connections accepted by `@inmesh/http`'s `createMeshServer` (TLS already terminated, peer
@@ -184,7 +248,10 @@ export function createMeshConnectionInjector(
   }
   const credentials = createMeshServerCredentials({ ...options, terminateTls: false });
   const registry = registries.get(credentials) as ConnectionRegistry;
-  const injector = createGuardedInjector(server, credentials);
+  const injector = createGuardedInjector(server, credentials, {
+    headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
+    idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
+  });
   const { identity } = resolved;
   return {
     injectConnection(socket, info) {

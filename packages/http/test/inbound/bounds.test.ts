@@ -8,10 +8,12 @@
 import http2 from "node:http2";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
+import { Server as GrpcServer } from "@grpc/grpc-js";
 import type { ControlPlane } from "@inmesh/control-plane";
 import type { IdentityProvider } from "@inmesh/identity";
 import { type CompiledServerPolicy, defaultServerPolicy, NOT_LOADED_POLICY } from "@inmesh/policy";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { createMeshConnectionInjector } from "../../../grpc/src/index.js";
 import { createMeshServer, type MeshServer, type MeshServerOptions } from "../../src/index.js";
 import { data, FrameType, get, headers, PREFACE, parseFrames, settings } from "./frames.js";
 import {
@@ -251,6 +253,53 @@ describe("inbound bounds (small configured timeouts)", () => {
       });
       await legitimateHttp2(port);
     });
+  });
+
+  it("the grpc-js hand-off closes a connection that sends only the preface, and an idle one", async () => {
+    const grpcServer = new GrpcServer();
+    const path = "/test.Echo/Call";
+    const identityCodec = (value: Buffer) => value;
+    grpcServer.addService(
+      {
+        call: {
+          path,
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: identityCodec,
+          requestDeserialize: identityCodec,
+          responseSerialize: identityCodec,
+          responseDeserialize: identityCodec,
+        },
+      },
+      {
+        call: (_call: unknown, callback: (error: null, reply: Buffer) => void) =>
+          callback(null, Buffer.from("ok")),
+      },
+    );
+    const policy = defaultServerPolicy("all-unauthenticated");
+    const injector = createMeshConnectionInjector(grpcServer, {
+      identity,
+      policy,
+      port: 8080,
+      headersTimeoutMs: 300,
+      idleTimeoutMs: 300,
+    });
+    try {
+      const { port } = await serve({ policy, onHttp2Connection: injector.injectConnection });
+      const preface = await untilClosed(track(plainSocket({ port })), Buffer.concat([PREFACE, settings()]));
+      expect(goawaySent(preface.bytes)).toBe(true);
+      const session = h2Session(plainSocket({ port }), `http://foo.test:${port}`);
+      const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
+      const response = await h2Request(
+        session,
+        { ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" },
+        "\0\0\0\0\0",
+      );
+      expect(response.trailers?.["grpc-status"]).toBe("0");
+      await closed;
+    } finally {
+      grpcServer.forceShutdown();
+    }
   });
 
   describe("connection cap", () => {
