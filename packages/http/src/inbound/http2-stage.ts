@@ -260,7 +260,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     state: ConnectionState,
     result: MeshAuthorization,
   ): void {
-    if (stream.destroyed) return;
+    if (stream.destroyed || stream.closed) return;
     if (callsObserved()) observeStream(stream, state, headers, result);
     if (!result.allowed) {
       sendSyntheticOnStream(stream, result.response);
@@ -305,7 +305,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       h2: true,
     });
     const finish = (settled: MeshAuthorization) => {
-      if (stream.destroyed) return;
+      if (stream.destroyed || stream.closed) return;
       if (callsObserved()) observeStream(stream, state, req.headers, settled);
       if (!settled.allowed) {
         sendSyntheticOnStream(stream, settled.response);
