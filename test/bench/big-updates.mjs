@@ -293,7 +293,8 @@ console.log(
 await compare(requested);
 if (requested > LIMITS.maxEndpoints) await compare(LIMITS.maxEndpoints);
 await comparePolicy("policy, 14,000 regex routes", () => policyServer(14_000, "web"));
-await comparePolicy(`policy, ${POLICY_LIMITS.maxRegexes / 2} routes of 2 new regexes (at the regex cap)`, () =>
-  policyServer(POLICY_LIMITS.maxRegexes / 2, "web"),
+await comparePolicy(
+  `policy, ${POLICY_LIMITS.maxRegexes / 2} routes of 2 new regexes (at the regex cap)`,
+  () => policyServer(POLICY_LIMITS.maxRegexes / 2, "web"),
 );
 process.exit(0);
