@@ -52,6 +52,14 @@ export function translateRustRegex(pattern: string): RustRegexTranslation {
       if ((next === "b" || next === "B") && pattern[i + 2] === "{")
         return refuse(`\\${next}{…} word boundaries are not supported`);
       if (next === "u" || next === "U") return refuse(`\\${next} escapes are not supported; use \\x{…}`);
+      if ((next === "p" || next === "P" || next === "x") && pattern[i + 2] === "{") {
+        // `\p{Greek}`, `\x{1F600}`: the braces belong to the escape, not a repetition.
+        const close = pattern.indexOf("}", i + 3);
+        if (close < 0) return refuse(`unclosed \\${next}{…}`);
+        out += pattern.slice(i, close + 1);
+        i = close + 1;
+        continue;
+      }
       if (next === "d" || next === "D") {
         out += next === "d" ? "\\p{Nd}" : "\\P{Nd}";
         i += 2;

@@ -157,6 +157,13 @@ describe("Rust regex syntax on RE2", () => {
     expect(accepts("\\Aa\\z", "a")).toBe(true);
     expect(accepts("\\pL+", "été")).toBe(true);
     expect(accepts("\\x{41}\\-\\~", "A-~")).toBe(true);
+    expect(accepts("\\x{1F600}", "\u{1F600}")).toBe(true);
+    // Outside the BMP, through the leftmost-first end check (offsets are UTF-16 units, like length).
+    expect(accepts("/\\x{1F600}+a?", "/\u{1F600}\u{1F600}")).toBe(true);
+    expect(accepts("/\\x{1F600}+a?", "/\u{1F600}\u{1F600}a")).toBe(true);
+    expect(accepts("/.|/..", "/\u{1F600}")).toBe(true);
+    expect(accepts("\\p{Greek}+[\\p{Lu}]", "αβA")).toBe(true);
+    expect(accepts("\\P{Greek}", "a")).toBe(true);
     expect(accepts("[]a]+", "]a")).toBe(true);
     expect(accepts("a{2,3}", "aaa")).toBe(true);
   });

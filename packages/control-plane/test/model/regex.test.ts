@@ -16,6 +16,8 @@ describe("route regex validation", () => {
       "[[:alpha:]]+",
       "(?P<id>[0-9]+)",
       "\\Aa\\z",
+      "\\p{Greek}+",
+      "\\x{1F600}",
     ]) {
       expect(rustRegexError(pattern), pattern).toBeUndefined();
     }
