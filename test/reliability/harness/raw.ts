@@ -16,6 +16,8 @@ export interface Watched {
   closed(limitMs: number): Promise<number | undefined>;
   /** Resolves once some bytes arrived (true), or false after `limitMs` or on close without bytes. */
   answered(limitMs: number): Promise<boolean>;
+  /** The socket error's code (ECONNRESET when the server's close came as a reset), if any. */
+  errorCode(): string | undefined;
 }
 
 const MAX_KEPT_BYTES = 64 * 1024;
@@ -34,7 +36,10 @@ export function watch(socket: Socket, openedAtMs = performance.now()): Watched {
     for (const wake of dataWaiters) wake();
   });
   // Attack sockets see resets and protocol errors as a matter of course.
-  socket.on("error", () => {});
+  let errorCode: string | undefined;
+  socket.on("error", (error: NodeJS.ErrnoException) => {
+    errorCode ??= error.code ?? error.message;
+  });
   socket.on("close", () => {
     closedAt ??= performance.now();
     for (const wake of closeWaiters) wake();
@@ -44,6 +49,7 @@ export function watch(socket: Socket, openedAtMs = performance.now()): Watched {
     socket,
     openedAtMs,
     received: () => Buffer.concat(chunks),
+    errorCode: () => errorCode,
     closedAfterMs: () => (closedAt === undefined ? undefined : closedAt - openedAtMs),
     closed(limitMs) {
       if (closedAt !== undefined) return Promise.resolve(closedAt - openedAtMs);
