@@ -234,6 +234,23 @@ const KINDS: readonly SlowKind[] = [
   },
 ];
 
+/**
+ * Slow read: requests the server must answer, from a client that never reads. No timer bounds it (each
+ * request arrived whole); the connection cap does, by reaping the oldest connection when a new one needs
+ * the slot. Used by the cap test, not the close-time test.
+ */
+const SLOW_READ: SlowKind = {
+  name: "HTTP/1 slow read (500 pipelined requests, never read)",
+  bound: "connection cap",
+  boundMs: Number.POSITIVE_INFINITY,
+  async open(target) {
+    const watched = watch(await plain(target));
+    watched.socket.pause();
+    await writeAll(watched.socket, Buffer.from("GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(500), "latin1"));
+    return watched;
+  },
+};
+
 let bed: AttackBed;
 let target: AttackTarget;
 let capped: AttackTarget;
@@ -242,6 +259,8 @@ let freshToCapped: LegitClient;
 let freshBaseline: Awaited<ReturnType<typeof measureBaseline>>;
 let freshCappedBaseline: Awaited<ReturnType<typeof measureBaseline>>;
 const CAP = 20;
+/** Attacker connections held at once against the cap: every slot, and more waiting to take one back. */
+const HOLDERS = CAP + 5;
 
 beforeAll(async () => {
   bed = await startAttackBed();
@@ -383,24 +402,25 @@ describe("R9: slow and idle clients are closed within their bounds; legitimate t
 
 describe("connection cap: attackers holding every slot do not lock legitimate clients out", () => {
   it(
-    `maxConnections ${CAP}: ${2 * CAP} idle and partial connections kept open; a newcomer is still served`,
+    `maxConnections ${CAP}: ${HOLDERS} idle, partial and slow-read connections kept open; a newcomer is still served`,
     async () => {
       await capped.revive();
       const attackMs = scaled(6_000, 60_000);
       const deadline = performance.now() + attackMs;
-      const partialKinds = KINDS.filter((kind) =>
+      const partialKinds = [SLOW_READ, ...KINDS].filter((kind) =>
         [
           "TCP, no bytes",
           "ClientHello, one byte per drip",
           "HTTP/2 preface only",
           "HTTP/1 slow headers",
           "HTTP/2 HEADERS without END_HEADERS",
+          SLOW_READ.name,
         ].includes(kind.name),
       );
       let stopped = false;
       let attackerConnections = 0;
-      // Each holder reopens as soon as the server closes its connection: the cap stays full.
-      const holders = Array.from({ length: 2 * CAP }, async (_, index) => {
+      // Each holder reopens after the server closes its connection: the cap stays full.
+      const holders = Array.from({ length: HOLDERS }, async (_, index) => {
         const kind = partialKinds[index % partialKinds.length] as SlowKind;
         while (!stopped && performance.now() < deadline) {
           const watched = await kind.open(capped, () => stopped).catch(() => undefined);
@@ -433,8 +453,9 @@ describe("connection cap: attackers holding every slot do not lock legitimate cl
       stopped = true;
       await Promise.all(holders);
       const boundMs = latencyBoundMs(freshCappedBaseline.p50Ms);
-      printFigures(`connection cap ${CAP}: newcomers while ${2 * CAP} attackers hold connections`, [
+      printFigures(`connection cap ${CAP}: newcomers while ${HOLDERS} attackers hold connections`, [
         {
+          holders: partialKinds.map((kind) => kind.name.split(" (")[0]).join(", "),
           seconds: attackMs / 1000,
           "attacker connections": attackerConnections,
           "newcomer requests": probes.length + failures.length,
