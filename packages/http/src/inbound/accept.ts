@@ -5,9 +5,9 @@
  *
  * Bounds: a connection is held for the first policy at most `initialPolicyWaitMs` (its requests then
  * wait only what is left of it); detection, the TLS handshake and the transport header together must
- * finish within one `detectTimeoutMs` of accept. At `maxConnections`, a new connection reaps the
- * oldest one still in detection, else the oldest idle one, else the oldest one: a client that holds
- * connections open without using them cannot lock others out.
+ * finish within one `detectTimeoutMs` of accept. At `maxConnections` a new connection is still
+ * accepted and reaps an older one (see {@link REAP_ORDER}): a client that holds connections open
+ * without using them cannot lock others out.
  */
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import type { PeerIdentity } from "@inmesh/core";
@@ -50,12 +50,34 @@ export interface AcceptStage {
   whenEmpty(): Promise<void>;
 }
 
-type Phase = "detecting" | "idle" | "busy";
+/**
+ * `detecting`: no protocol decided yet (silent, or bytes trickling in); `tls`: a ClientHello for our
+ * identity arrived, the handshake or the detection after it is under way; `idle`: served protocol
+ * between requests (HTTP/1 keep-alive, HTTP/2 with no open stream); `busy`: a request in progress, or
+ * an opaque or handed-over connection.
+ */
+type Phase = "detecting" | "tls" | "idle" | "busy";
 
 interface Tracked {
   phase: Phase;
+  /** A request has started on it: a client that did real work, reaped after those that did not. */
+  served: boolean;
   readonly listener: Listener;
 }
+
+/**
+ * Which connection a new one reaps at the cap, first match oldest first: still detecting; idle without
+ * ever having sent a whole request (preface only, headers never finished); in the TLS handshake (a
+ * client that already sent a full ClientHello, like a legitimate newcomer); idle after serving requests;
+ * else the oldest. A burst of new connections reaps its own kind (they start as `detecting`) before
+ * a legitimate client in its handshake or between its requests.
+ */
+const REAP_ORDER: readonly ((entry: Tracked) => boolean)[] = [
+  (entry) => entry.phase === "detecting",
+  (entry) => entry.phase === "idle" && !entry.served,
+  (entry) => entry.phase === "tls",
+  (entry) => entry.phase === "idle",
+];
 
 /** One listening socket's connections, oldest first (Map keeps insertion order). */
 type Listener = Map<Socket, Tracked>;
@@ -78,18 +100,16 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     listener?.on("error", (error) => debug("inbound: listener error: %s", error.message));
   }
 
-  /** Frees a slot for a new connection: the oldest still detecting, else idle, else the oldest. */
+  /** Frees a slot for a new connection, in {@link REAP_ORDER}; one pass over the listener's connections. */
   function reap(listener: Listener): void {
-    let victim: Socket | undefined;
-    let idle: Socket | undefined;
+    const candidates: (Socket | undefined)[] = REAP_ORDER.map(() => undefined);
     for (const [socket, entry] of listener) {
-      if (entry.phase === "detecting") {
-        victim = socket;
-        break;
-      }
-      if (entry.phase === "idle" && idle === undefined) idle = socket;
+      const rank = REAP_ORDER.findIndex((matches) => matches(entry));
+      if (rank < 0 || candidates[rank] !== undefined) continue;
+      candidates[rank] = socket;
+      if (rank === 0) break;
     }
-    victim ??= idle ?? listener.keys().next().value;
+    const victim = candidates.find((socket) => socket !== undefined) ?? listener.keys().next().value;
     if (victim === undefined) return;
     debug(
       "inbound: connection cap reached; closing %s connection from %s",
@@ -116,7 +136,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     raw.on("error", swallow);
     const listener = direct ? directConnections : mainConnections;
     if (listener.size >= options.maxConnections) reap(listener);
-    const entry: Tracked = { phase: "detecting", listener };
+    const entry: Tracked = { phase: "detecting", served: false, listener };
     tracked.set(raw, entry);
     listener.set(raw, entry);
     raw.once("close", () => forget(raw));
@@ -174,6 +194,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
         if (result.kind === "closed") return;
         if (result.kind === "decided" && result.value.kind === "tls") {
           if (result.value.serverName === identity.localName) {
+            setPhase(raw, "tls");
             options.terminateTls(admission, policy, direct);
             return;
           }
@@ -207,7 +228,8 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
 
   function setPhase(raw: Socket, phase: Phase): void {
     const entry = tracked.get(raw);
-    if (entry !== undefined) entry.phase = phase;
+    if (entry === undefined) return;
+    entry.phase = phase;
   }
 
   return {
@@ -217,9 +239,16 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
       return tracked.size;
     },
     classified: (raw) => setPhase(raw, "busy"),
-    setIdle: (raw, idle) => setPhase(raw, idle ? "idle" : "busy"),
+    setIdle(raw, idle) {
+      const entry = tracked.get(raw);
+      if (entry === undefined) return;
+      entry.phase = idle ? "idle" : "busy";
+      if (!idle) entry.served = true;
+    },
     startDrain() {
-      for (const [socket, entry] of tracked) if (entry.phase === "detecting") socket.destroy();
+      for (const [socket, entry] of tracked) {
+        if (entry.phase === "detecting" || entry.phase === "tls") socket.destroy();
+      }
     },
     destroyAll() {
       for (const socket of [...tracked.keys()]) socket.destroy();

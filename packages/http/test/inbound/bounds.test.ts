@@ -330,6 +330,26 @@ describe("inbound bounds (small configured timeouts)", () => {
       busy.destroy();
     });
 
+    it("a new connection reaps one that never finished a request before an idle one that did", async () => {
+      const { port } = await serve({
+        maxConnections: 3,
+        headersTimeoutMs: 60_000,
+        http2IdleTimeoutMs: 60_000,
+      });
+      // The oldest connection has served a request and is idle; two newer ones sent only the preface.
+      const served = h2Session(track(plainSocket({ port })), `http://foo.test:${port}`);
+      expect((await h2Request(served, { ":method": "POST", ":path": "/" }, "one")).status).toBe(200);
+      const holders = [0, 1].map(() => track(plainSocket({ port })));
+      const holdersClosed = holders.map((socket) =>
+        untilClosed(socket, Buffer.concat([PREFACE, settings()])),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await legitimateHttp1(port);
+      await Promise.race(holdersClosed);
+      expect((await h2Request(served, { ":method": "POST", ":path": "/" }, "two")).status).toBe(200);
+      served.close();
+    });
+
     it("a new connection gets in even when every slot holds a request in progress", async () => {
       const { port } = await serve({ maxConnections: 2, requestTimeoutMs: 60_000 });
       const uploads = [0, 1].map(() => {
