@@ -98,8 +98,9 @@ export interface MeshServerOptions {
   detectTimeoutMs?: number;
   /**
    * Open connections per listener. At the cap a new connection is still accepted: it closes the oldest
-   * connection still in detection or handshake, else the oldest idle one (HTTP/1 between requests,
-   * HTTP/2 with no open stream), else the oldest one. @default 10000
+   * of, in this order, connections still in detection; idle ones (HTTP/1 between requests, HTTP/2 with
+   * no open stream) that never finished a request; ones in the TLS handshake; idle ones between
+   * requests; else the oldest one. @default 10000
    */
   maxConnections?: number;
   /**
