@@ -60,17 +60,121 @@ export interface EndpointSet {
 export function createEndpointSet(exists: boolean, endpoints: Iterable<Endpoint>): EndpointSet {
   const byAddress = new Map<string, Endpoint>();
   for (const endpoint of endpoints) byAddress.set(endpoint.address, endpoint);
-  return setOf(exists, byAddress);
+  return new Snapshot(exists, byAddress, undefined, undefined);
 }
 
-/** A set over a Map the caller hands over (built for this snapshot and never changed afterwards). */
-function setOf(exists: boolean, byAddress: Map<string, Endpoint>): EndpointSet {
-  const list = Object.freeze([...byAddress.values()]);
-  return Object.freeze({
-    exists,
-    endpoints: list,
-    get: (address: string) => byAddress.get(address),
-  });
+/** How a set was derived from the previous one by a single update (see `endpointSetDelta`). */
+export interface EndpointSetDelta {
+  /** `snapshotId` of the set it was derived from. */
+  readonly fromId: number;
+  /** Endpoints added or replaced. */
+  readonly upserted: readonly Endpoint[];
+  /** Addresses removed (each was present). */
+  readonly removed: readonly string[];
+}
+
+/** Past this many deltas a snapshot is flattened, so lookups stay O(1) and old snapshots are released. */
+const MAX_CHAIN = 32;
+let nextSnapshotId = 1;
+
+/**
+ * An immutable endpoint set. A set derived by one small update is stored as that update over the
+ * previous snapshot, so applying it costs the size of the update, not of the set; `endpoints` is built
+ * on first read. Every MAX_CHAIN updates the chain is flattened (amortised O(set / 32) per update).
+ */
+class Snapshot implements EndpointSet {
+  readonly id = nextSnapshotId++;
+  readonly exists: boolean;
+  readonly delta: EndpointSetDelta | undefined;
+  readonly size: number;
+  readonly #flat: Map<string, Endpoint> | undefined;
+  readonly #base: Snapshot | undefined;
+  readonly #upserts: Map<string, Endpoint> | undefined;
+  readonly #removed: Set<string> | undefined;
+  readonly #depth: number;
+  #list: readonly Endpoint[] | undefined;
+
+  constructor(
+    exists: boolean,
+    flat: Map<string, Endpoint> | undefined,
+    derived: { base: Snapshot; upserts: Map<string, Endpoint>; removed: Set<string> } | undefined,
+    delta: EndpointSetDelta | undefined,
+  ) {
+    this.exists = exists;
+    this.delta = delta;
+    if (derived === undefined || derived.base.#depth + 1 > MAX_CHAIN) {
+      this.#flat =
+        flat ?? (derived ? applied(derived.base.#collect(), derived.upserts, derived.removed) : new Map());
+      this.#depth = 0;
+      this.size = this.#flat.size;
+    } else {
+      const { base, upserts, removed } = derived;
+      this.#base = base;
+      this.#upserts = upserts;
+      this.#removed = removed;
+      this.#depth = base.#depth + 1;
+      let added = 0;
+      for (const address of upserts.keys()) if (base.get(address) === undefined) added += 1;
+      this.size = base.size + added - removed.size;
+    }
+  }
+
+  get(address: string): Endpoint | undefined {
+    if (this.#flat !== undefined) return this.#flat.get(address);
+    if (this.#removed?.has(address)) return undefined;
+    return this.#upserts?.get(address) ?? this.#base?.get(address);
+  }
+
+  get endpoints(): readonly Endpoint[] {
+    if (this.#list === undefined) {
+      this.#list = Object.freeze([...(this.#flat ?? this.#collect()).values()]);
+    }
+    return this.#list;
+  }
+
+  /** A fresh Map of this snapshot: the flat root copied, then each delta applied, oldest first. */
+  #collect(): Map<string, Endpoint> {
+    const chain: Snapshot[] = [];
+    let node: Snapshot = this;
+    while (node.#flat === undefined) {
+      chain.push(node);
+      node = node.#base as Snapshot;
+    }
+    const map = new Map(node.#flat);
+    for (let i = chain.length - 1; i >= 0; i -= 1) {
+      const level = chain[i] as Snapshot;
+      applied(map, level.#upserts, level.#removed);
+    }
+    return map;
+  }
+}
+
+/** Applies one delta to `map` in place, with a Map's order (a replaced entry keeps its place). */
+function applied(
+  map: Map<string, Endpoint>,
+  upserts: Map<string, Endpoint> | undefined,
+  removed: Set<string> | undefined,
+): Map<string, Endpoint> {
+  if (removed) for (const address of removed) map.delete(address);
+  if (upserts) for (const [address, endpoint] of upserts) map.set(address, endpoint);
+  return map;
+}
+
+/**
+ * For consumers that keep per-endpoint state (the balancer): when `set` came from the set whose
+ * `snapshotId` is `previousId` by one update, what changed; otherwise undefined (rebuild from
+ * `set.endpoints`).
+ */
+export function endpointSetDelta(
+  set: EndpointSet,
+  previousId: number | undefined,
+): EndpointSetDelta | undefined {
+  if (!(set instanceof Snapshot) || set.delta === undefined || previousId === undefined) return undefined;
+  return set.delta.fromId === previousId ? set.delta : undefined;
+}
+
+export function snapshotId(set: EndpointSet): number | undefined {
+  return set instanceof Snapshot ? set.id : undefined;
 }
 
 export const NO_ENDPOINTS: EndpointSet = createEndpointSet(true, []);
@@ -257,6 +361,24 @@ function onEndpointsCapped(dropped: number): void {
   );
 }
 
+/** A snapshot over `base` changed by one update; `base` may be any EndpointSet (then copied flat). */
+function derive(base: EndpointSet, upserts: Map<string, Endpoint>, removed: Set<string>): EndpointSet {
+  if (!(base instanceof Snapshot)) {
+    const flat = new Map<string, Endpoint>();
+    for (const endpoint of base.endpoints)
+      if (!removed.has(endpoint.address)) flat.set(endpoint.address, endpoint);
+    for (const [address, endpoint] of upserts) flat.set(address, endpoint);
+    return new Snapshot(true, flat, undefined, undefined);
+  }
+  const delta: EndpointSetDelta = Object.freeze({
+    fromId: base.id,
+    upserted: Object.freeze([...upserts.values()]),
+    removed: Object.freeze([...removed]),
+  });
+  // A non-existent base (`exists: false`) is never derived from: applyEndpointUpdate starts from NO_ENDPOINTS.
+  return new Snapshot(true, undefined, { base, upserts, removed }, delta);
+}
+
 /**
  * Applies one `Update` to the current set (contract §8.2). `fresh` marks the first message of a new
  * stream: it is applied to an empty state, so endpoints removed while disconnected do not linger.
@@ -278,43 +400,39 @@ export function applyEndpointUpdate(
     }
     case "add": {
       const convert = createEndpointConverter(kind.value.metricLabels);
-      const merged = new Map<string, Endpoint>();
-      for (const endpoint of base.endpoints) merged.set(endpoint.address, endpoint);
-      let changed = base !== previous;
+      const upserts = new Map<string, Endpoint>();
+      const current = (address: string) => upserts.get(address) ?? base.get(address);
+      let size = base instanceof Snapshot ? base.size : base.endpoints.length;
       let valid = 0;
       let dropped = 0;
       for (const addr of kind.value.addrs) {
         // Past the cap only updates of known addresses can apply: new ones are not even converted, so the
         // work stays proportional to the cap, not to what the message holds.
-        if (merged.size >= LIMITS.maxEndpoints && !merged.has(addressKey(addr.addr) ?? "")) {
+        if (size >= LIMITS.maxEndpoints && current(addressKey(addr.addr) ?? "") === undefined) {
           dropped += 1;
           continue;
         }
         const endpoint = convert(addr);
         if (endpoint === undefined) continue;
         valid += 1;
-        const existing = merged.get(endpoint.address);
+        const existing = current(endpoint.address);
         if (existing !== undefined && sameEndpoint(existing, endpoint)) continue;
-        merged.set(endpoint.address, endpoint);
-        changed = true;
+        if (existing === undefined) size += 1;
+        upserts.set(endpoint.address, endpoint);
       }
       if (dropped > 0) onEndpointsCapped(dropped);
       if (valid === 0 && dropped === 0) return undefined;
-      return changed || previous === undefined ? setOf(true, merged) : previous;
+      if (upserts.size === 0 && base === previous) return previous;
+      return derive(base, upserts, new Set());
     }
     case "remove": {
       const removed = new Set<string>();
       for (const tcp of kind.value.addrs) {
         const key = addressKey(tcp);
-        if (key !== undefined) removed.add(key);
+        if (key !== undefined && base.get(key) !== undefined) removed.add(key);
       }
-      let present = 0;
-      for (const address of removed) if (base.get(address) !== undefined) present += 1;
-      if (base === previous && present === 0) return previous;
-      const kept = new Map<string, Endpoint>();
-      for (const endpoint of base.endpoints)
-        if (!removed.has(endpoint.address)) kept.set(endpoint.address, endpoint);
-      return setOf(true, kept);
+      if (base === previous && removed.size === 0) return previous;
+      return derive(base, new Map(), removed);
     }
   }
 }

@@ -1,7 +1,7 @@
 import type { destination } from "@inmesh/proto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { applyEndpointUpdate, type EndpointSet, LIMITS } from "../src/index.js";
+import { applyEndpointUpdate, createBalancer, type EndpointSet, LIMITS } from "../src/index.js";
 import { addUpdate, noEndpoints, removeUpdate, weightedAddr } from "./helpers.js";
 
 const pool = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "[fd00::1]:80"];
@@ -67,6 +67,56 @@ describe("applyEndpointUpdate", () => {
           expect(new Map(set?.endpoints.map((e) => [e.address, e.metricLabels.v]))).toEqual(model);
         }
       }),
+    );
+  });
+
+  it("keeps a Map's order and lookups over long chains of small updates, and the balancer mirrors each set (property)", () => {
+    const wide = Array.from({ length: 8 }, (_, i) => `10.0.1.${i}:80`);
+    const op = fc.oneof(
+      {
+        weight: 3,
+        arbitrary: fc.record({
+          kind: fc.constant("add" as const),
+          addresses: fc.subarray(wide, { maxLength: 3 }),
+          label: fc.constantFrom("a", "b", "c"),
+        }),
+      },
+      {
+        weight: 2,
+        arbitrary: fc.record({
+          kind: fc.constant("remove" as const),
+          addresses: fc.subarray(wide, { maxLength: 2 }),
+        }),
+      },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant("none" as const), exists: fc.constant(true) }) },
+    );
+    fc.assert(
+      fc.property(fc.array(fc.tuple(op, fc.nat(9)), { minLength: 40, maxLength: 150 }), (ops) => {
+        let set: EndpointSet | undefined;
+        let model = new Map<string, string>();
+        const balancer = createBalancer();
+        for (const [o, resync] of ops) {
+          const fresh = set === undefined || resync === 0; // the first message of a new stream
+          const next = applyEndpointUpdate(set, toUpdate(o), fresh);
+          if (next === undefined) continue;
+          if (fresh || o.kind === "none") model = new Map();
+          if (o.kind === "add") for (const a of o.addresses) model.set(a, o.label);
+          if (o.kind === "remove") for (const a of o.addresses) model.delete(a);
+          set = next;
+          // Only every few updates is the list read, so chains grow past the flattening depth unread.
+          if (model.size % 3 === 0) {
+            expect(set.endpoints.map((e) => [e.address, e.metricLabels.v])).toEqual([...model.entries()]);
+          }
+          for (const address of wide) expect(set.get(address)?.metricLabels.v).toBe(model.get(address));
+          balancer.update(set);
+          expect(balancer.size()).toBe(model.size);
+          expect(new Set(balancer.loads().map((l) => l.address))).toEqual(new Set(model.keys()));
+        }
+        expect(set?.endpoints.map((e) => [e.address, e.metricLabels.v])).toEqual([
+          ...(model?.entries() ?? []),
+        ]);
+      }),
+      { numRuns: 200 },
     );
   });
 
