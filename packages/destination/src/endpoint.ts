@@ -117,6 +117,8 @@ class Snapshot implements EndpointSet {
       for (const address of upserts.keys()) if (base.get(address) === undefined) added += 1;
       this.size = base.size + added - removed.size;
     }
+    // Public fields frozen like the plain snapshots before; the private list cache stays writable.
+    Object.freeze(this);
   }
 
   get(address: string): Endpoint | undefined {

@@ -127,6 +127,8 @@ describe("applyEndpointUpdate", () => {
     const merged = applyEndpointUpdate(old, addUpdate([weightedAddr("10.0.0.2:80")]), false);
     expect(merged?.endpoints.map((e) => e.address)).toEqual(["10.0.0.1:80", "10.0.0.2:80"]);
     expect(applyEndpointUpdate(old, { update: undefined }, false)).toBeUndefined();
+    expect(Object.isFrozen(merged)).toBe(true);
+    expect(Object.isFrozen(merged?.endpoints)).toBe(true);
   });
 
   it(`keeps at most ${LIMITS.maxEndpoints} endpoints and at most ${LIMITS.maxLabels} labels each`, () => {
