@@ -1,4 +1,4 @@
-import type { Http2Server, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
+import { constants, type Http2Server, type ServerHttp2Session, type ServerHttp2Stream } from "node:http2";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
@@ -81,6 +81,27 @@ interface SessionIdle {
   readonly bounds: SessionBounds;
   openStreams: number;
   timer: NodeJS.Timeout;
+  resetBudget: number;
+  resetCheckedAt: number;
+}
+
+/** Rapid reset (CVE-2023-44487): as `createMeshServer` does, a burst of 200 streams reset before any
+ * response, refilled at 20 a second; beyond it GOAWAY ENHANCE_YOUR_CALM. */
+const RESET_BURST = 200;
+const RESET_REFILL_PER_SECOND = 20;
+
+function earlyReset(session: ServerHttp2Session, state: SessionIdle): void {
+  const now = Date.now();
+  state.resetBudget = Math.min(
+    RESET_BURST,
+    state.resetBudget + ((now - state.resetCheckedAt) / 1000) * RESET_REFILL_PER_SECOND,
+  );
+  state.resetCheckedAt = now;
+  state.resetBudget -= 1;
+  if (state.resetBudget >= 0 || session.destroyed) return;
+  debug("grpc: injected session reset too many streams");
+  session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  session.destroy();
 }
 
 const idleStates = new WeakMap<ServerHttp2Session, SessionIdle>();
@@ -101,9 +122,30 @@ function closeAfter(session: ServerHttp2Session, ms: number): NodeJS.Timeout {
  * is closed), then GOAWAY after `idleTimeoutMs` without a call in progress.
  */
 function boundSession(session: ServerHttp2Session, bounds: SessionBounds): void {
-  const state: SessionIdle = { bounds, openStreams: 0, timer: closeAfter(session, bounds.headersTimeoutMs) };
+  const state: SessionIdle = {
+    bounds,
+    openStreams: 0,
+    timer: closeAfter(session, bounds.headersTimeoutMs),
+    resetBudget: RESET_BURST,
+    resetCheckedAt: Date.now(),
+  };
   idleStates.set(session, state);
   session.once("close", () => clearTimeout(state.timer));
+  session.on("stream", (stream: ServerHttp2Stream) => {
+    if (stream.destroyed || stream.closed) {
+      earlyReset(session, state);
+      return;
+    }
+    stream.once("close", () => {
+      if (
+        stream.rstCode !== undefined &&
+        stream.rstCode !== constants.NGHTTP2_NO_ERROR &&
+        !stream.headersSent
+      ) {
+        earlyReset(session, state);
+      }
+    });
+  });
 }
 
 function sessionStreamOpened(stream: ServerHttp2Stream): void {

@@ -69,11 +69,22 @@ export interface Http2Stage {
 /** After GOAWAY, how long a session may take to close before it is destroyed. */
 const CLOSE_GRACE_MS = 1000;
 
+/**
+ * Streams a client may have reset (or made nghttp2 reset) before any response began: a burst of this
+ * many, refilled at RESET_REFILL_PER_SECOND. Beyond it the session is closed with GOAWAY
+ * ENHANCE_YOUR_CALM, as hyper (Linkerd's HTTP stack) does for rapid reset (CVE-2023-44487): each such
+ * stream costs the server its authorization and handler start and the client nothing.
+ */
+const RESET_BURST = 200;
+const RESET_REFILL_PER_SECOND = 20;
+
 interface SessionEntry {
   readonly session: ServerHttp2Session;
   readonly state: ConnectionState;
   readonly raw: Socket;
   openStreams: number;
+  resetBudget: number;
+  resetCheckedAt: number;
   /** The first-request headers bound, then the idle bound whenever no stream is open. */
   timer: NodeJS.Timeout;
 }
@@ -103,10 +114,17 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       state: pending.state,
       raw: pending.raw,
       openStreams: 0,
+      resetBudget: RESET_BURST,
+      resetCheckedAt: Date.now(),
       timer: boundedWait(session, options.headersTimeoutMs, "no request headers"),
     };
     sessions.set(session, entry);
     options.setIdle(entry.raw, true);
+    // Per session, so a stream reset before its 'stream' event (it then has no session) still counts.
+    session.on("stream", (stream: ServerHttp2Stream) => {
+      if (stream.destroyed || stream.closed) earlyReset(entry);
+      else trackStream(stream, entry);
+    });
     session.once("close", () => {
       clearTimeout(entry.timer);
       sessions.delete(session);
@@ -119,10 +137,6 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   // hold an error handler whatever happened, and nothing may be served on a stream that is already gone.
   h2.on("stream", (stream: ServerHttp2Stream) => {
     stream.on("error", swallow);
-    const entry =
-      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
-    if (entry === undefined || stream.destroyed || stream.closed) return;
-    trackStream(stream, entry);
   });
   if (compatHandler !== undefined && onStream === undefined) {
     h2.on("request", onCompatRequest);
@@ -156,12 +170,34 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     }
     stream.once("close", () => {
       clearTimeout(requestTimer);
+      if (
+        stream.rstCode !== undefined &&
+        stream.rstCode !== h2constants.NGHTTP2_NO_ERROR &&
+        !stream.headersSent
+      ) {
+        earlyReset(entry);
+      }
       entry.openStreams -= 1;
       if (entry.openStreams === 0 && sessions.has(entry.session)) {
         options.setIdle(entry.raw, true);
         entry.timer = boundedWait(entry.session, options.idleTimeoutMs, "idle");
       }
     });
+  }
+
+  function earlyReset(entry: SessionEntry): void {
+    const now = Date.now();
+    entry.resetBudget = Math.min(
+      RESET_BURST,
+      entry.resetBudget + ((now - entry.resetCheckedAt) / 1000) * RESET_REFILL_PER_SECOND,
+    );
+    entry.resetCheckedAt = now;
+    entry.resetBudget -= 1;
+    if (entry.resetBudget >= 0 || entry.session.destroyed) return;
+    debug("inbound: http2 session from %s reset too many streams", entry.raw.remoteAddress);
+    // destroy(undefined, code) would send NO_ERROR (undefined takes the default first argument).
+    entry.session.goaway(h2constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    entry.session.destroy();
   }
 
   function expireRequest(stream: ServerHttp2Stream): void {

@@ -15,7 +15,7 @@ import { type CompiledServerPolicy, defaultServerPolicy, NOT_LOADED_POLICY } fro
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createMeshConnectionInjector } from "../../../grpc/src/index.js";
 import { createMeshServer, type MeshServer, type MeshServerOptions } from "../../src/index.js";
-import { data, FrameType, get, headers, PREFACE, parseFrames, settings } from "./frames.js";
+import { data, FrameType, get, headers, PREFACE, parseFrames, post, rstStream, settings } from "./frames.js";
 import {
   h2Request,
   h2Session,
@@ -182,6 +182,30 @@ describe("inbound bounds (small configured timeouts)", () => {
       });
     }
 
+    for (const where of ["with the preface", "after the preface"] as const) {
+      it(`closes a rapid-reset connection (HEADERS + RST_STREAM, ${where}) with GOAWAY ENHANCE_YOUR_CALM`, async () => {
+        const { port } = await serve({});
+        const flood = Buffer.concat(
+          Array.from({ length: 400 }, (_, index) =>
+            Buffer.concat([headers(2 * index + 1, get("/")), rstStream(2 * index + 1)]),
+          ),
+        );
+        const socket = track(plainSocket({ port }));
+        let closed: Promise<Closed>;
+        if (where === "with the preface") {
+          closed = untilClosed(socket, Buffer.concat([PREFACE, settings(), flood]));
+        } else {
+          closed = untilClosed(socket, Buffer.concat([PREFACE, settings()]));
+          await new Promise((resolve) => socket.once("data", resolve));
+          socket.write(flood);
+        }
+        const frames = parseFrames((await closed).bytes);
+        const goaway = frames.find((frame) => frame.type === FrameType.GOAWAY);
+        expect(goaway?.payload.readUInt32BE(4)).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+        await legitimateHttp2(port);
+      });
+    }
+
     it("answers 408 to a request whose body never ends, and keeps serving the connection", async () => {
       // requestTimeoutMs is never below headersTimeoutMs.
       const { port } = await serve({ headersTimeoutMs: 300, requestTimeoutMs: 400 });
@@ -255,7 +279,7 @@ describe("inbound bounds (small configured timeouts)", () => {
     });
   });
 
-  it("the grpc-js hand-off closes a connection that sends only the preface, and an idle one", async () => {
+  it("the grpc-js hand-off closes a connection that sends only the preface, a rapid-reset one, and an idle one", async () => {
     const grpcServer = new GrpcServer();
     const path = "/test.Echo/Call";
     const identityCodec = (value: Buffer) => value;
@@ -288,6 +312,20 @@ describe("inbound bounds (small configured timeouts)", () => {
       const { port } = await serve({ policy, onHttp2Connection: injector.injectConnection });
       const preface = await untilClosed(track(plainSocket({ port })), Buffer.concat([PREFACE, settings()]));
       expect(goawaySent(preface.bytes)).toBe(true);
+      const flood = Buffer.concat(
+        Array.from({ length: 400 }, (_, index) =>
+          Buffer.concat([
+            headers(2 * index + 1, [...post(path), ["content-type", "application/grpc"], ["te", "trailers"]]),
+            rstStream(2 * index + 1),
+          ]),
+        ),
+      );
+      const reset = await untilClosed(
+        track(plainSocket({ port })),
+        Buffer.concat([PREFACE, settings(), flood]),
+      );
+      const goaway = parseFrames(reset.bytes).find((frame) => frame.type === FrameType.GOAWAY);
+      expect(goaway?.payload.readUInt32BE(4)).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       const session = h2Session(plainSocket({ port }), `http://foo.test:${port}`);
       const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
       const response = await h2Request(
