@@ -170,46 +170,6 @@ export async function measureBaseline(client: LegitClient, count = 20): Promise<
   return measureSequential(client, count);
 }
 
-/** An open-loop legitimate load: `rps` requests per second until `stop()`. */
-export function startLoad(client: LegitClient, rps: number): { stop(): Promise<LatencySummary> } {
-  const latencies: number[] = [];
-  const failures: string[] = [];
-  const inFlight = new Set<Promise<void>>();
-  const intervalMs = 1000 / rps;
-  const startedAt = performance.now();
-  let sent = 0;
-  let stopped = false;
-  const tick = () => {
-    if (stopped) return;
-    const due = Math.floor((performance.now() - startedAt) / intervalMs) + 1;
-    // Bounded catch-up: after a stall, at most one second's worth is sent at once.
-    for (let burst = 0; sent < due && burst < rps; burst += 1) {
-      sent += 1;
-      const requestStartedAt = performance.now();
-      const call: Promise<void> = client.request().then(
-        () => {
-          latencies.push(performance.now() - requestStartedAt);
-        },
-        (error: unknown) => {
-          if (failures.length < 1000) failures.push(String((error as Error)?.message ?? error));
-        },
-      );
-      inFlight.add(call);
-      void call.finally(() => inFlight.delete(call));
-    }
-    timer = setTimeout(tick, Math.max(1, intervalMs));
-  };
-  let timer = setTimeout(tick, 0);
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await Promise.allSettled([...inFlight]);
-      return summarize(latencies, failures);
-    },
-  };
-}
-
 /** The generous bound every attack must keep legitimate latency within (the machine is shared). */
 export function latencyBoundMs(baselineP50Ms: number): number {
   return 10 * baselineP50Ms + 200;

@@ -15,6 +15,7 @@ import {
   meshHttpClient,
   startClientMesh,
 } from "./legit.js";
+import type { LoadSpec } from "./load-child.js";
 import { sleep } from "./raw.js";
 
 export interface AttackTarget {
@@ -25,6 +26,8 @@ export interface AttackTarget {
   /** The server's mesh identity: the SNI an attacker uses to get TLS terminated. */
   readonly identity: string;
   readonly legit: LegitClient;
+  /** The same legitimate request, for a load process (servers/load.mjs). */
+  readonly loadSpec: LoadSpec;
   /** Legitimate latency before any attack, measured in this run. */
   baseline: LatencySummary;
   /**
@@ -74,6 +77,8 @@ export const BUILT_FOR_EXAMPLES = [
 export interface AttackBed {
   readonly cluster: Cluster;
   readonly client: Mesh;
+  /** The legitimate client pod's variables, for load processes. */
+  readonly clientEnv: Record<string, string>;
   readonly children: ServiceChild[];
   /** The SDK service (servers/sdk-server.mjs) with `options` merged into its createServer options. */
   startSdk(options?: Record<string, unknown>, name?: string, pod?: string): Promise<AttackTarget>;
@@ -86,6 +91,7 @@ async function targetOf(
   name: string,
   child: ServiceChild,
   legit: LegitClient,
+  loadSpec: LoadSpec,
   start: () => Promise<ServiceChild>,
 ): Promise<AttackTarget> {
   const target: AttackTarget = {
@@ -93,6 +99,7 @@ async function targetOf(
     child,
     identity: child.ready.identity,
     legit,
+    loadSpec,
     baseline: await measureBaseline(legit),
     async revive() {
       if (target.child.alive()) return false;
@@ -116,8 +123,10 @@ export async function startAttackBed(): Promise<AttackBed> {
   const children: ServiceChild[] = [];
   const closers: (() => void)[] = [];
   let client: Mesh;
+  let clientEnv: Record<string, string>;
   try {
-    client = await startClientMesh(await cluster.envFor(CLIENT_POD));
+    clientEnv = await cluster.envFor(CLIENT_POD);
+    client = await startClientMesh(clientEnv);
   } catch (error) {
     await cluster.close();
     throw error;
@@ -125,6 +134,7 @@ export async function startAttackBed(): Promise<AttackBed> {
   const bed: AttackBed = {
     cluster,
     client,
+    clientEnv,
     children,
     async startSdk(options = {}, name = "sdk", pod = TARGET_POD) {
       assertBuilt(BUILT_FOR_SDK);
@@ -134,8 +144,9 @@ export async function startAttackBed(): Promise<AttackBed> {
         children.push(child);
         return child;
       };
-      const legit = meshHttpClient(client, `${name} GET /`, `http://${SERVICE_OF_POD[pod]}/`);
-      return targetOf(name, await start(), legit, start);
+      const url = `http://${SERVICE_OF_POD[pod]}/`;
+      const legit = meshHttpClient(client, `${name} GET /`, url);
+      return targetOf(name, await start(), legit, { kind: "http", url }, start);
     },
     async startExamples() {
       assertBuilt(BUILT_FOR_EXAMPLES);
@@ -163,28 +174,36 @@ export async function startAttackBed(): Promise<AttackBed> {
       const byPod = new Map(specs.map((spec, index) => [spec.pod, started[index] as ServiceChild]));
       const authors = meshGrpcAuthorsClient(client, `authors.${NAMESPACE}.svc.cluster.local:50051`);
       closers.push(() => authors.close());
-      const targets: { name: string; pod: string; legit: LegitClient }[] = [
+      const webUrl = `http://web.${NAMESPACE}.svc.cluster.local/`;
+      const booksUrl = `http://books.${NAMESPACE}.svc.cluster.local/books`;
+      const authorsTarget = `authors.${NAMESPACE}.svc.cluster.local:50051`;
+      const targets: { name: string; pod: string; legit: LegitClient; loadSpec: LoadSpec }[] = [
         {
           name: "web (Express)",
           pod: "web-0",
-          legit: meshHttpClient(client, "web GET /", `http://web.${NAMESPACE}.svc.cluster.local/`),
+          legit: meshHttpClient(client, "web GET /", webUrl),
+          loadSpec: { kind: "http", url: webUrl },
         },
         {
           name: "books (Fastify)",
           pod: "books-0",
           // Reads are balanced over both replicas: an attack on books-0 shows in half of them.
-          legit: meshHttpClient(
-            client,
-            "books GET /books",
-            `http://books.${NAMESPACE}.svc.cluster.local/books`,
-          ),
+          legit: meshHttpClient(client, "books GET /books", booksUrl),
+          loadSpec: { kind: "http", url: booksUrl },
         },
-        { name: "authors (grpc-js)", pod: "authors-0", legit: authors },
+        {
+          name: "authors (grpc-js)",
+          pod: "authors-0",
+          legit: authors,
+          loadSpec: { kind: "grpc", target: authorsTarget },
+        },
       ];
       const result: AttackTarget[] = [];
       for (const spec of targets) {
         const start = starters.get(spec.pod) as () => Promise<ServiceChild>;
-        result.push(await targetOf(spec.name, byPod.get(spec.pod) as ServiceChild, spec.legit, start));
+        result.push(
+          await targetOf(spec.name, byPod.get(spec.pod) as ServiceChild, spec.legit, spec.loadSpec, start),
+        );
       }
       return result;
     },
