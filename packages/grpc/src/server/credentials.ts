@@ -85,10 +85,10 @@ interface SessionIdle {
   resetCheckedAt: number;
 }
 
-/** Rapid reset (CVE-2023-44487): as `createMeshServer` does, a burst of 200 streams reset before any
- * response, refilled at 20 a second; beyond it GOAWAY ENHANCE_YOUR_CALM. */
+/** Rapid reset (CVE-2023-44487): as `createMeshServer` does, a burst of 200 streams ended by RST_STREAM,
+ * refilled at 100 a second; beyond it GOAWAY ENHANCE_YOUR_CALM. */
 const RESET_BURST = 200;
-const RESET_REFILL_PER_SECOND = 20;
+const RESET_REFILL_PER_SECOND = 100;
 
 function earlyReset(session: ServerHttp2Session, state: SessionIdle): void {
   const now = Date.now();
@@ -137,11 +137,7 @@ function boundSession(session: ServerHttp2Session, bounds: SessionBounds): void 
       return;
     }
     stream.once("close", () => {
-      if (
-        stream.rstCode !== undefined &&
-        stream.rstCode !== constants.NGHTTP2_NO_ERROR &&
-        !stream.headersSent
-      ) {
+      if (stream.rstCode !== undefined && stream.rstCode !== constants.NGHTTP2_NO_ERROR) {
         earlyReset(session, state);
       }
     });

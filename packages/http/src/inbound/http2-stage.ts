@@ -70,13 +70,13 @@ export interface Http2Stage {
 const CLOSE_GRACE_MS = 1000;
 
 /**
- * Streams a client may have reset (or made nghttp2 reset) before any response began: a burst of this
- * many, refilled at RESET_REFILL_PER_SECOND. Beyond it the session is closed with GOAWAY
- * ENHANCE_YOUR_CALM, as hyper (Linkerd's HTTP stack) does for rapid reset (CVE-2023-44487): each such
- * stream costs the server its authorization and handler start and the client nothing.
+ * Streams that ended in RST_STREAM (reset by the client, or by nghttp2 for its protocol errors): a burst
+ * of this many, refilled at RESET_REFILL_PER_SECOND. Beyond it the session is closed with GOAWAY
+ * ENHANCE_YOUR_CALM, as hyper (Linkerd's HTTP stack) bounds reset streams against rapid reset
+ * (CVE-2023-44487): each such stream costs the server a request and frees the client's stream slot.
  */
 const RESET_BURST = 200;
-const RESET_REFILL_PER_SECOND = 20;
+const RESET_REFILL_PER_SECOND = 100;
 
 interface SessionEntry {
   readonly session: ServerHttp2Session;
@@ -170,11 +170,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     }
     stream.once("close", () => {
       clearTimeout(requestTimer);
-      if (
-        stream.rstCode !== undefined &&
-        stream.rstCode !== h2constants.NGHTTP2_NO_ERROR &&
-        !stream.headersSent
-      ) {
+      if (stream.rstCode !== undefined && stream.rstCode !== h2constants.NGHTTP2_NO_ERROR) {
         earlyReset(entry);
       }
       entry.openStreams -= 1;

@@ -187,7 +187,7 @@ describe("inbound bounds (small configured timeouts)", () => {
         const { port } = await serve({});
         const flood = Buffer.concat(
           Array.from({ length: 400 }, (_, index) =>
-            Buffer.concat([headers(2 * index + 1, get("/")), rstStream(2 * index + 1)]),
+            Buffer.concat([headers(2 * index + 1, get("/"), { endStream: true }), rstStream(2 * index + 1)]),
           ),
         );
         const socket = track(plainSocket({ port }));
