@@ -218,12 +218,16 @@ interface AbuseFigures {
   readonly maxCloseMs: number | undefined;
   readonly before: ProcessSample;
   readonly warm: ProcessSample;
+  /** Heap in use after a full collection (the SDK service only): retained memory, not headroom. */
+  readonly heapBefore: number | undefined;
+  readonly heapAfter: number | undefined;
   readonly after: ProcessSample;
 }
 
 async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<AbuseFigures> {
   const deadline = performance.now() + ATTACK_MS;
   const outcomes: ConnectionOutcome[] = [];
+  const heapBefore = await target.child.heapAfterGc();
   const before = target.child.sample();
   // "RSS steady": growth is judged from a third into the attack (heap and JIT warmed up) to its end.
   let warm: ProcessSample | undefined;
@@ -244,6 +248,7 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
   );
   clearTimeout(warmTimer);
   const after = target.child.sample();
+  const heapAfter = await target.child.heapAfterGc();
   const codes = new Map<number, number>();
   for (const outcome of outcomes) {
     if (outcome.goaway !== undefined) codes.set(outcome.goaway, (codes.get(outcome.goaway) ?? 0) + 1);
@@ -274,6 +279,8 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
     maxCloseMs: closeTimes.length > 0 ? Math.max(...closeTimes) : undefined,
     before,
     warm: warm ?? before,
+    heapBefore,
+    heapAfter,
     after,
   };
 }
@@ -356,6 +363,10 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
                 "rss before MiB": figures ? mib(figures.before.rssBytes) : undefined,
                 "rss at 1/3 MiB": figures ? mib(figures.warm.rssBytes) : undefined,
                 "rss after MiB": figures ? mib(figures.after.rssBytes) : undefined,
+                "heap after GC, before → after MiB":
+                  figures?.heapBefore !== undefined && figures.heapAfter !== undefined
+                    ? `${mib(figures.heapBefore).toFixed(1)} → ${mib(figures.heapAfter).toFixed(1)}`
+                    : undefined,
                 "legit requests": legit.count,
                 "legit failures": legit.failures.length,
                 "legit p50 ms": legit.p50Ms,

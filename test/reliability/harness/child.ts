@@ -44,6 +44,11 @@ export interface ServiceChild {
   describeExit(): string;
   stderr(): string;
   sample(): ProcessSample;
+  /**
+   * Heap in use after a full collection, in bytes (services started with `exposeGc` that answer "gc"
+   * on stdin, as servers/sdk-server.mjs does); undefined otherwise.
+   */
+  heapAfterGc(): Promise<number | undefined>;
   stop(): Promise<void>;
 }
 
@@ -88,8 +93,10 @@ export async function startServiceChild(
   name: string,
   script: string,
   env: Record<string, string>,
+  options: { exposeGc?: boolean } = {},
 ): Promise<ServiceChild> {
-  const child: ChildProcess = spawn(process.execPath, [path.join(ROOT, script)], {
+  const nodeArgs = options.exposeGc ? ["--expose-gc"] : [];
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, path.join(ROOT, script)], {
     env: {
       ...env,
       ...(process.env.PATH ? { PATH: process.env.PATH } : {}),
@@ -109,6 +116,7 @@ export async function startServiceChild(
       resolve();
     }),
   );
+  const memoryWaiters: ((heapUsed: number) => void)[] = [];
   const ready = await new Promise<ReadyLine>((resolve, reject) => {
     let buffered = "";
     const timer = setTimeout(
@@ -121,10 +129,12 @@ export async function startServiceChild(
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         try {
-          const message = JSON.parse(line) as ReadyLine;
+          const message = JSON.parse(line) as ReadyLine | { event: "memory"; heapUsed: number };
           if (message?.event === "ready") {
             clearTimeout(timer);
             resolve(message);
+          } else if (message?.event === "memory") {
+            for (const wake of memoryWaiters.splice(0)) wake(message.heapUsed);
           }
         } catch {
           // Not a JSON line: application output.
@@ -163,6 +173,17 @@ export async function startServiceChild(
     sample() {
       if (!alive()) throw new Error(`no figures: ${describeExit()}`);
       return sampleProcess(pid);
+    },
+    heapAfterGc() {
+      if (!options.exposeGc || !alive()) return Promise.resolve(undefined);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(undefined), 10_000);
+        memoryWaiters.push((heapUsed) => {
+          clearTimeout(timer);
+          resolve(heapUsed);
+        });
+        child.stdin?.write("gc\n");
+      });
     },
     async stop() {
       if (exit !== undefined) return;

@@ -140,7 +140,9 @@ export async function startAttackBed(): Promise<AttackBed> {
       assertBuilt(BUILT_FOR_SDK);
       const start = async () => {
         const env = await cluster.envFor(pod, { ATTACK_SERVER_OPTIONS: JSON.stringify(options) });
-        const child = await startServiceChild(name, "test/reliability/servers/sdk-server.mjs", env);
+        const child = await startServiceChild(name, "test/reliability/servers/sdk-server.mjs", env, {
+          exposeGc: true,
+        });
         children.push(child);
         return child;
       };
