@@ -322,9 +322,32 @@ function headerValueMatches(h: IrHeaderMatch, value: string): boolean {
   return isVisibleAscii(value) && fullMatch(h.regex as RegExp, value);
 }
 
-function headerMatches(h: IrHeaderMatch, headers: HeaderLookup): boolean {
+function rawHeaderMatches(h: IrHeaderMatch, raw: readonly string[]): boolean {
+  const name = h.name;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const rawName = raw[i] as string;
+    if (
+      rawName.length === name.length &&
+      asciiEqualsIgnoreCaseAt(rawName, 0, name) &&
+      headerValueMatches(h, raw[i + 1] as string)
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+function headerMatches(h: IrHeaderMatch, request: HttpRequestFacts): boolean {
+  const headers: HeaderLookup = request.headers;
   const value = typeof headers === "function" ? headers(h.name) : headers[h.name];
-  if (typeof value === "string") return headerValueMatches(h, value);
+  if (typeof value === "string") {
+    const raw = request.rawHeaders;
+    if (raw === undefined) return headerValueMatches(h, value);
+    // A value without a comma is one header line; otherwise (or when Node kept only the first of a
+    // repeated header) the raw list has every value, one by one, as Linkerd matches them.
+    if (value.indexOf(",") < 0 && headerValueMatches(h, value)) return true;
+    return rawHeaderMatches(h, raw);
+  }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i += 1) {
       const item: unknown = value[i];
@@ -384,7 +407,7 @@ function httpMatchScore(m: IrHttpMatch, request: HttpRequestFacts, path: string,
   }
   const headers = m.headers;
   for (let i = 0; i < headers.length; i += 1) {
-    if (!headerMatches(headers[i] as IrHeaderMatch, request.headers)) return -1;
+    if (!headerMatches(headers[i] as IrHeaderMatch, request)) return -1;
   }
   const query = m.query;
   for (let i = 0; i < query.length; i += 1) {
@@ -615,7 +638,7 @@ function grpcMatches(
   }
   const headers = m.headers;
   for (let i = 0; i < headers.length; i += 1) {
-    if (!headerMatches(headers[i] as IrHeaderMatch, request.headers)) return false;
+    if (!headerMatches(headers[i] as IrHeaderMatch, request)) return false;
   }
   return true;
 }

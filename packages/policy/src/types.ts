@@ -76,6 +76,13 @@ export interface HttpRequestFacts {
   /** Raw query string without the leading `?`; "" when absent. */
   readonly query: string;
   readonly headers: HeaderLookup;
+  /**
+   * The request's raw header list (`name, value, name, value, …`, as `req.rawHeaders`), when there is one.
+   * Node joins most repeated headers into one string (`x-foo: nope` + `x-foo: bar` → `"nope, bar"`);
+   * Linkerd matches each value, so a joined value is re-read from here. Only consulted by routes with
+   * header matches, and only when the joined value holds a comma or does not match.
+   */
+  readonly rawHeaders?: readonly string[] | undefined;
   readonly client: ClientFacts;
   /** Scheme used to compute redirect locations; Linkerd normalizes inbound URIs to `http`. @default "http" */
   readonly scheme?: string;

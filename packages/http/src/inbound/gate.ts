@@ -8,13 +8,13 @@ import {
   type HttpDecision,
   type HttpRequestFacts,
   isGrpcContentType,
-  objectHeaderMutator,
 } from "@inmesh/policy";
 import type { MeshRequestContext } from "./context.js";
 import {
   L5D_ORIG_PROTO,
   L5D_PROXY_ERROR,
   type OrigProto,
+  requestHeaderMutator,
   setClientIdHeader,
   splitTarget,
   takeOrigProto,
@@ -157,6 +157,7 @@ export function authorizeWithPolicy(
     path,
     query,
     headers,
+    rawHeaders: request.rawHeaders,
     client: connection.facts,
   };
   const decision = policy.authorizeHttp(facts);
@@ -182,7 +183,15 @@ export function authorizeWithPolicy(
     };
   }
   if (decision.filters.length > 0) {
-    const outcome = applyRouteFilters(decision.filters, facts, objectHeaderMutator(headers));
+    const outcome = applyRouteFilters(
+      decision.filters,
+      facts,
+      requestHeaderMutator(
+        headers,
+        request.rawHeaders,
+        message === undefined ? undefined : () => message.headersDistinct,
+      ),
+    );
     if (outcome.kind === "respond") {
       return {
         allowed: false,

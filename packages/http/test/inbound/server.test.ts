@@ -343,6 +343,96 @@ describe("createMeshServer (hand-built policies, identities from the dev control
     expect((await get(baz, "/old")).status).toBe(403);
   });
 
+  it("matches each value of a repeated header, and header modifiers reach headers, rawHeaders and headersDistinct", async () => {
+    const headerRoute = inbound.HttpRoute.fromPartial({
+      ...httpRoute("foo-bar", "/"),
+      rules: [
+        {
+          matches: [
+            {
+              path: { kind: { $case: "prefix", value: "/" } },
+              headers: [{ name: "x-foo", value: { $case: "exact", value: Buffer.from("bar") } }],
+              queryParams: [],
+            },
+          ],
+          filters: [
+            {
+              kind: {
+                $case: "requestHeaderModifier",
+                value: {
+                  add: { headers: [{ name: "x-add", value: Buffer.from("added") }] },
+                  set: { headers: [{ name: "x-foo", value: Buffer.from("set") }] },
+                  remove: ["x-drop"],
+                },
+              },
+            },
+          ],
+        },
+      ],
+    });
+    const regexRoute = inbound.HttpRoute.fromPartial({
+      ...httpRoute("regex", "/regex"),
+      rules: [
+        {
+          matches: [
+            {
+              path: { kind: { $case: "prefix", value: "/regex" } },
+              headers: [{ name: "x-re", value: { $case: "regex", value: "nope, .*" } }],
+              queryParams: [],
+            },
+          ],
+          filters: [],
+        },
+      ],
+    });
+    const policy = compileServerPolicy(
+      serverMessage({ authorizations: [authz("all", "unauthenticated")], routes: [headerRoute, regexRoute] }),
+      { port: 8080 },
+    );
+    const { port } = await serve({
+      policy,
+      handler: (req, res) => {
+        const raw: string[] = [];
+        for (let i = 0; i < req.rawHeaders.length; i += 2) {
+          const name = req.rawHeaders[i]?.toLowerCase() ?? "";
+          if (name.startsWith("x-")) raw.push(`${name}=${req.rawHeaders[i + 1]}`);
+        }
+        res.end(
+          JSON.stringify({
+            route: meshContext(req)?.route.name,
+            headers: [req.headers["x-foo"], req.headers["x-add"], req.headers["x-drop"] ?? null],
+            distinct: [
+              req.headersDistinct["x-foo"],
+              req.headersDistinct["x-add"],
+              req.headersDistinct["x-drop"] ?? null,
+            ],
+            raw: raw.sort(),
+          }),
+        );
+      },
+    });
+    const send = (path: string, headers: string) =>
+      rawHttp1(
+        plainSocket({ port }),
+        `GET ${path} HTTP/1.1\r\nHost: foo\r\n${headers}Connection: close\r\n\r\n`,
+      );
+    const repeated = await send("/", "x-foo: nope\r\nX-Foo: bar\r\nx-drop: 1\r\nx-drop: 2\r\n");
+    expect(repeated.status).toBe(200);
+    expect(JSON.parse(repeated.body)).toEqual({
+      route: "foo-bar",
+      headers: ["set", "added", null],
+      distinct: [["set"], ["added"], null],
+      raw: ["x-add=added", "x-foo=set"],
+    });
+    // No value equals "bar": no route matches.
+    expect((await send("/", "x-foo: nope\r\nx-foo: barn\r\n")).status).toBe(404);
+    // A value with a comma of its own is still one value, and a regex sees values one at a time, never
+    // Node's joined "nope, bar".
+    expect((await send("/", "x-foo: a, bar\r\n")).status).toBe(404);
+    expect((await send("/regex", "x-re: nope\r\nx-re: bar\r\n")).status).toBe(404);
+    expect((await send("/regex", "x-re: nope, bar\r\n")).status).toBe(200);
+  });
+
   it("denies with distinct reasons before the first policy and for an invalid policy", async () => {
     const notLoaded = await serve({ policy: NOT_LOADED_POLICY });
     const one = await rawHttp1(
