@@ -11,6 +11,7 @@ import {
   type OutboundCallMessage,
   type PeerIdentity,
   type ResourceLabels,
+  type TcpAuthzMessage,
   type TcpConnectionMessage,
 } from "@inmesh/core";
 import {
@@ -212,6 +213,11 @@ const definitions = {
   tcpAuthzDeny: {
     name: "inbound_tcp_authz_deny_total",
     help: "The total number of inbound TCP connections that were denied.",
+    type: "counter",
+  },
+  tcpAuthzTerminate: {
+    name: "inbound_tcp_authz_terminate_total",
+    help: "The total number of inbound TCP connections that were terminated due to an authorization change.",
     type: "counter",
   },
   certExpiration: {
@@ -470,7 +476,7 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     recordCall([OUTBOUND, authority(message.authority)], message.protocol, message);
   };
 
-  /** Parts shared by the tcp_* families; the inbound TCP authorization counters drop the first one. */
+  /** Parts shared by the tcp_* families. */
   const tcpParts = (message: TcpConnectionMessage): Parts => {
     if (message.direction === "inbound")
       return [TCP_INBOUND, targetPort(message.port), serverTls(message.peer)];
@@ -500,10 +506,19 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     if (isCount(message.bytesRead)) families.tcpReadBytes.inc(parts, message.bytesRead);
     if (isCount(message.bytesWritten)) families.tcpWriteBytes.inc(parts, message.bytesWritten);
     families.tcpCloseTotal.inc([...parts, errno(message.errno)]);
-    if (message.direction !== "inbound") return;
-    const authzParts = parts.slice(1);
-    if (message.denied) families.tcpAuthzDeny.inc(authzParts);
-    else families.tcpAuthzAllow.inc(authzParts);
+  };
+
+  // Connection-level authorizations only: HTTP connections are authorized per request (inbound_http_*).
+  const tcpAuthz = (message: TcpAuthzMessage) => {
+    const decision = message.decision;
+    const targetPart = target(message.targetAddress, message.port);
+    const server = decision.server ? resource("srv", decision.server) : EMPTY;
+    const port = decision.server ? srvPort(message.port) : EMPTY;
+    const tls = serverTls(message.peer);
+    if (message.terminated) families.tcpAuthzTerminate.inc([targetPart, server, port, tls]);
+    else if (decision.allowed)
+      families.tcpAuthzAllow.inc([targetPart, server, port, resource("authz", decision.authz), tls]);
+    else families.tcpAuthzDeny.inc([targetPart, server, port, tls]);
   };
 
   const identityChanged = (message: MeshChannelMessages[typeof MeshChannel.identityChanged]) => {
@@ -525,6 +540,7 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
       [MeshChannel.outboundCallEnd]: outboundEnd,
       [MeshChannel.tcpOpen]: tcpOpen,
       [MeshChannel.tcpClose]: tcpClose,
+      [MeshChannel.inboundTcpAuthz]: tcpAuthz,
       [MeshChannel.identityChanged]: identityChanged,
     },
     (name, error) => log("metrics handler for %s failed: %o", name, error),

@@ -13,6 +13,7 @@ import {
   MeshError,
   MeshErrorCode,
   meshChannel,
+  NO_PEER,
   type PeerIdentity,
 } from "@inmesh/core";
 import { checkLeafCertificate, type IdentityProvider } from "@inmesh/identity";
@@ -188,7 +189,8 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
     if (registered !== undefined) return registered;
     const peer: PeerIdentity = options.tlsByGrpc
       ? peerFromAuthContext(call)
-      : { kind: "none", reason: info.remoteAddress === "127.0.0.1" ? "loopback" : "no_tls_from_remote" };
+      : // Inbound plaintext is `no_tls_from_remote` in Linkerd's labels, loopback included.
+        NO_PEER;
     return clientFacts(info.remoteAddress, peer);
   };
 

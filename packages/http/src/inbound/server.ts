@@ -17,7 +17,14 @@ import {
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from "node:tls";
 import { debuglog } from "node:util";
-import { type Closable, closeOnce, MeshError, MeshErrorCode, type PeerIdentity } from "@inmesh/core";
+import {
+  type Closable,
+  closeOnce,
+  MeshError,
+  MeshErrorCode,
+  type PeerIdentity,
+  PORT_SKIPPED_PEER,
+} from "@inmesh/core";
 import type { CompiledServerPolicy, PolicyWatchEvent } from "@inmesh/policy";
 import {
   MAX_TRANSPORT_HEADER_BYTES,
@@ -52,7 +59,14 @@ import {
   resolvePolicySource,
 } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
-import { type CallTelemetry, callsObserved, endCall, observeTcp, startCall } from "./telemetry.js";
+import {
+  type CallTelemetry,
+  callsObserved,
+  endCall,
+  observeTcp,
+  publishTcpAuthz,
+  startCall,
+} from "./telemetry.js";
 
 const debug = debuglog("mesh");
 
@@ -344,8 +358,10 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
           if (event.type !== "updated" || event.port !== port) return;
           // Linkerd re-checks authorized TCP connections on every policy change and ends revoked ones.
           for (const entry of opaqueConnections) {
-            if (!event.policy.authorizeConnection(entry.state.facts).allowed) {
+            const decision = event.policy.authorizeConnection(entry.state.facts);
+            if (!decision.allowed) {
               debug("inbound: policy update revoked an opaque connection from %s", entry.state.facts.address);
+              publishTcpAuthz(entry.state, port, decision, true);
               entry.socket.destroy();
             }
           }
@@ -390,7 +406,11 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   function accept(raw: Socket, policy: CompiledServerPolicy, direct: boolean): void {
     if (!direct && policy.protocol === "opaque") {
       // Linkerd skips TLS detection on opaque ports: meshed clients come through the direct port.
-      serveOpaque(raw, plaintextState(raw, false), policy);
+      serveOpaque(
+        raw,
+        connectionState(raw, PORT_SKIPPED_PEER, { tls: false, transportHeader: false }),
+        policy,
+      );
       return;
     }
     readPrefix(
@@ -418,7 +438,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
           const peer: PeerIdentity =
             result.value.serverName === undefined
               ? identity.peerIdentity(raw)
-              : { kind: "none", reason: "passthru" };
+              : { kind: "none", reason: "passthru", sni: result.value.serverName };
           serveOpaque(raw, connectionState(raw, peer, { tls: false, transportHeader: false }), policy);
           return;
         }
@@ -608,6 +628,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     unclassified.delete(raw);
     const decision = policy.authorizeConnection(state.facts);
     observeTcp(raw, port, state.peer)?.(decision);
+    publishTcpAuthz(state, port, decision, false);
     if (!decision.allowed || onConnection === undefined || closing) {
       // Linkerd drops denied connections without writing anything.
       debug(

@@ -14,6 +14,27 @@ const callStart = meshChannel(MeshChannel.inboundCallStart);
 const callEnd = meshChannel(MeshChannel.inboundCallEnd);
 const tcpOpen = meshChannel(MeshChannel.tcpOpen);
 const tcpClose = meshChannel(MeshChannel.tcpClose);
+const tcpAuthz = meshChannel(MeshChannel.inboundTcpAuthz);
+
+/**
+ * Publishes a connection-level authorization (`inbound_tcp_authz_*`): the decision when a non-HTTP
+ * connection is authorized or refused, or `terminated` when a policy update revoked it.
+ */
+export function publishTcpAuthz(
+  connection: ConnectionState,
+  port: number,
+  decision: ConnectionDecision,
+  terminated: boolean,
+): void {
+  if (!tcpAuthz.hasSubscribers) return;
+  tcpAuthz.publish({
+    port,
+    targetAddress: connection.targetAddress,
+    peer: connection.peer,
+    decision,
+    terminated,
+  });
+}
 
 /** True when metrics or spans listen for calls; nothing is built otherwise. */
 export function callsObserved(): boolean {

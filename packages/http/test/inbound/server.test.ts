@@ -118,7 +118,8 @@ describe("createMeshServer (hand-built policies, identities from the dev control
     expect(seen.clientId).toBeNull();
     expect(seen.distinct).toBeNull();
     expect(seen.rawClientIds).toEqual([]);
-    expect(seen.peer).toEqual({ kind: "none", reason: "loopback" });
+    // Inbound plaintext is `no_tls_from_remote` even from loopback (`loopback` is an outbound reason).
+    expect(seen.peer).toEqual({ kind: "none", reason: "no_tls_from_remote" });
     expect(seen.sameAsProperty).toBe(true);
     expect(seen.route).toBe("default");
   });
