@@ -1,6 +1,7 @@
 import { debuglog } from "node:util";
 import {
   createMeshChannelSubscription,
+  type DecisionSummary,
   type InboundCallMessage,
   isLoopbackHost,
   MeshChannel,
@@ -168,6 +169,11 @@ const definitions = {
   httpAuthzDeny: {
     name: "inbound_http_authz_deny_total",
     help: "The total number of inbound HTTP requests that could not be processed due to a proxy error.",
+    type: "counter",
+  },
+  httpLocalRateLimit: {
+    name: "inbound_http_local_ratelimit_total",
+    help: "The total number of inbound HTTP requests refused by a local rate limit.",
     type: "counter",
   },
   httpRouteNotFound: {
@@ -435,6 +441,33 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
       families.responseLatency.observe([...endpointParts, statusPart], duration);
   };
 
+  const rateLimitParts = new WeakMap<object, Map<string, LabelPart>>();
+  const NO_RATELIMIT_META = {};
+  const rateLimitPart = (rateLimit: NonNullable<DecisionSummary["rateLimit"]>): LabelPart => {
+    const key = rateLimit.meta ?? NO_RATELIMIT_META;
+    let byScope = rateLimitParts.get(key);
+    if (!byScope) {
+      byScope = new Map();
+      rateLimitParts.set(key, byScope);
+    }
+    let cached = byScope.get(rateLimit.scope);
+    if (!cached) {
+      const meta = rateLimit.meta;
+      cached = part([
+        ...(meta
+          ? ([
+              ["ratelimit_group", meta.group],
+              ["ratelimit_kind", meta.kind],
+              ["ratelimit_name", meta.name],
+            ] as const)
+          : []),
+        ["ratelimit_scope", rateLimit.scope],
+      ]);
+      byScope.set(rateLimit.scope, cached);
+    }
+    return cached;
+  };
+
   const inboundEnd = (message: InboundCallMessage) => {
     const decision = message.decision;
     const targetPart = target(message.targetAddress, message.port);
@@ -448,7 +481,11 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
 
     if (!decision) return;
     if (decision.allowed) families.httpAuthzAllow.inc([targetPart, server, port, route, authz, tls]);
-    else if (decision.reason === "route-not-found")
+    else if (decision.rateLimit) {
+      // Authorized first (counted as an allow, as the proxy does), then refused by the rate limit.
+      families.httpAuthzAllow.inc([targetPart, server, port, route, resource("authz", decision.authz), tls]);
+      families.httpLocalRateLimit.inc([targetPart, server, port, rateLimitPart(decision.rateLimit), tls]);
+    } else if (decision.reason === "route-not-found")
       families.httpRouteNotFound.inc([targetPart, server, port, tls]);
     else families.httpAuthzDeny.inc([targetPart, server, port, route, tls]);
   };

@@ -37,11 +37,16 @@ export interface ResourceLabels {
 /** The inbound policy decision for one call, as metrics and spans need it. */
 export interface DecisionSummary {
   readonly allowed: boolean;
-  /** Why a call was refused: `unauthorized`, `route-not-found`, `invalid-policy`, `not-loaded`. */
+  /** Why a call was refused: `unauthorized`, `route-not-found`, `invalid-policy`, `not-loaded`, `rate-limited`. */
   readonly reason: string | undefined;
   readonly server: ResourceLabels | undefined;
   readonly route: ResourceLabels | undefined;
   readonly authz: ResourceLabels | undefined;
+  /**
+   * Set when an authorized call was refused by the server's local rate limit (reason `rate-limited`):
+   * the HTTPLocalRateLimitPolicy's labels and Linkerd's `ratelimit_scope` (`total` or `identity`).
+   */
+  readonly rateLimit?: { readonly meta: ResourceLabels | undefined; readonly scope: string } | undefined;
 }
 
 export interface InboundCallMessage {

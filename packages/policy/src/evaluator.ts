@@ -16,6 +16,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { INVALID_META, NOT_LOADED_META } from "./meta.js";
+import { createRateLimiter, type RateLimiterOptions } from "./rate-limit.js";
 import { fullMatch } from "./regex.js";
 import type {
   ClientFacts,
@@ -28,6 +29,7 @@ import type {
   HttpDecision,
   HttpDeniedDecision,
   HttpRequestFacts,
+  LocalRateLimiter,
   PolicyStatus,
   RouteFilter,
   RouteMeta,
@@ -712,14 +714,19 @@ function policyObject(fields: {
   detectTimeoutMs: number | undefined;
   invalidReason: string | undefined;
   routes: readonly RouteMeta[];
+  rateLimit?: LocalRateLimiter | undefined;
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   authorizeConnection(client: ClientFacts): ConnectionDecision;
 }): CompiledServerPolicy {
-  return Object.freeze(fields);
+  return Object.freeze({ ...fields, rateLimit: fields.rateLimit });
 }
 
 /** Turns a validated server into its evaluator. */
-export function buildPolicy(ir: IrServer, port?: number): CompiledServerPolicy {
+export function buildPolicy(
+  ir: IrServer,
+  port?: number,
+  rateLimiterOptions?: RateLimiterOptions,
+): CompiledServerPolicy {
   const server = ir.meta;
   const notFound = httpDenied(server, "route-not-found", undefined, undefined, "no route found for request");
   const connectionAuthorizations = ir.connectionAuthorizations;
@@ -742,6 +749,7 @@ export function buildPolicy(ir: IrServer, port?: number): CompiledServerPolicy {
     detectTimeoutMs: ir.detectTimeoutMs,
     invalidReason: undefined,
     routes: Object.freeze((isGrpc ? grpcRoutes : httpRoutes).map((r) => r.meta)),
+    rateLimit: ir.rateLimit === undefined ? undefined : createRateLimiter(ir.rateLimit, rateLimiterOptions),
     authorizeHttp(request: HttpRequestFacts): HttpDecision {
       if (!perRequest) return notFound;
       if (isGrpc) return authorizeGrpcRoutes(server, grpcIndex, request, notFound);

@@ -197,6 +197,47 @@ export interface HttpDeniedDecision {
 
 export type HttpDecision = HttpAllowedDecision | HttpDeniedDecision;
 
+/** Which limit refused a request, as Linkerd's `ratelimit_scope` label: overrides count as `identity`. */
+export type RateLimitScope = "total" | "identity";
+
+/**
+ * An authorized request refused by the server's `HTTPLocalRateLimitPolicy`: answer 429 (gRPC 8
+ * RESOURCE_EXHAUSTED). It keeps the route and authorization that admitted it (Linkerd counts the
+ * authorization as an allow, then the rate limit). Shared and frozen.
+ */
+export interface HttpRateLimitedDecision {
+  readonly allowed: false;
+  readonly reason: "rate-limited";
+  readonly server: ServerMeta;
+  readonly route: RouteMeta;
+  readonly authz: AuthzMeta;
+  readonly routeKind: "http" | "grpc";
+  readonly filters: readonly RouteFilter[];
+  readonly audit: false;
+  readonly httpStatus: 429;
+  readonly grpcStatus: 8;
+  /** Linkerd's error text, e.g. `total rate limit exceeded: 10rps`. */
+  readonly message: string;
+  readonly rateLimit: {
+    /** The HTTPLocalRateLimitPolicy's labels (`ratelimit_group/kind/name`), when the controller sent them. */
+    readonly meta: ResourceMeta | undefined;
+    readonly scope: RateLimitScope;
+    readonly rps: number;
+  };
+}
+
+/**
+ * The server's local rate limiter (stateful, one per compiled policy: a policy update starts afresh, as in
+ * the proxy). Check it after authorization and filters, for requests about to reach the application.
+ */
+export interface LocalRateLimiter {
+  readonly meta: ResourceMeta | undefined;
+  /** Spends one request of the client's limits: undefined when admitted, else the 429 decision. */
+  check(decision: HttpAllowedDecision, client: ClientFacts): HttpRateLimitedDecision | undefined;
+  /** Identities whose per-identity state is held (bounded by `maxTrackedIdentities`). */
+  readonly trackedIdentities: number;
+}
+
 /** A connection-level decision (opaque/TLS ports, non-HTTP traffic on detect ports). */
 export interface ConnectionAllowedDecision {
   readonly allowed: true;
@@ -240,6 +281,8 @@ export interface CompiledServerPolicy {
   readonly invalidReason: string | undefined;
   /** Route labels in wire order (HTTP or gRPC routes, incl. synthesized `default`), for diagnostics. */
   readonly routes: readonly RouteMeta[];
+  /** The server's `HTTPLocalRateLimitPolicy`, when it has one. */
+  readonly rateLimit: LocalRateLimiter | undefined;
   /** Authorizes one request; pure, no I/O, no allocation; the result is shared and frozen. */
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   /** Authorizes a whole connection against the server-level authorizations. */

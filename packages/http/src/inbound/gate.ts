@@ -6,6 +6,7 @@ import {
   type ClientFacts,
   type CompiledServerPolicy,
   type HttpDecision,
+  type HttpRateLimitedDecision,
   type HttpRequestFacts,
   isGrpcContentType,
 } from "@inmesh/policy";
@@ -63,10 +64,11 @@ export type MeshAuthorization =
       readonly allowed: false;
       readonly response: MeshSyntheticResponse;
       /**
-       * The policy decision (an allowed one when a route filter answered instead of the app); undefined
-       * when the connection was refused before policy (a client certificate that does not verify).
+       * The policy decision (an allowed one when a route filter answered instead of the app, a rate-limited
+       * one for 429s); undefined when the connection was refused before policy (a client certificate that
+       * does not verify).
        */
-      readonly decision: HttpDecision | undefined;
+      readonly decision: HttpDecision | HttpRateLimitedDecision | undefined;
       readonly context?: undefined;
     };
 
@@ -213,6 +215,28 @@ export function authorizeWithPolicy(
         ),
       };
     }
+  }
+  // Linkerd checks the local rate limit last, after authorization and filters (policy-semantics §8.5).
+  const limited = policy.rateLimit?.check(decision, connection.facts);
+  if (limited !== undefined) {
+    return {
+      allowed: false,
+      decision: limited,
+      response: withOrigProto(
+        syntheticResponse(
+          {
+            status: limited.httpStatus,
+            grpcStatus: limited.grpcStatus,
+            reason: limited.reason,
+            message: limited.message,
+            closeConnection: false,
+          },
+          grpc,
+          connection.meshed,
+        ),
+        origProto,
+      ),
+    };
   }
   return {
     allowed: true,

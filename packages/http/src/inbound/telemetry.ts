@@ -7,7 +7,7 @@ import {
   type PeerIdentity,
   type TcpConnectionMessage,
 } from "@inmesh/core";
-import type { ConnectionDecision, HttpDecision } from "@inmesh/policy";
+import type { ConnectionDecision, HttpDecision, HttpRateLimitedDecision } from "@inmesh/policy";
 import type { ConnectionState } from "./gate.js";
 
 const callStart = meshChannel(MeshChannel.inboundCallStart);
@@ -59,7 +59,7 @@ export function startCall(
     readonly grpc: boolean;
     readonly headers: Record<string, string | string[] | undefined>;
   },
-  decision: HttpDecision | undefined,
+  decision: HttpDecision | HttpRateLimitedDecision | undefined,
 ): CallTelemetry {
   const headers = request.headers;
   const message: MutableCallMessage = {

@@ -7,6 +7,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { ControlPlane } from "@inmesh/control-plane";
 import type { IdentityProvider } from "@inmesh/identity";
 import { type CompiledServerPolicy, compileServerPolicy, type PolicyWatchEvent } from "@inmesh/policy";
+import { inbound } from "@inmesh/proto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createMeshMetrics, type MeshMetrics } from "../../../admin/src/index.js";
 import { type MetricFamily, parsePrometheusText, total, value } from "../../../admin/test/prom-text.js";
@@ -234,5 +235,82 @@ describe("inbound authorization metrics at the wire", () => {
         sni: "db.example.com",
       }),
     ).toBe(1);
+  });
+
+  it("enforces HTTPLocalRateLimitPolicy: per-identity (shared by clients without one), overrides, total; 429 and its metric", async () => {
+    let now = 1_000_000;
+    const limited = (limit: Partial<inbound.HttpLocalRateLimit>) => {
+      const message = serverMessage({ authorizations: [authz("all", "unauthenticated")], name: "foo-http" });
+      if (message.protocol?.kind?.$case !== "detect") throw new Error("detect expected");
+      message.protocol.kind.value.httpLocalRateLimit = inbound.HttpLocalRateLimit.fromPartial({
+        metadata: {
+          kind: {
+            $case: "resource",
+            value: { group: "policy.linkerd.io", kind: "HTTPLocalRateLimitPolicy", name: "foo-rl" },
+          },
+        },
+        ...limit,
+      });
+      return compileServerPolicy(message, { port: 8080, nowMs: () => now });
+    };
+    const source = mutableSource(
+      limited({
+        total: { requestsPerSecond: 100 },
+        identity: { requestsPerSecond: 2 },
+        overrides: [{ limit: { requestsPerSecond: 1 }, clients: { identities: [{ name: BAR }] } }],
+      }),
+    );
+    const port = await serve({ policy: source, handler: (_req, res) => res.end("ok") });
+    const plain = async (localAddress = "127.0.0.2") =>
+      (
+        await rawHttp1(
+          plainSocket({ port, localAddress }),
+          "GET / HTTP/1.1\r\nHost: foo\r\nConnection: close\r\n\r\n",
+        )
+      ).status;
+    const meshed = async () => {
+      const response = await rawHttp1(
+        meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, bar),
+        "GET / HTTP/1.1\r\nHost: foo\r\nConnection: close\r\n\r\n",
+      );
+      return { status: response.status, error: response.headers["l5d-proxy-error"]?.[0] };
+    };
+    // Clients without an identity share one per-identity bucket (burst 2), whatever their address.
+    expect([await plain(), await plain("127.0.0.3"), await plain()]).toEqual([200, 200, 429]);
+    // bar has an override of 1 rps, which replaces the per-identity limit for it.
+    expect(await meshed()).toEqual({ status: 200, error: undefined });
+    expect(await meshed()).toEqual({ status: 429, error: "override rate limit exceeded: 1rps" });
+    now += 1000; // one second refills both
+    expect(await plain()).toBe(200);
+    expect((await meshed()).status).toBe(200);
+
+    source.update(limited({ total: { requestsPerSecond: 1 } }));
+    expect([await plain(), await plain("127.0.0.3")]).toEqual([200, 429]);
+
+    await eventually(() => total(scrape(), "inbound_http_local_ratelimit_total") === 3, 2000, "three 429s");
+    const families = scrape();
+    const labels = (scope: string, tls: Record<string, string>) => ({
+      target_addr: "127.0.0.1:8080",
+      target_ip: "127.0.0.1",
+      target_port: "8080",
+      ...srv("foo-http", "8080"),
+      ratelimit_group: "policy.linkerd.io",
+      ratelimit_kind: "HTTPLocalRateLimitPolicy",
+      ratelimit_name: "foo-rl",
+      ratelimit_scope: scope,
+      ...tls,
+    });
+    const plaintext = { tls: "no_identity", no_tls_reason: "no_tls_from_remote" };
+    expect(value(families, "inbound_http_local_ratelimit_total", labels("identity", plaintext))).toBe(1);
+    expect(
+      value(
+        families,
+        "inbound_http_local_ratelimit_total",
+        labels("identity", { tls: "true", client_id: BAR }),
+      ),
+    ).toBe(1);
+    expect(value(families, "inbound_http_local_ratelimit_total", labels("total", plaintext))).toBe(1);
+    // Rate-limited requests were authorized first: they count as allows too, as in the proxy.
+    expect(total(families, "inbound_http_authz_allow_total")).toBe(9);
   });
 });
