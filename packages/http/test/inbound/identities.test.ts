@@ -43,6 +43,22 @@ metadata: { name: foo-from-vm-and-bar, namespace: ${NS} }
 spec:
   targetRef: { group: policy.linkerd.io, kind: Server, name: foo-http }
   requiredAuthenticationRefs: [{ group: policy.linkerd.io, kind: MeshTLSAuthentication, name: vm-and-bar }]
+---
+# Dangling: names a MeshTLSAuthentication that does not exist. Ignored alone (fail closed).
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: foo-from-ghosts, namespace: ${NS} }
+spec:
+  targetRef: { group: policy.linkerd.io, kind: Server, name: foo-http }
+  requiredAuthenticationRefs: [{ group: policy.linkerd.io, kind: MeshTLSAuthentication, name: ghosts }]
+---
+# Its parent Server is in another namespace: the whole route is ignored, so the default route stays.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: elsewhere, namespace: ${NS} }
+spec:
+  parentRefs: [{ group: policy.linkerd.io, kind: Server, name: foo-http, namespace: other }]
+  rules: [{ matches: [{ path: { type: PathPrefix, value: /only-here } }] }]
 `;
 
 describe("client identities (SPIFFE URIs, DNS names) against MeshTLSAuthentication", () => {
@@ -118,6 +134,22 @@ describe("client identities (SPIFFE URIs, DNS names) against MeshTLSAuthenticati
     const response = await get("bar");
     expect(response.status).toBe(200);
     expect(JSON.parse(response.body).clientId).toBe(BAR);
+    expect((await get("baz")).status).toBe(403);
+  });
+
+  it("ignores only the resources whose references do not resolve, and names them in the warnings", async () => {
+    expect(cp.state.warnings.map((w) => `${w.kind}/${w.name} ${w.field}: ${w.message}`)).toEqual([
+      `AuthorizationPolicy/foo-from-ghosts spec.requiredAuthenticationRefs[0].name: MeshTLSAuthentication "ghosts" does not exist in namespace "${NS}"; this AuthorizationPolicy is ignored`,
+      "HTTPRoute/elsewhere spec.parentRefs[0].namespace: a Server parent must be in the route's namespace; this HTTPRoute is ignored",
+      'HTTPRoute/elsewhere spec.parentRefs[0].name: Server "foo-http" does not exist in namespace "other"; this HTTPRoute is ignored',
+    ]);
+    // The rest of the set is served: the valid policy admits bar on any path (the default route, since
+    // the ignored HTTPRoute never attached), and nothing extra is admitted.
+    const response = await rawHttp1(
+      meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, clients.bar),
+      "GET /anywhere HTTP/1.1\r\nHost: foo\r\nConnection: close\r\n\r\n",
+    );
+    expect(response.status).toBe(200);
     expect((await get("baz")).status).toBe(403);
   });
 });
