@@ -1,3 +1,4 @@
+import { explanation, metaText, trail } from "./explain.js";
 import {
   AUTHN_TLS_UNAUTHENTICATED,
   AUTHN_UNAUTHENTICATED,
@@ -28,8 +29,10 @@ import type {
   HttpAllowedDecision,
   HttpDecision,
   HttpDeniedDecision,
+  HttpRateLimitedDecision,
   HttpRequestFacts,
   LocalRateLimiter,
+  PolicyExplanation,
   PolicyStatus,
   RouteFilter,
   RouteMeta,
@@ -717,9 +720,39 @@ function policyObject(fields: {
   rateLimit?: LocalRateLimiter | undefined;
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   authorizeConnection(client: ClientFacts): ConnectionDecision;
+  explainHttp?(decision: HttpDecision | HttpRateLimitedDecision, client: ClientFacts): PolicyExplanation;
+  explainConnection?(decision: ConnectionDecision, client: ClientFacts): PolicyExplanation;
 }): CompiledServerPolicy {
-  return Object.freeze({ ...fields, rateLimit: fields.rateLimit });
+  // Policies without authorizations (invalid, not loaded) explain themselves with their reason.
+  const note =
+    fields.status === "invalid"
+      ? `the port's policy is invalid (${fields.invalidReason}): everything is refused, localhost included`
+      : fields.status === "not-loaded"
+        ? "the port's policy has not been loaded yet: everything is refused"
+        : "";
+  const plain = (
+    decision: HttpDecision | HttpRateLimitedDecision | ConnectionDecision,
+    client: ClientFacts,
+  ) =>
+    explanation({
+      allowed: decision.allowed,
+      reason: decision.reason,
+      server: decision.server,
+      route: decision.route,
+      authz: decision.authz,
+      client,
+      trail: [],
+      notes: note === "" ? [] : [note],
+    });
+  return Object.freeze({
+    ...fields,
+    rateLimit: fields.rateLimit,
+    explainHttp: fields.explainHttp ?? plain,
+    explainConnection: fields.explainConnection ?? plain,
+  });
 }
+
+const PREDICATES = Object.freeze({ matches: authzMatches, inNetworks: networksContain });
 
 /** Turns a validated server into its evaluator. */
 export function buildPolicy(
@@ -762,6 +795,47 @@ export function buildPolicy(
         }
       }
       return connectionDeny;
+    },
+    explainHttp(decision, client) {
+      const notes: string[] = [];
+      let tried: readonly IrAuthz[] = [];
+      if (!perRequest) {
+        notes.push(`a ${ir.protocol} server authorizes connections, not requests: it has no routes`);
+      } else if (decision.route === undefined) {
+        const names = (isGrpc ? grpcRoutes : httpRoutes).map((r) => metaText(r.meta));
+        notes.push(`no route matched the request; routes: ${names.join(", ") || "none"}`);
+      } else {
+        const route = [...httpRoutes, ...grpcRoutes].find((r) => r.meta === decision.route);
+        tried = route?.authorizations ?? [];
+      }
+      if (decision.reason === "rate-limited") {
+        const limited = decision as HttpRateLimitedDecision;
+        notes.push(
+          `authorized, then refused by the local rate limit ${metaText(limited.rateLimit.meta)}: ${limited.message}`,
+        );
+      }
+      return explanation({
+        allowed: decision.allowed,
+        reason: decision.reason,
+        server,
+        route: decision.route,
+        authz: decision.authz,
+        client,
+        trail: trail(tried, client, PREDICATES),
+        notes,
+      });
+    },
+    explainConnection(decision, client) {
+      return explanation({
+        allowed: decision.allowed,
+        reason: decision.reason,
+        server,
+        route: undefined,
+        authz: decision.authz,
+        client,
+        trail: trail(connectionAuthorizations, client, PREDICATES),
+        notes: [],
+      });
     },
   });
 }

@@ -17,6 +17,7 @@ export {
 export type { CompileServerPolicyOptions } from "./policy.js";
 export { compileServerPolicy } from "./policy.js";
 export type {
+  AuthorizationTrial,
   AuthzMeta,
   ClientFacts,
   CompiledServerPolicy,
@@ -36,6 +37,7 @@ export type {
   HttpRequestFacts,
   InternalErrorFilter,
   LocalRateLimiter,
+  PolicyExplanation,
   PolicyStatus,
   RateLimitScope,
   RedirectFilter,

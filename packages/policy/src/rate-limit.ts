@@ -129,7 +129,7 @@ export function createRateLimiter(ir: IrRateLimit, options: RateLimiterOptions =
   /** One GCRA step on a slot: spends a request and returns true when it conforms. */
   const take = (slot: number, which: Limit, now: number): boolean => {
     const tat = tats[slot] as number;
-    const base = tat > now ? tat : now;
+    const base = Math.max(tat, now);
     if (base - now > which.toleranceMs) return false;
     tats[slot] = base + which.intervalMs;
     return true;

@@ -238,6 +238,28 @@ export interface LocalRateLimiter {
   readonly trackedIdentities: number;
 }
 
+/** Why one authorization did (`admitted`) or did not admit a caller. */
+export interface AuthorizationTrial {
+  readonly authz: AuthzMeta;
+  /** `network`: the client address is outside its networks; `authentication`: it needs mesh TLS or a client
+   * certificate the connection lacks; `identity`: the client identity is not one it names. */
+  readonly verdict: "admitted" | "network" | "authentication" | "identity";
+  readonly reason: string;
+}
+
+/** A decision explained for people (`inmesh explain`, debug logs). Built on demand, never per request. */
+export interface PolicyExplanation {
+  readonly allowed: boolean;
+  readonly reason: string | undefined;
+  readonly server: ServerMeta;
+  readonly route: RouteMeta | undefined;
+  readonly authz: AuthzMeta | undefined;
+  /** The authorizations tried, in the proxy's order, up to the one that admitted the caller. */
+  readonly trail: readonly AuthorizationTrial[];
+  /** The whole explanation, several lines of text. */
+  readonly text: string;
+}
+
 /** A connection-level decision (opaque/TLS ports, non-HTTP traffic on detect ports). */
 export interface ConnectionAllowedDecision {
   readonly allowed: true;
@@ -287,4 +309,8 @@ export interface CompiledServerPolicy {
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   /** Authorizes a whole connection against the server-level authorizations. */
   authorizeConnection(client: ClientFacts): ConnectionDecision;
+  /** Explains a decision `authorizeHttp` (or the rate limiter) made for this client: slow, for diagnostics. */
+  explainHttp(decision: HttpDecision | HttpRateLimitedDecision, client: ClientFacts): PolicyExplanation;
+  /** Explains a decision `authorizeConnection` made for this client: slow, for diagnostics. */
+  explainConnection(decision: ConnectionDecision, client: ClientFacts): PolicyExplanation;
 }

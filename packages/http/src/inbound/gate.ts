@@ -1,5 +1,6 @@
 import type { ServerResponse } from "node:http";
 import type { Http2ServerResponse, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import { debuglog } from "node:util";
 import type { PeerIdentity } from "@inmesh/core";
 import {
   applyRouteFilters,
@@ -9,6 +10,7 @@ import {
   type HttpRateLimitedDecision,
   type HttpRequestFacts,
   isGrpcContentType,
+  type PolicyExplanation,
 } from "@inmesh/policy";
 import type { MeshRequestContext } from "./context.js";
 import {
@@ -69,6 +71,11 @@ export type MeshAuthorization =
        * does not verify).
        */
       readonly decision: HttpDecision | HttpRateLimitedDecision | undefined;
+      /**
+       * Why the request was refused: which authorizations were tried and why each did not admit the caller.
+       * Computed when first read (nothing is spent on it otherwise); undefined without a decision.
+       */
+      readonly explanation?: PolicyExplanation | undefined;
       readonly context?: undefined;
     };
 
@@ -88,6 +95,32 @@ export interface GateConfig {
   readonly source: MeshPolicySource;
   readonly port: number;
   readonly initialPolicyWaitMs: number;
+}
+
+const debug = debuglog("mesh");
+
+/**
+ * A refusal whose `explanation` is computed on first read, and logged at debug level (NODE_DEBUG=mesh)
+ * only when that is on: a denial costs nothing more unless someone asks why.
+ */
+function refused(
+  policy: CompiledServerPolicy,
+  connection: ConnectionState,
+  decision: HttpDecision | HttpRateLimitedDecision,
+  response: MeshSyntheticResponse,
+): MeshAuthorization {
+  let explained: PolicyExplanation | undefined;
+  const result = {
+    allowed: false as const,
+    decision,
+    response,
+    get explanation(): PolicyExplanation {
+      explained ??= policy.explainHttp(decision, connection.facts);
+      return explained;
+    },
+  };
+  if (debug.enabled) debug("inbound: request refused (%s):\n%s", response.reason, result.explanation.text);
+  return result;
 }
 
 /** Percent-encodes a grpc-message as the gRPC HTTP/2 protocol requires. */
@@ -165,10 +198,11 @@ export function authorizeWithPolicy(
   const decision = policy.authorizeHttp(facts);
   const grpc = request.h2 && isGrpcContentType(headers["content-type"]);
   if (!decision.allowed) {
-    return {
-      allowed: false,
+    return refused(
+      policy,
+      connection,
       decision,
-      response: withOrigProto(
+      withOrigProto(
         syntheticResponse(
           {
             status: decision.httpStatus,
@@ -182,7 +216,7 @@ export function authorizeWithPolicy(
         ),
         origProto,
       ),
-    };
+    );
   }
   if (decision.filters.length > 0) {
     const outcome = applyRouteFilters(
@@ -219,10 +253,11 @@ export function authorizeWithPolicy(
   // Linkerd checks the local rate limit last, after authorization and filters (policy-semantics §8.5).
   const limited = policy.rateLimit?.check(decision, connection.facts);
   if (limited !== undefined) {
-    return {
-      allowed: false,
-      decision: limited,
-      response: withOrigProto(
+    return refused(
+      policy,
+      connection,
+      limited,
+      withOrigProto(
         syntheticResponse(
           {
             status: limited.httpStatus,
@@ -236,7 +271,7 @@ export function authorizeWithPolicy(
         ),
         origProto,
       ),
-    };
+    );
   }
   return {
     allowed: true,

@@ -631,11 +631,14 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     publishTcpAuthz(state, port, decision, false);
     if (!decision.allowed || onConnection === undefined || closing) {
       // Linkerd drops denied connections without writing anything.
-      debug(
-        "inbound: opaque connection from %s closed (%s)",
-        state.facts.address,
-        decision.reason ?? "no onConnection",
-      );
+      if (debug.enabled) {
+        debug(
+          "inbound: opaque connection from %s closed (%s)%s",
+          state.facts.address,
+          decision.reason ?? "no onConnection",
+          decision.allowed ? "" : `:\n${policy.explainConnection(decision, state.facts).text}`,
+        );
+      }
       socket.destroy();
       return;
     }

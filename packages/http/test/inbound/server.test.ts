@@ -14,8 +14,10 @@ import {
 import { encodeTransportHeader, inbound, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
+  createMeshRequestAuthorizer,
   createMeshRequestListener,
   createMeshServer,
+  type MeshAuthorization,
   type MeshServer,
   type MeshServerOptions,
   meshContext,
@@ -555,6 +557,42 @@ describe("createMeshServer (hand-built policies, identities from the dev control
       expect((await rawHttp1(meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, baz), request)).status).toBe(
         403,
       );
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("explains a denial on demand: which authorizations were tried and why each refused the caller", async () => {
+    const authorizer = createMeshRequestAuthorizer({ identity, policy: onlyBar(), port: 8080 });
+    const explanations: string[] = [];
+    const server = createHttpsServer(identity.tlsServerOptions(), (req, res) => {
+      const settle = (result: MeshAuthorization) => {
+        if (!result.allowed) explanations.push(result.explanation?.text ?? "none");
+        res.writeHead(result.allowed ? 200 : result.response.status).end();
+      };
+      const result = authorizer.authorize(req);
+      if (result instanceof Promise) void result.then(settle);
+      else settle(result);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const request = "GET / HTTP/1.1\r\nHost: foo\r\nConnection: close\r\n\r\n";
+      expect((await rawHttp1(meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, baz), request)).status).toBe(
+        403,
+      );
+      expect(explanations).toEqual([
+        [
+          "decision: denied (unauthorized)",
+          `client:   ${BAZ} at 127.0.0.2`,
+          "server:   server/foo-http",
+          "route:    default:default",
+          "authorizations tried:",
+          `  - authorizationpolicy/bar-only [identity]: client identity ${BAZ} is not among ${BAR}`,
+          "  - default:localhost [network]: client address 127.0.0.2 is not in 127.0.0.1/32, ::1/128",
+        ].join("\n"),
+      ]);
     } finally {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
