@@ -182,6 +182,19 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
     }
   }
 
+  for (const limit of resources.rateLimitPolicies) {
+    if (!serversByKey.has(key(limit.meta.namespace, limit.serverName))) {
+      ignore(
+        limit,
+        limit.meta.source,
+        "HTTPLocalRateLimitPolicy",
+        limit.meta.name,
+        "spec.targetRef.name",
+        `Server ${JSON.stringify(limit.serverName)} does not exist in namespace ${JSON.stringify(limit.meta.namespace)}`,
+      );
+    }
+  }
+
   const serverHttpRoutes = new Map<string, HttpRouteRes[]>();
   const serverGrpcRoutes = new Map<string, GrpcRouteRes[]>();
   const attach = <R extends HttpRouteRes | GrpcRouteRes>(route: R, into: Map<string, R[]>) => {
@@ -302,6 +315,7 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
             authorizationPolicies: kept(resources.authorizationPolicies),
             httpRoutes: kept(resources.httpRoutes),
             grpcRoutes: kept(resources.grpcRoutes),
+            rateLimitPolicies: kept(resources.rateLimitPolicies),
           },
     namespaces,
     pods,
@@ -346,6 +360,7 @@ function checkDuplicates(resources: Resources, problems: Problems): void {
   for (const r of resources.serverAuthorizations) check("ServerAuthorization", r.meta);
   for (const r of resources.authorizationPolicies) check("AuthorizationPolicy", r.meta);
   for (const r of resources.meshTLSAuthentications) check("MeshTLSAuthentication", r.meta);
+  for (const r of resources.rateLimitPolicies) check("HTTPLocalRateLimitPolicy", r.meta);
   for (const r of resources.networkAuthentications) check("NetworkAuthentication", r.meta);
   for (const r of resources.httpRoutes) check(`${r.group}/HTTPRoute`, r.meta);
   for (const r of resources.grpcRoutes) check("GRPCRoute", r.meta);

@@ -23,6 +23,7 @@ const FOO = identityOf("foo");
 const BAR = identityOf("bar");
 const VM = "spiffe://root.linkerd.cluster.local/proxy/vm-1";
 const OTHER_VM = "spiffe://root.linkerd.cluster.local/proxy/vm-2";
+const QUX = identityOf("qux");
 
 const policy = `apiVersion: policy.linkerd.io/v1beta3
 kind: Server
@@ -35,7 +36,7 @@ apiVersion: policy.linkerd.io/v1alpha1
 kind: MeshTLSAuthentication
 metadata: { name: vm-and-bar, namespace: ${NS} }
 spec:
-  identities: ["${VM}", "${BAR}"]
+  identities: ["${VM}", "${BAR}", "${QUX}"]
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
@@ -43,6 +44,15 @@ metadata: { name: foo-from-vm-and-bar, namespace: ${NS} }
 spec:
   targetRef: { group: policy.linkerd.io, kind: Server, name: foo-http }
   requiredAuthenticationRefs: [{ group: policy.linkerd.io, kind: MeshTLSAuthentication, name: vm-and-bar }]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: { name: foo-limits, namespace: ${NS} }
+spec:
+  targetRef: { group: policy.linkerd.io, kind: Server, name: foo-http }
+  total: { requestsPerSecond: 1000 }
+  identity: { requestsPerSecond: 1000 }
+  overrides: [{ requestsPerSecond: 1, clientRefs: [{ kind: ServiceAccount, name: qux }] }]
 ---
 # Dangling: names a MeshTLSAuthentication that does not exist. Ignored alone (fail closed).
 apiVersion: policy.linkerd.io/v1alpha1
@@ -77,6 +87,7 @@ describe("client identities (SPIFFE URIs, DNS names) against MeshTLSAuthenticati
     identity = await podIdentity(cp, "foo", "foo");
     clients.bar = await clientCredentials(cp, "bar");
     clients.baz = await clientCredentials(cp, "baz");
+    clients.qux = await clientCredentials(cp, "qux");
     for (const [name, id] of [
       ["vm", VM],
       ["otherVm", OTHER_VM],
@@ -151,5 +162,17 @@ describe("client identities (SPIFFE URIs, DNS names) against MeshTLSAuthenticati
     );
     expect(response.status).toBe(200);
     expect((await get("baz")).status).toBe(403);
+  });
+
+  it("enforces the Server's HTTPLocalRateLimitPolicy from the manifests: an override of 1 rps answers 429", async () => {
+    // Three at once from qux (burst 1, one more per second): at least one is refused with Linkerd's error.
+    const responses = await Promise.all([get("qux"), get("qux"), get("qux")]);
+    const statuses = responses.map((r) => r.status).sort();
+    expect(statuses[0]).toBe(200);
+    expect(statuses).toContain(429);
+    const refused = responses.find((r) => r.status === 429);
+    expect(refused?.headers["l5d-proxy-error"]).toEqual(["override rate limit exceeded: 1rps"]);
+    // Others are under the (large) per-identity limit.
+    expect((await get("bar")).status).toBe(200);
   });
 });
