@@ -223,6 +223,14 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
         const outcome = applyRouteFilters(decision.filters, request, metadataMutator(metadata));
         if (outcome.kind === "respond") refusal = { code: outcome.grpcStatus, message: outcome.message };
       }
+      if (refusal === undefined && decision.allowed) {
+        // The Server's HTTPLocalRateLimitPolicy, last, as in the proxy: RESOURCE_EXHAUSTED (8).
+        const limited = policy.rateLimit?.check(decision, facts);
+        if (limited !== undefined) {
+          refusal = { code: limited.grpcStatus, message: limited.message };
+          if (telemetry !== undefined) telemetry.message.decision = limited;
+        }
+      }
       if (refusal !== undefined) {
         denied = true;
         const trailers = new Metadata();
