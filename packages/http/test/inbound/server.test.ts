@@ -434,6 +434,20 @@ describe("createMeshServer (hand-built policies, identities from the dev control
     expect((await send("/", "x-foo: a, bar\r\n")).status).toBe(404);
     expect((await send("/regex", "x-re: nope\r\nx-re: bar\r\n")).status).toBe(404);
     expect((await send("/regex", "x-re: nope, bar\r\n")).status).toBe(200);
+    // The same over prior-knowledge HTTP/2 (two header fields), served to the HTTP/1 handler.
+    const session = h2Session(plainSocket({ port }), `http://127.0.0.1:${port}`);
+    try {
+      const h2 = await h2Request(session, {
+        ":method": "GET",
+        ":path": "/",
+        "x-foo": ["nope", "bar"],
+        "x-drop": "1",
+      });
+      expect(h2.status).toBe(200);
+      expect(JSON.parse(h2.body)).toMatchObject({ route: "foo-bar", headers: ["set", "added", null] });
+    } finally {
+      session.close();
+    }
   });
 
   it("denies with distinct reasons before the first policy and for an invalid policy", async () => {
