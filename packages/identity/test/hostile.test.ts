@@ -995,6 +995,20 @@ describe("hostile certificate suite (reliability R6)", () => {
       expectedIdentity: ID,
     });
     expect(mismatch.ok ? "ok" : mismatch.failure.reason).toBe("identity-mismatch");
+    // URI name constraints of an issuer apply to the trust domain (RFC 5280 §4.2.1.10).
+    const constrained = await intermediate(h, [
+      ...caExtensions(0),
+      customExtension("2.5.29.30", true, sequence(tlv(0xa0, sequence(generalName.uri("other.local"))))),
+    ]);
+    const outside = await leafFrom(h, {
+      issuer: constrained,
+      chain: [constrained.certificate],
+      extensions: linkerdLeafExtensions(sanExtension([generalName.uri(SPIFFE)])),
+    });
+    const refused = verifyPeerCertificateChain(outside.leaf, outside.chain, h.anchorsPem, {
+      expectedIdentity: SPIFFE,
+    });
+    expect(refused.ok ? "ok" : refused.failure.reason).toBe("name-constraints");
     // The same leaf presented in a real handshake: the server side names the peer by its SPIFFE ID.
     const serverLeaf = await leafFrom(h);
     const context = createMeshSecureContext({
