@@ -11,6 +11,7 @@ import {
   type OutboundCallMessage,
   type PeerIdentity,
   type ResourceLabels,
+  type TcpAuthzMessage,
   type TcpConnectionMessage,
 } from "@inmesh/core";
 
@@ -184,4 +185,15 @@ export function closeTcp(
   message.errno = outcome.errno;
   message.denied = outcome.denied ?? false;
   meshChannel(MeshChannel.tcpClose).publish(message);
+}
+
+/** Publishes a connection-level authorization, as the inbound server does for opaque connections. */
+export function tcpAuthz(message: Partial<TcpAuthzMessage> & { decision: DecisionSummary }): void {
+  meshChannel(MeshChannel.inboundTcpAuthz).publish({
+    port: message.port ?? 8080,
+    targetAddress: message.targetAddress ?? "10.42.0.7:8080",
+    peer: message.peer ?? { kind: "none", reason: "no_tls_from_remote" },
+    decision: message.decision,
+    terminated: message.terminated ?? false,
+  });
 }

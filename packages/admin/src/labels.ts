@@ -93,7 +93,11 @@ export function serverTlsLabels(peer: PeerIdentity | undefined): LabelPairs {
         ["client_id", ""],
       ];
     default:
-      if (peer.reason === "passthru") return [["tls", "opaque"]];
+      if (peer.reason === "passthru")
+        return [
+          ["tls", "opaque"],
+          ["sni", peer.sni],
+        ];
       return [
         ["tls", "no_identity"],
         ["no_tls_reason", peer.reason],

@@ -1,6 +1,7 @@
 import { debuglog } from "node:util";
 import {
   createMeshChannelSubscription,
+  type DecisionSummary,
   type InboundCallMessage,
   isLoopbackHost,
   MeshChannel,
@@ -11,6 +12,7 @@ import {
   type OutboundCallMessage,
   type PeerIdentity,
   type ResourceLabels,
+  type TcpAuthzMessage,
   type TcpConnectionMessage,
 } from "@inmesh/core";
 import {
@@ -169,6 +171,11 @@ const definitions = {
     help: "The total number of inbound HTTP requests that could not be processed due to a proxy error.",
     type: "counter",
   },
+  httpLocalRateLimit: {
+    name: "inbound_http_local_ratelimit_total",
+    help: "The total number of inbound HTTP requests refused by a local rate limit.",
+    type: "counter",
+  },
   httpRouteNotFound: {
     name: "inbound_http_route_not_found_total",
     help: "The number of inbound requests that did not match a route.",
@@ -212,6 +219,11 @@ const definitions = {
   tcpAuthzDeny: {
     name: "inbound_tcp_authz_deny_total",
     help: "The total number of inbound TCP connections that were denied.",
+    type: "counter",
+  },
+  tcpAuthzTerminate: {
+    name: "inbound_tcp_authz_terminate_total",
+    help: "The total number of inbound TCP connections that were terminated due to an authorization change.",
     type: "counter",
   },
   certExpiration: {
@@ -429,6 +441,33 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
       families.responseLatency.observe([...endpointParts, statusPart], duration);
   };
 
+  const rateLimitParts = new WeakMap<object, Map<string, LabelPart>>();
+  const NO_RATELIMIT_META = {};
+  const rateLimitPart = (rateLimit: NonNullable<DecisionSummary["rateLimit"]>): LabelPart => {
+    const key = rateLimit.meta ?? NO_RATELIMIT_META;
+    let byScope = rateLimitParts.get(key);
+    if (!byScope) {
+      byScope = new Map();
+      rateLimitParts.set(key, byScope);
+    }
+    let cached = byScope.get(rateLimit.scope);
+    if (!cached) {
+      const meta = rateLimit.meta;
+      cached = part([
+        ...(meta
+          ? ([
+              ["ratelimit_group", meta.group],
+              ["ratelimit_kind", meta.kind],
+              ["ratelimit_name", meta.name],
+            ] as const)
+          : []),
+        ["ratelimit_scope", rateLimit.scope],
+      ]);
+      byScope.set(rateLimit.scope, cached);
+    }
+    return cached;
+  };
+
   const inboundEnd = (message: InboundCallMessage) => {
     const decision = message.decision;
     const targetPart = target(message.targetAddress, message.port);
@@ -442,7 +481,11 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
 
     if (!decision) return;
     if (decision.allowed) families.httpAuthzAllow.inc([targetPart, server, port, route, authz, tls]);
-    else if (decision.reason === "route-not-found")
+    else if (decision.rateLimit) {
+      // Authorized first (counted as an allow, as the proxy does), then refused by the rate limit.
+      families.httpAuthzAllow.inc([targetPart, server, port, route, resource("authz", decision.authz), tls]);
+      families.httpLocalRateLimit.inc([targetPart, server, port, rateLimitPart(decision.rateLimit), tls]);
+    } else if (decision.reason === "route-not-found")
       families.httpRouteNotFound.inc([targetPart, server, port, tls]);
     else families.httpAuthzDeny.inc([targetPart, server, port, route, tls]);
   };
@@ -470,7 +513,7 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     recordCall([OUTBOUND, authority(message.authority)], message.protocol, message);
   };
 
-  /** Parts shared by the tcp_* families; the inbound TCP authorization counters drop the first one. */
+  /** Parts shared by the tcp_* families. */
   const tcpParts = (message: TcpConnectionMessage): Parts => {
     if (message.direction === "inbound")
       return [TCP_INBOUND, targetPort(message.port), serverTls(message.peer)];
@@ -500,10 +543,19 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     if (isCount(message.bytesRead)) families.tcpReadBytes.inc(parts, message.bytesRead);
     if (isCount(message.bytesWritten)) families.tcpWriteBytes.inc(parts, message.bytesWritten);
     families.tcpCloseTotal.inc([...parts, errno(message.errno)]);
-    if (message.direction !== "inbound") return;
-    const authzParts = parts.slice(1);
-    if (message.denied) families.tcpAuthzDeny.inc(authzParts);
-    else families.tcpAuthzAllow.inc(authzParts);
+  };
+
+  // Connection-level authorizations only: HTTP connections are authorized per request (inbound_http_*).
+  const tcpAuthz = (message: TcpAuthzMessage) => {
+    const decision = message.decision;
+    const targetPart = target(message.targetAddress, message.port);
+    const server = decision.server ? resource("srv", decision.server) : EMPTY;
+    const port = decision.server ? srvPort(message.port) : EMPTY;
+    const tls = serverTls(message.peer);
+    if (message.terminated) families.tcpAuthzTerminate.inc([targetPart, server, port, tls]);
+    else if (decision.allowed)
+      families.tcpAuthzAllow.inc([targetPart, server, port, resource("authz", decision.authz), tls]);
+    else families.tcpAuthzDeny.inc([targetPart, server, port, tls]);
   };
 
   const identityChanged = (message: MeshChannelMessages[typeof MeshChannel.identityChanged]) => {
@@ -525,6 +577,7 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
       [MeshChannel.outboundCallEnd]: outboundEnd,
       [MeshChannel.tcpOpen]: tcpOpen,
       [MeshChannel.tcpClose]: tcpClose,
+      [MeshChannel.inboundTcpAuthz]: tcpAuthz,
       [MeshChannel.identityChanged]: identityChanged,
     },
     (name, error) => log("metrics handler for %s failed: %o", name, error),

@@ -7,6 +7,7 @@ import {
   inboundCall,
   meshPeer,
   outboundCall,
+  tcpAuthz,
   tcpConnection,
 } from "../../../test/support/mesh-traffic.js";
 import {
@@ -36,6 +37,7 @@ const authz = {
   authz_name: "books-from-web",
 };
 const webTls = { tls: "true", client_id: WEB };
+const AUTHZ_TCP = { group: "policy.linkerd.io", kind: "authorizationpolicy", name: "books-tcp" };
 const inboundEndpoint = { direction: "inbound", ...target, ...webTls, ...srv, ...route, ...authz };
 
 let metrics: MeshMetrics;
@@ -106,6 +108,11 @@ function publishKnownTraffic(): void {
   const outbound = tcpConnection({ direction: "outbound", port: 7001, peer: meshPeer(AUTHORS) });
   closeTcp(outbound, { bytesRead: 5, bytesWritten: 7, errno: "ECONNRESET" });
   void open;
+  // Connection-level authorizations: one allowed meshed connection later revoked, one denied plaintext.
+  const tcpDecision = allowed({ route: undefined, authz: { ...AUTHZ_TCP } });
+  tcpAuthz({ peer: meshPeer(WEB), decision: tcpDecision });
+  tcpAuthz({ peer: meshPeer(WEB), decision: denied("unauthorized", { route: undefined }), terminated: true });
+  tcpAuthz({ decision: denied("unauthorized", { route: undefined }) });
 
   // Identity: one certification and one failed refresh.
   meshChannel(MeshChannel.identityChanged).publish({
@@ -151,6 +158,7 @@ describe("scraped /metrics after known traffic", () => {
       tcp_close_total: "counter",
       inbound_tcp_authz_allow_total: "counter",
       inbound_tcp_authz_deny_total: "counter",
+      inbound_tcp_authz_terminate_total: "counter",
       outbound_http_route_retry_requests_total: "counter",
       control_identity_cert_expiration_timestamp_seconds: "gauge",
       control_identity_cert_refresh_timestamp_seconds: "gauge",
@@ -304,8 +312,20 @@ describe("scraped /metrics after known traffic", () => {
     expect(value(families, "tcp_close_total", { ...outbound, errno: "ECONNRESET" })).toBe(1);
     expect(value(families, "tcp_open_connections", outbound)).toBe(0);
     const plaintext = { target_port: "8080", tls: "no_identity", no_tls_reason: "no_tls_from_remote" };
-    expect(value(families, "inbound_tcp_authz_deny_total", plaintext)).toBe(1);
-    expect(value(families, "inbound_tcp_authz_allow_total", { target_port: "8080", ...webTls })).toBe(1);
+    expect(value(families, "inbound_tcp_authz_deny_total", { ...target, ...srv, ...plaintext })).toBe(1);
+    expect(
+      value(families, "inbound_tcp_authz_allow_total", {
+        ...target,
+        ...srv,
+        authz_group: "policy.linkerd.io",
+        authz_kind: "authorizationpolicy",
+        authz_name: "books-tcp",
+        ...webTls,
+      }),
+    ).toBe(1);
+    expect(value(families, "inbound_tcp_authz_terminate_total", { ...target, ...srv, ...webTls })).toBe(1);
+    // Connections authorize nothing by themselves: only the published decisions count.
+    expect(total(families, "inbound_tcp_authz_allow_total")).toBe(1);
   });
 
   it("exposes identity certificate expiry and refreshes", () => {

@@ -3,13 +3,14 @@ import { isMeshError } from "@inmesh/core";
 import { checkCommand } from "./commands/check.js";
 import { controlPlaneCommand } from "./commands/control-plane.js";
 import { envCommand } from "./commands/env.js";
+import { explainCommand } from "./commands/explain.js";
 import { type CliIo, type Command, UsageError } from "./io.js";
 
 export type { CliIo, Command } from "./io.js";
 export { UsageError } from "./io.js";
 
 /** Subcommands, one module each. */
-export const commands: readonly Command[] = [controlPlaneCommand, envCommand, checkCommand];
+export const commands: readonly Command[] = [controlPlaneCommand, envCommand, checkCommand, explainCommand];
 
 function help(): string {
   const width = Math.max(...commands.map((command) => command.name.length));

@@ -27,6 +27,8 @@ const DEFAULT_ISSUER_LIFETIME_MS = 365 * DAY_MS;
 const DEFAULT_ROOT_LIFETIME_MS = 10 * 365 * DAY_MS;
 /** A Linkerd CSR is ~250 bytes; anything near this is hostile. */
 const MAX_CSR_BYTES = 16 * 1024;
+/** SPIFFE ID standard: lower-case trust domain, non-empty path of `[A-Za-z0-9._-]` segments. */
+const SPIFFE_WORKLOAD_ID = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)+$/;
 
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256" } as const;
 const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" } as const;
@@ -106,7 +108,11 @@ export interface CertificateAuthority {
    * email/IP/URI SANs, ECDSA P-256 key, valid self-signature); throws CsrRejectedError otherwise.
    */
   issue(csrDer: Uint8Array, identity: string, options?: IssueOptions): Promise<IssuedCertificate>;
-  /** Generates a P-256 key and a Linkerd-style CSR for `identity`, then issues it through `issue()`. */
+  /**
+   * Generates a P-256 key and a Linkerd-style CSR for `identity`, then issues it through `issue()`. A
+   * `spiffe://<trust domain>/<path>` identity gets a leaf whose only SAN is that URI, as an
+   * ExternalWorkload's SPIFFE issuer would give it (for dev and tests).
+   */
   issueCredentials(identity: string, options?: IssueOptions): Promise<IssuedCredentials>;
   /** Anchor rotation step 1: adds a new root to the bundle ([old, new]); the issuer is unchanged. */
   beginTrustAnchorRotation(): Promise<void>;
@@ -496,6 +502,20 @@ function createAuthority(
       throw new MeshError(MeshErrorCode.INVALID_ARG, `lifetimeMs must be positive, got ${lifetimeMs}`);
     }
     const { csr, spki } = await checkCsr(csrDer, identity);
+    return signLeaf(spki, csr.subjectName, { type: "dns", value: identity }, options);
+  };
+
+  /** Signs a leaf for `spki` with the current issuer: Linkerd's leaf profile, one SAN. */
+  const signLeaf = async (
+    spki: ArrayBuffer | ArrayBufferView,
+    subjectName: x509.Name,
+    san: { type: "dns" | "url"; value: string },
+    options: IssueOptions,
+  ): Promise<IssuedCertificate> => {
+    const lifetimeMs = options.lifetimeMs ?? resolved.issuanceLifetimeMs;
+    if (!Number.isFinite(lifetimeMs) || lifetimeMs <= 0) {
+      throw new MeshError(MeshErrorCode.INVALID_ARG, `lifetimeMs must be positive, got ${lifetimeMs}`);
+    }
     const nowMs = options.nowMs ?? Date.now();
     const issuer = state.issuer;
     if (issuer.privateKey === undefined) throw new MeshError(MeshErrorCode.INTERNAL, "issuer key missing");
@@ -506,11 +526,11 @@ function createAuthority(
     if (notAfterMs <= nowMs) {
       throw new MeshError(MeshErrorCode.CP_UNAVAILABLE, "the issuer certificate has expired; cannot issue");
     }
-    const subjectEmpty = csr.subjectName.toJSON().length === 0;
+    const subjectEmpty = subjectName.toJSON().length === 0;
     const serial = nextSerialHex();
     const leaf = await x509.X509CertificateGenerator.create({
       serialNumber: serial,
-      subject: csr.subjectName,
+      subject: subjectName,
       issuer: issuer.cert.subjectName,
       notBefore: new Date(notBeforeMs),
       notAfter: new Date(notAfterMs),
@@ -528,7 +548,7 @@ function createAuthority(
           false,
         ),
         // RFC 5280 §4.2.1.6: the SAN is critical when the subject is empty (as Go does).
-        new x509.SubjectAlternativeNameExtension([{ type: "dns", value: identity }], subjectEmpty),
+        new x509.SubjectAlternativeNameExtension([san], subjectEmpty),
         await x509.AuthorityKeyIdentifierExtension.create(issuer.cert.publicKey),
       ],
     });
@@ -569,6 +589,29 @@ function createAuthority(
       ensureCryptoProvider();
       const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
       const privateKeyDer = privateKey.export({ format: "der", type: "pkcs8" });
+      const credentialsOf = (issued: IssuedCertificate): IssuedCredentials => {
+        const leafPem = toPem(issued.leafDer, "CERTIFICATE");
+        return {
+          ...issued,
+          privateKeyPem: toPem(privateKeyDer, "PRIVATE KEY"),
+          leafPem,
+          certificateChainPem: leafPem + issued.chainDer.map((der) => toPem(der, "CERTIFICATE")).join(""),
+        };
+      };
+      if (identity.startsWith("spiffe://")) {
+        // An ExternalWorkload's identity (Linkerd 2.15+): a SPIFFE ID issued outside Linkerd's identity
+        // service (SPIRE, say) under the same trust anchors. The identity service never issues URIs.
+        if (!SPIFFE_WORKLOAD_ID.test(identity) || identity.length > 2048) {
+          throw new MeshError(
+            MeshErrorCode.INVALID_ARG,
+            `${JSON.stringify(identity)} is not a SPIFFE workload ID`,
+          );
+        }
+        const spki = publicKey.export({ format: "der", type: "spki" });
+        return credentialsOf(
+          await signLeaf(spki, new x509.Name(""), { type: "url", value: identity }, options ?? {}),
+        );
+      }
       const keys = {
         privateKey: (await webcrypto.subtle.importKey("pkcs8", privateKeyDer, EC_P256, false, [
           "sign",
@@ -587,14 +630,7 @@ function createAuthority(
         signingAlgorithm: ECDSA_SHA256,
         extensions: [new x509.SubjectAlternativeNameExtension([{ type: "dns", value: identity }])],
       });
-      const issued = await issue(new Uint8Array(csr.rawData), identity, options);
-      const leafPem = toPem(issued.leafDer, "CERTIFICATE");
-      return {
-        ...issued,
-        privateKeyPem: toPem(privateKeyDer, "PRIVATE KEY"),
-        leafPem,
-        certificateChainPem: leafPem + issued.chainDer.map((der) => toPem(der, "CERTIFICATE")).join(""),
-      };
+      return credentialsOf(await issue(new Uint8Array(csr.rawData), identity, options));
     },
     async beginTrustAnchorRotation() {
       const root = await createRoot(resolved, nextSerialHex());

@@ -18,6 +18,7 @@ export const MeshChannel = {
   outboundAttemptEnd: "mesh:outbound:attempt:end",
   tcpOpen: "mesh:tcp:open",
   tcpClose: "mesh:tcp:close",
+  inboundTcpAuthz: "mesh:inbound:tcp:authz",
   identityChanged: "mesh:identity:changed",
   policyChanged: "mesh:policy:changed",
   destinationChanged: "mesh:destination:changed",
@@ -36,11 +37,16 @@ export interface ResourceLabels {
 /** The inbound policy decision for one call, as metrics and spans need it. */
 export interface DecisionSummary {
   readonly allowed: boolean;
-  /** Why a call was refused: `unauthorized`, `route-not-found`, `invalid-policy`, `not-loaded`. */
+  /** Why a call was refused: `unauthorized`, `route-not-found`, `invalid-policy`, `not-loaded`, `rate-limited`. */
   readonly reason: string | undefined;
   readonly server: ResourceLabels | undefined;
   readonly route: ResourceLabels | undefined;
   readonly authz: ResourceLabels | undefined;
+  /**
+   * Set when an authorized call was refused by the server's local rate limit (reason `rate-limited`):
+   * the HTTPLocalRateLimitPolicy's labels and Linkerd's `ratelimit_scope` (`total` or `identity`).
+   */
+  readonly rateLimit?: { readonly meta: ResourceLabels | undefined; readonly scope: string } | undefined;
 }
 
 export interface InboundCallMessage {
@@ -109,6 +115,20 @@ export interface TcpConnectionMessage {
   denied: boolean;
 }
 
+/**
+ * A connection-level authorization (opaque and TLS ports, non-HTTP traffic on detect ports): published
+ * once when the connection is authorized or refused, and again, `terminated`, when a policy update
+ * revokes an authorized connection. HTTP connections are authorized per request, never here.
+ */
+export interface TcpAuthzMessage {
+  readonly port: number;
+  /** `ip:port` we accepted on (Linkerd's target_addr). */
+  readonly targetAddress: string;
+  readonly peer: PeerIdentity;
+  readonly decision: DecisionSummary;
+  readonly terminated: boolean;
+}
+
 export interface MeshChannelMessages {
   [MeshChannel.inboundCallStart]: InboundCallMessage;
   [MeshChannel.inboundCallEnd]: InboundCallMessage;
@@ -118,6 +138,7 @@ export interface MeshChannelMessages {
   [MeshChannel.outboundAttemptEnd]: OutboundAttemptMessage;
   [MeshChannel.tcpOpen]: TcpConnectionMessage;
   [MeshChannel.tcpClose]: TcpConnectionMessage;
+  [MeshChannel.inboundTcpAuthz]: TcpAuthzMessage;
   [MeshChannel.identityChanged]: {
     readonly status: string;
     readonly expiresAtMs: number | undefined;

@@ -12,6 +12,7 @@ export type {
   OutboundAttemptMessage,
   OutboundCallMessage,
   ResourceLabels,
+  TcpAuthzMessage,
   TcpConnectionMessage,
 } from "./diagnostics.js";
 export { createMeshChannelSubscription, MeshChannel, meshChannel } from "./diagnostics.js";
@@ -52,7 +53,7 @@ export {
   parseIpAddress,
 } from "./net.js";
 export type { NoPeerIdentityReason, PeerIdentity } from "./peer.js";
-export { NO_PEER, peerIdentityName, serviceAccountIdentity } from "./peer.js";
+export { NO_PEER, PORT_SKIPPED_PEER, peerIdentityName, serviceAccountIdentity } from "./peer.js";
 export { secureRandom } from "./random.js";
 export type { RustRegexTranslation } from "./rust-regex.js";
 export { translateRustRegex } from "./rust-regex.js";

@@ -42,6 +42,8 @@ export type PeerCertificateFailureReason =
   | "san-count"
   | "san-not-dns"
   | "san-invalid-dns"
+  /** A URI SAN that is not a strictly valid SPIFFE ID of a workload (`spiffe://<trust domain>/<path>`). */
+  | "san-invalid-uri"
   | "identity-mismatch"
   /** node:tls (OpenSSL) refused the chain during the handshake; `detail` holds its code. */
   | "tls-unauthorized";
@@ -66,7 +68,7 @@ export type PeerCertificateVerdict =
 export type CertificatePurpose = "client" | "server" | "both";
 
 export interface LeafCheckOptions {
-  /** When set, the single DNS SAN must equal it. */
+  /** When set, the single SAN (DNS name or SPIFFE URI) must equal it. */
   expectedIdentity?: string;
   /** @default "client" */
   purpose?: CertificatePurpose;
@@ -163,6 +165,72 @@ function requiredUsages(purpose: CertificatePurpose): string[] {
   return [OID.serverAuth, OID.clientAuth];
 }
 
+const SPIFFE_PREFIX = "spiffe://";
+/** SPIFFE ID spec §2.3: the longest SPIFFE ID is 2048 bytes. */
+const MAX_SPIFFE_ID_BYTES = 2048;
+const MAX_TRUST_DOMAIN_BYTES = 255;
+
+/**
+ * A SPIFFE ID exactly as the SPIFFE ID standard writes it, checked byte by byte: scheme `spiffe` in lower
+ * case, a trust domain of `[a-z0-9._-]` (no userinfo, port, percent-encoding or upper case), then a
+ * non-empty path of segments of `[A-Za-z0-9._-]` (no empty, `.` or `..` segment, no trailing slash), and
+ * no query or fragment. A workload certificate names a workload, so a bare trust domain is refused.
+ */
+function spiffeId(bytes: Buffer): string {
+  const bad = (why: string): never =>
+    refuse("san-invalid-uri", `URI SAN is not a SPIFFE workload ID: ${why}`, 0);
+  if (bytes.length > MAX_SPIFFE_ID_BYTES) bad(`longer than ${MAX_SPIFFE_ID_BYTES} bytes`);
+  if (
+    bytes.length < SPIFFE_PREFIX.length ||
+    bytes.toString("latin1", 0, SPIFFE_PREFIX.length) !== SPIFFE_PREFIX
+  )
+    bad("the scheme is not spiffe://");
+  let i = SPIFFE_PREFIX.length;
+  const domainStart = i;
+  while (i < bytes.length && bytes[i] !== 0x2f) {
+    const byte = bytes[i] as number;
+    const ok =
+      (byte >= 0x61 && byte <= 0x7a) ||
+      (byte >= 0x30 && byte <= 0x39) ||
+      byte === 0x2e ||
+      byte === 0x2d ||
+      byte === 0x5f;
+    if (!ok) bad(`trust domain holds byte 0x${byte.toString(16).padStart(2, "0")}`);
+    i += 1;
+  }
+  if (i === domainStart) bad("empty trust domain");
+  if (i - domainStart > MAX_TRUST_DOMAIN_BYTES) bad("trust domain too long");
+  if (i === bytes.length) bad("no workload path");
+  while (i < bytes.length) {
+    // bytes[i] is "/": a segment follows.
+    const start = i + 1;
+    let end = start;
+    while (end < bytes.length && bytes[end] !== 0x2f) {
+      const byte = bytes[end] as number;
+      const ok =
+        (byte >= 0x61 && byte <= 0x7a) ||
+        (byte >= 0x41 && byte <= 0x5a) ||
+        (byte >= 0x30 && byte <= 0x39) ||
+        byte === 0x2e ||
+        byte === 0x2d ||
+        byte === 0x5f;
+      if (!ok) bad(`path holds byte 0x${byte.toString(16).padStart(2, "0")}`);
+      end += 1;
+    }
+    if (end === start) bad("empty path segment");
+    const segment = bytes.toString("latin1", start, end);
+    if (segment === "." || segment === "..") bad("dot segment in the path");
+    i = end;
+  }
+  return bytes.toString("latin1");
+}
+
+/**
+ * The identity of a leaf: exactly one subjectAltName, either a dNSName (a Linkerd identity, lower-cased) or
+ * a SPIFFE ID URI (ExternalWorkloads, SPIRE; Linkerd 2.15+). Any other combination is refused, even where
+ * the proxy would pick the first usable name: one name per certificate leaves nothing to confuse
+ * (CVE-2021-44531: several names, one of them chosen by a different rule than the policy assumed).
+ */
 function parseSan(parsed: ParsedCertificate): string {
   const san = extension(parsed, OID.subjectAltName);
   if (!san) refuse("missing-san", "certificate has no subjectAltName", 0);
@@ -175,17 +243,20 @@ function parseSan(parsed: ParsedCertificate): string {
   if (names.length !== 1)
     refuse("san-count", `expected exactly one subjectAltName, found ${names.length}`, 0);
   const only = names[0] as { type: number; value: Buffer };
-  if (only.type !== 2) refuse("san-not-dns", `subjectAltName is of type [${only.type}], not dNSName`, 0);
+  if (only.type === 6) return spiffeId(only.value);
+  if (only.type !== 2)
+    refuse("san-not-dns", `subjectAltName is of type [${only.type}], not dNSName or a SPIFFE URI`, 0);
   // Byte-level check before any string conversion, so NUL, non-ASCII and separators cannot slip through.
   for (const byte of only.value) {
-    const isLower = byte >= 0x61 && byte <= 0x7a;
+    const isLetter = (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x41 && byte <= 0x5a);
     const isDigit = byte >= 0x30 && byte <= 0x39;
-    if (!isLower && !isDigit && byte !== 0x2d && byte !== 0x2e) {
+    if (!isLetter && !isDigit && byte !== 0x2d && byte !== 0x2e) {
       refuse("san-invalid-dns", `dNSName holds byte 0x${byte.toString(16).padStart(2, "0")}`, 0);
     }
   }
-  const name = only.value.toString("latin1");
-  if (!isDnsName(name)) refuse("san-invalid-dns", "dNSName is not a valid lower-case DNS name", 0);
+  // DNS names are case-insensitive; Linkerd lower-cases a client's DNS identity when it parses it.
+  const name = only.value.toString("latin1").toLowerCase();
+  if (!isDnsName(name)) refuse("san-invalid-dns", "dNSName is not a valid DNS name", 0);
   return name;
 }
 
@@ -243,8 +314,8 @@ function verdictFrom(
 /**
  * Leaf-only policy check for a certificate whose chain OpenSSL has already verified (the TLS path):
  * ECDSA P-256 key, not a CA, keyUsage digitalSignature, EKU for `purpose`, no unknown critical
- * extension, SHA-2 signature, and exactly one subjectAltName, a lower-case dNSName (equal to
- * `expectedIdentity` when given). URI, IP, email and other SAN types are refused.
+ * extension, SHA-2 signature, and exactly one subjectAltName: a dNSName (lower-cased) or a SPIFFE workload
+ * ID URI (equal to `expectedIdentity` when given). IP, email, other URIs and other SAN types are refused.
  */
 export function checkLeafCertificate(
   leafDer: Uint8Array,
@@ -293,13 +364,19 @@ function checkNameConstraints(parsed: ParsedCertificate, identity: string, depth
   } catch (error) {
     refuse("malformed", `nameConstraints do not parse: ${(error as Error).message}`, depth);
   }
+  // RFC 5280 §4.2.1.10: constraints apply per name type; a URI is constrained by its host (the trust domain).
+  const isUri = identity.startsWith(SPIFFE_PREFIX);
+  const type = isUri ? 6 : 2;
+  const host = isUri
+    ? identity.slice(SPIFFE_PREFIX.length, identity.indexOf("/", SPIFFE_PREFIX.length))
+    : identity;
   const dns = (list: typeof constraints.permitted) =>
-    list.filter((name) => name.type === 2).map((name) => name.value.toString("latin1").toLowerCase());
+    list.filter((name) => name.type === type).map((name) => name.value.toString("latin1").toLowerCase());
   const permitted = dns(constraints.permitted);
-  if (permitted.length > 0 && !permitted.some((constraint) => dnsNameMatches(identity, constraint))) {
+  if (permitted.length > 0 && !permitted.some((constraint) => dnsNameMatches(host, constraint))) {
     refuse("name-constraints", `${identity} is outside the issuer's permitted names`, depth);
   }
-  if (dns(constraints.excluded).some((constraint) => dnsNameMatches(identity, constraint))) {
+  if (dns(constraints.excluded).some((constraint) => dnsNameMatches(host, constraint))) {
     refuse("name-constraints", `${identity} is in the issuer's excluded names`, depth);
   }
 }

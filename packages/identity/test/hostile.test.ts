@@ -55,7 +55,7 @@ interface Vector {
 
 const HOUR = 3_600_000;
 const WHY_NAMES =
-  "openssl verify checks no names; Linkerd identity is exactly one lower-case DNS SAN (design rule 3)";
+  "openssl verify checks no names; a mesh identity is exactly one lower-case DNS SAN or one SPIFFE workload URI SAN (design rule 3)";
 
 async function leafFrom(
   h: Hierarchy,
@@ -470,11 +470,52 @@ const VECTORS: Vector[] = [
     build: (h) => withSan(h, [generalName.dns(ID), generalName.uri("spiffe://cluster.local/ns/shop/sa/web")]),
   },
   {
-    name: "URI SAN only",
-    expect: "san-not-dns",
+    name: "URI SAN only, a bare SPIFFE trust domain (names no workload)",
+    expect: "san-invalid-uri",
     openssl: "accept",
     why: WHY_NAMES,
     build: (h) => withSan(h, [generalName.uri(`spiffe://${ID}`)]),
+  },
+  ...(
+    [
+      ["non-spiffe URI SAN", "https://web.shop.svc.cluster.local/"],
+      ["upper-case SPIFFE scheme", "SPIFFE://cluster.local/ns/shop/sa/web"],
+      ["SPIFFE ID with userinfo", "spiffe://admin@cluster.local/ns/shop/sa/web"],
+      ["SPIFFE ID with a port", "spiffe://cluster.local:443/ns/shop/sa/web"],
+      ["SPIFFE ID with a query", "spiffe://cluster.local/ns/shop/sa/web?x=1"],
+      ["SPIFFE ID with a fragment", "spiffe://cluster.local/ns/shop/sa/web#x"],
+      ["SPIFFE ID with percent-encoding", "spiffe://cluster.local/ns/shop/sa/w%65b"],
+      ["SPIFFE ID with a dot-dot segment", "spiffe://cluster.local/ns/shop/../kube-system/sa/admin"],
+      ["SPIFFE ID with an empty segment", "spiffe://cluster.local/ns//sa/web"],
+      ["SPIFFE ID with a trailing slash", "spiffe://cluster.local/ns/shop/sa/web/"],
+      ["SPIFFE ID with an upper-case trust domain", "spiffe://Cluster.Local/ns/shop/sa/web"],
+      ["SPIFFE ID with a NUL byte", "spiffe://cluster.local/ns/shop/sa/web\u0000.evil"],
+      [
+        "SPIFFE ID smuggling a second name",
+        "spiffe://cluster.local/ns/shop/sa/web, URI:spiffe://cluster.local/ns/kube-system/sa/admin",
+      ],
+      ["SPIFFE ID longer than 2048 bytes", `spiffe://cluster.local/${"a".repeat(2100)}`],
+      ["SPIFFE ID with an empty trust domain", "spiffe:///ns/shop/sa/web"],
+    ] as const
+  ).map(
+    ([name, uri]): Vector => ({
+      name,
+      expect: "san-invalid-uri",
+      openssl: "accept",
+      why: WHY_NAMES,
+      build: (h) => withSan(h, [generalName.uri(uri)]),
+    }),
+  ),
+  {
+    name: "two SPIFFE URI SANs",
+    expect: "san-count",
+    openssl: "accept",
+    why: WHY_NAMES,
+    build: (h) =>
+      withSan(h, [
+        generalName.uri("spiffe://cluster.local/ns/shop/sa/web"),
+        generalName.uri("spiffe://cluster.local/ns/kube-system/sa/admin"),
+      ]),
   },
   {
     name: "IP SAN only",
@@ -550,10 +591,10 @@ const VECTORS: Vector[] = [
     build: (h) => withSan(h, [generalName.dns("*.shop.serviceaccount.identity.linkerd.cluster.local")]),
   },
   {
+    // Linkerd accepts it and lower-cases DNS identities (DNS names are case-insensitive): the identity is ID.
     name: "upper-case DNS SAN",
-    expect: "san-invalid-dns",
+    expect: "ok",
     openssl: "accept",
-    why: WHY_NAMES,
     build: (h) => withSan(h, [generalName.dns(ID.toUpperCase())]),
   },
   {
@@ -939,6 +980,65 @@ describe("hostile certificate suite (reliability R6)", () => {
       expect(presented).toBeGreaterThanOrEqual(40);
       expect(wrong).toEqual([]);
     }, 120_000);
+  });
+
+  it("accepts exactly one SPIFFE workload URI SAN (Linkerd 2.15+ ExternalWorkloads), in the chain check and over TLS", async () => {
+    const SPIFFE = "spiffe://root.linkerd.cluster.local/proxy/external-vm_1.shop";
+    const item = await withSan(h, [generalName.uri(SPIFFE)]);
+    const verdict = verifyPeerCertificateChain(item.leaf, item.chain, h.anchorsPem, {
+      expectedIdentity: SPIFFE,
+      purpose: "client",
+    });
+    expect(verdict.ok && verdict.identity).toBe(SPIFFE);
+    expect(checkLeafCertificate(item.leaf).ok).toBe(true);
+    const mismatch = verifyPeerCertificateChain(item.leaf, item.chain, h.anchorsPem, {
+      expectedIdentity: ID,
+    });
+    expect(mismatch.ok ? "ok" : mismatch.failure.reason).toBe("identity-mismatch");
+    // URI name constraints of an issuer apply to the trust domain (RFC 5280 §4.2.1.10).
+    const constrained = await intermediate(h, [
+      ...caExtensions(0),
+      customExtension("2.5.29.30", true, sequence(tlv(0xa0, sequence(generalName.uri("other.local"))))),
+    ]);
+    const outside = await leafFrom(h, {
+      issuer: constrained,
+      chain: [constrained.certificate],
+      extensions: linkerdLeafExtensions(sanExtension([generalName.uri(SPIFFE)])),
+    });
+    const refused = verifyPeerCertificateChain(outside.leaf, outside.chain, h.anchorsPem, {
+      expectedIdentity: SPIFFE,
+    });
+    expect(refused.ok ? "ok" : refused.failure.reason).toBe("name-constraints");
+    // The same leaf presented in a real handshake: the server side names the peer by its SPIFFE ID.
+    const serverLeaf = await leafFrom(h);
+    const context = createMeshSecureContext({
+      privateKeyPem: serverLeaf.leafKeyPem as string,
+      certificateChainPem: derToPem(serverLeaf.leaf) + h.issuer.certificate.toString("pem"),
+      trustAnchorsPem: h.anchorsPem,
+      role: "server",
+    });
+    const server = await startMeshTlsServer(
+      {
+        ...MESH_TLS_SETTINGS,
+        secureOptions: MESH_SERVER_SECURE_OPTIONS,
+        requestCert: true,
+        rejectUnauthorized: false,
+        SNICallback: (_name, callback) => callback(null, context),
+      },
+      (socket: TLSSocket) => peerVerification(socket).identity,
+    );
+    try {
+      const result = await tlsRoundTrip(server.port, {
+        key: item.leafKeyPem as string,
+        cert: [item.leaf, ...item.chain].map((der) => derToPem(der)).join(""),
+        servername: ID,
+        minVersion: "TLSv1.3",
+        rejectUnauthorized: false,
+      });
+      expect(result.ok && result.line).toBe(SPIFFE);
+    } finally {
+      await server.close();
+    }
   });
 
   it("never throws and never accepts on random or mutated input", () => {

@@ -20,6 +20,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { DEFAULT_ROUTE_META, defaultMeta, isAuditMeta, LOCALHOST_META, resourceMeta } from "./meta.js";
+import type { IrRateLimit } from "./rate-limit.js";
 import { compileRustRegex, isRustRegexCached, type RustRegex } from "./regex.js";
 import type { HeaderEntry, ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
 import { utf8Length } from "./util.js";
@@ -584,6 +585,33 @@ function durationMs(pb: { seconds: bigint; nanos: number } | undefined): number 
   return Number(totalNanos) / 1_000_000;
 }
 
+function convertRateLimit(pb: inbound.HttpLocalRateLimit | undefined): IrRateLimit | undefined {
+  if (pb === undefined) return undefined;
+  const rps = (l: { requestsPerSecond: number } | undefined) => {
+    const value = Number(l?.requestsPerSecond ?? 0);
+    return Number.isInteger(value) && value > 0 ? Math.min(value, 0xffffffff) : 0;
+  };
+  const overrides = pb.overrides
+    .map((o) => ({
+      rps: rps(o.limit),
+      // The proxy parses each name as an identity: DNS-like names lower-cased, URIs as they are.
+      identities: Object.freeze(
+        (o.clients?.identities ?? [])
+          .map((id) => String(id.name))
+          .filter((name) => name !== "")
+          .map((name) => (name.includes("://") ? name : name.toLowerCase())),
+      ),
+    }))
+    .filter((o) => o.rps > 0 && o.identities.length > 0);
+  const ir: IrRateLimit = Object.freeze({
+    meta: pb.metadata === undefined ? undefined : convertMetadata(pb.metadata, "local rate limit"),
+    totalRps: rps(pb.total),
+    identityRps: rps(pb.identity),
+    overrides: Object.freeze(overrides),
+  });
+  return ir.totalRps === 0 && ir.identityRps === 0 && ir.overrides.length === 0 ? undefined : ir;
+}
+
 /** Converts the proto or throws InvalidServerError (see isInvalidServerError). */
 /**
  * Caps on what one `inbound.Server` may hold. Linkerd has none, but its controller is trusted more than
@@ -687,6 +715,7 @@ export function convertServer(pb: inbound.Server): IrServer {
   let detectTimeoutMs: number | undefined;
   let httpRoutes: readonly IrRoute<IrHttpMatch>[] = [];
   let grpcRoutes: readonly IrRoute<IrGrpcMatch>[] = [];
+  let rateLimit: IrRateLimit | undefined;
   const http = (routes: readonly inbound.HttpRoute[]) =>
     routes.length === 0
       ? [defaultRoute<IrHttpMatch>(serverAuthorizations)]
@@ -695,10 +724,12 @@ export function convertServer(pb: inbound.Server): IrServer {
     case "detect":
       httpRoutes = http(kind.value?.httpRoutes ?? []);
       detectTimeoutMs = durationMs(kind.value?.timeout);
+      rateLimit = convertRateLimit(kind.value?.httpLocalRateLimit);
       break;
     case "http1":
     case "http2":
       httpRoutes = http(kind.value?.routes ?? []);
+      rateLimit = convertRateLimit(kind.value?.localRateLimit);
       break;
     case "grpc": {
       const routes = kind.value?.routes ?? [];
@@ -724,5 +755,6 @@ export function convertServer(pb: inbound.Server): IrServer {
     connectionAuthorizations: serverAuthorizations,
     httpRoutes: Object.freeze(httpRoutes),
     grpcRoutes: Object.freeze(grpcRoutes),
+    rateLimit,
   });
 }

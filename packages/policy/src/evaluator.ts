@@ -1,3 +1,4 @@
+import { explanation, metaText, trail } from "./explain.js";
 import {
   AUTHN_TLS_UNAUTHENTICATED,
   AUTHN_UNAUTHENTICATED,
@@ -16,6 +17,7 @@ import {
   PATH_REGEX,
 } from "./ir.js";
 import { INVALID_META, NOT_LOADED_META } from "./meta.js";
+import { createRateLimiter, type RateLimiterOptions } from "./rate-limit.js";
 import { fullMatch, type RustRegex } from "./regex.js";
 import type {
   ClientFacts,
@@ -27,7 +29,10 @@ import type {
   HttpAllowedDecision,
   HttpDecision,
   HttpDeniedDecision,
+  HttpRateLimitedDecision,
   HttpRequestFacts,
+  LocalRateLimiter,
+  PolicyExplanation,
   PolicyStatus,
   RouteFilter,
   RouteMeta,
@@ -322,9 +327,32 @@ function headerValueMatches(h: IrHeaderMatch, value: string): boolean {
   return isVisibleAscii(value) && fullMatch(h.regex as RustRegex, value);
 }
 
-function headerMatches(h: IrHeaderMatch, headers: HeaderLookup): boolean {
+function rawHeaderMatches(h: IrHeaderMatch, raw: readonly string[]): boolean {
+  const name = h.name;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const rawName = raw[i] as string;
+    if (
+      rawName.length === name.length &&
+      asciiEqualsIgnoreCaseAt(rawName, 0, name) &&
+      headerValueMatches(h, raw[i + 1] as string)
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+function headerMatches(h: IrHeaderMatch, request: HttpRequestFacts): boolean {
+  const headers: HeaderLookup = request.headers;
   const value = typeof headers === "function" ? headers(h.name) : headers[h.name];
-  if (typeof value === "string") return headerValueMatches(h, value);
+  if (typeof value === "string") {
+    const raw = request.rawHeaders;
+    if (raw === undefined) return headerValueMatches(h, value);
+    // A value without a comma is one header line; otherwise (or when Node kept only the first of a
+    // repeated header) the raw list has every value, one by one, as Linkerd matches them.
+    if (value.indexOf(",") < 0 && headerValueMatches(h, value)) return true;
+    return rawHeaderMatches(h, raw);
+  }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i += 1) {
       const item: unknown = value[i];
@@ -384,7 +412,7 @@ function httpMatchScore(m: IrHttpMatch, request: HttpRequestFacts, path: string,
   }
   const headers = m.headers;
   for (let i = 0; i < headers.length; i += 1) {
-    if (!headerMatches(headers[i] as IrHeaderMatch, request.headers)) return -1;
+    if (!headerMatches(headers[i] as IrHeaderMatch, request)) return -1;
   }
   const query = m.query;
   for (let i = 0; i < query.length; i += 1) {
@@ -615,7 +643,7 @@ function grpcMatches(
   }
   const headers = m.headers;
   for (let i = 0; i < headers.length; i += 1) {
-    if (!headerMatches(headers[i] as IrHeaderMatch, request.headers)) return false;
+    if (!headerMatches(headers[i] as IrHeaderMatch, request)) return false;
   }
   return true;
 }
@@ -689,14 +717,49 @@ function policyObject(fields: {
   detectTimeoutMs: number | undefined;
   invalidReason: string | undefined;
   routes: readonly RouteMeta[];
+  rateLimit?: LocalRateLimiter | undefined;
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   authorizeConnection(client: ClientFacts): ConnectionDecision;
+  explainHttp?(decision: HttpDecision | HttpRateLimitedDecision, client: ClientFacts): PolicyExplanation;
+  explainConnection?(decision: ConnectionDecision, client: ClientFacts): PolicyExplanation;
 }): CompiledServerPolicy {
-  return Object.freeze(fields);
+  // Policies without authorizations (invalid, not loaded) explain themselves with their reason.
+  const note =
+    fields.status === "invalid"
+      ? `the port's policy is invalid (${fields.invalidReason}): everything is refused, localhost included`
+      : fields.status === "not-loaded"
+        ? "the port's policy has not been loaded yet: everything is refused"
+        : "";
+  const plain = (
+    decision: HttpDecision | HttpRateLimitedDecision | ConnectionDecision,
+    client: ClientFacts,
+  ) =>
+    explanation({
+      allowed: decision.allowed,
+      reason: decision.reason,
+      server: decision.server,
+      route: decision.route,
+      authz: decision.authz,
+      client,
+      trail: [],
+      notes: note === "" ? [] : [note],
+    });
+  return Object.freeze({
+    ...fields,
+    rateLimit: fields.rateLimit,
+    explainHttp: fields.explainHttp ?? plain,
+    explainConnection: fields.explainConnection ?? plain,
+  });
 }
 
+const PREDICATES = Object.freeze({ matches: authzMatches, inNetworks: networksContain });
+
 /** Turns a validated server into its evaluator. */
-export function buildPolicy(ir: IrServer, port?: number): CompiledServerPolicy {
+export function buildPolicy(
+  ir: IrServer,
+  port?: number,
+  rateLimiterOptions?: RateLimiterOptions,
+): CompiledServerPolicy {
   const server = ir.meta;
   const notFound = httpDenied(server, "route-not-found", undefined, undefined, "no route found for request");
   const connectionAuthorizations = ir.connectionAuthorizations;
@@ -719,6 +782,7 @@ export function buildPolicy(ir: IrServer, port?: number): CompiledServerPolicy {
     detectTimeoutMs: ir.detectTimeoutMs,
     invalidReason: undefined,
     routes: Object.freeze((isGrpc ? grpcRoutes : httpRoutes).map((r) => r.meta)),
+    rateLimit: ir.rateLimit === undefined ? undefined : createRateLimiter(ir.rateLimit, rateLimiterOptions),
     authorizeHttp(request: HttpRequestFacts): HttpDecision {
       if (!perRequest) return notFound;
       if (isGrpc) return authorizeGrpcRoutes(server, grpcIndex, request, notFound);
@@ -731,6 +795,47 @@ export function buildPolicy(ir: IrServer, port?: number): CompiledServerPolicy {
         }
       }
       return connectionDeny;
+    },
+    explainHttp(decision, client) {
+      const notes: string[] = [];
+      let tried: readonly IrAuthz[] = [];
+      if (!perRequest) {
+        notes.push(`a ${ir.protocol} server authorizes connections, not requests: it has no routes`);
+      } else if (decision.route === undefined) {
+        const names = (isGrpc ? grpcRoutes : httpRoutes).map((r) => metaText(r.meta));
+        notes.push(`no route matched the request; routes: ${names.join(", ") || "none"}`);
+      } else {
+        const route = [...httpRoutes, ...grpcRoutes].find((r) => r.meta === decision.route);
+        tried = route?.authorizations ?? [];
+      }
+      if (decision.reason === "rate-limited") {
+        const limited = decision as HttpRateLimitedDecision;
+        notes.push(
+          `authorized, then refused by the local rate limit ${metaText(limited.rateLimit.meta)}: ${limited.message}`,
+        );
+      }
+      return explanation({
+        allowed: decision.allowed,
+        reason: decision.reason,
+        server,
+        route: decision.route,
+        authz: decision.authz,
+        client,
+        trail: trail(tried, client, PREDICATES),
+        notes,
+      });
+    },
+    explainConnection(decision, client) {
+      return explanation({
+        allowed: decision.allowed,
+        reason: decision.reason,
+        server,
+        route: undefined,
+        authz: decision.authz,
+        client,
+        trail: trail(connectionAuthorizations, client, PREDICATES),
+        notes: [],
+      });
     },
   });
 }

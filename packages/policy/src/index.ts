@@ -18,6 +18,7 @@ export {
 export type { CompileServerPolicyOptions } from "./policy.js";
 export { compileServerPolicy } from "./policy.js";
 export type {
+  AuthorizationTrial,
   AuthzMeta,
   ClientFacts,
   CompiledServerPolicy,
@@ -33,9 +34,13 @@ export type {
   HttpDecision,
   HttpDeniedDecision,
   HttpDenyReason,
+  HttpRateLimitedDecision,
   HttpRequestFacts,
   InternalErrorFilter,
+  LocalRateLimiter,
+  PolicyExplanation,
   PolicyStatus,
+  RateLimitScope,
   RedirectFilter,
   RequestHeaderModifierFilter,
   ResourceMeta,

@@ -1,3 +1,4 @@
+import type { IrRateLimit } from "./rate-limit.js";
 import type { RustRegex } from "./regex.js";
 import type { ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
 
@@ -124,4 +125,6 @@ export interface IrServer {
   readonly connectionAuthorizations: readonly IrAuthz[];
   readonly httpRoutes: readonly IrRoute<IrHttpMatch>[];
   readonly grpcRoutes: readonly IrRoute<IrGrpcMatch>[];
+  /** `HttpLocalRateLimit` of a detect/http1/http2 server (none of them set: no limit). */
+  readonly rateLimit?: IrRateLimit | undefined;
 }

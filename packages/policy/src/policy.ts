@@ -9,6 +9,10 @@ const debug = debuglog("mesh");
 export interface CompileServerPolicyOptions {
   /** The served port, recorded on the policy and in diagnostics. */
   port?: number;
+  /** Monotonic clock of the local rate limiter, in milliseconds. @default performance.now */
+  nowMs?: () => number;
+  /** Most client identities the per-identity rate limit tracks at once. @default 10000 */
+  rateLimitMaxTrackedIdentities?: number;
 }
 
 /**
@@ -22,7 +26,12 @@ export function compileServerPolicy(
   options: CompileServerPolicyOptions = {},
 ): CompiledServerPolicy {
   try {
-    return buildPolicy(convertServer(server), options.port);
+    return buildPolicy(convertServer(server), options.port, {
+      ...(options.nowMs === undefined ? {} : { nowMs: options.nowMs }),
+      ...(options.rateLimitMaxTrackedIdentities === undefined
+        ? {}
+        : { maxTrackedIdentities: options.rateLimitMaxTrackedIdentities }),
+    });
   } catch (error) {
     const reason = isInvalidServerError(error)
       ? error.message

@@ -76,6 +76,13 @@ export interface HttpRequestFacts {
   /** Raw query string without the leading `?`; "" when absent. */
   readonly query: string;
   readonly headers: HeaderLookup;
+  /**
+   * The request's raw header list (`name, value, name, value, …`, as `req.rawHeaders`), when there is one.
+   * Node joins most repeated headers into one string (`x-foo: nope` + `x-foo: bar` → `"nope, bar"`);
+   * Linkerd matches each value, so a joined value is re-read from here. Only consulted by routes with
+   * header matches, and only when the joined value holds a comma or does not match.
+   */
+  readonly rawHeaders?: readonly string[] | undefined;
   readonly client: ClientFacts;
   /** Scheme used to compute redirect locations; Linkerd normalizes inbound URIs to `http`. @default "http" */
   readonly scheme?: string;
@@ -190,6 +197,69 @@ export interface HttpDeniedDecision {
 
 export type HttpDecision = HttpAllowedDecision | HttpDeniedDecision;
 
+/** Which limit refused a request, as Linkerd's `ratelimit_scope` label: overrides count as `identity`. */
+export type RateLimitScope = "total" | "identity";
+
+/**
+ * An authorized request refused by the server's `HTTPLocalRateLimitPolicy`: answer 429 (gRPC 8
+ * RESOURCE_EXHAUSTED). It keeps the route and authorization that admitted it (Linkerd counts the
+ * authorization as an allow, then the rate limit). Shared and frozen.
+ */
+export interface HttpRateLimitedDecision {
+  readonly allowed: false;
+  readonly reason: "rate-limited";
+  readonly server: ServerMeta;
+  readonly route: RouteMeta;
+  readonly authz: AuthzMeta;
+  readonly routeKind: "http" | "grpc";
+  readonly filters: readonly RouteFilter[];
+  readonly audit: false;
+  readonly httpStatus: 429;
+  readonly grpcStatus: 8;
+  /** Linkerd's error text, e.g. `total rate limit exceeded: 10rps`. */
+  readonly message: string;
+  readonly rateLimit: {
+    /** The HTTPLocalRateLimitPolicy's labels (`ratelimit_group/kind/name`), when the controller sent them. */
+    readonly meta: ResourceMeta | undefined;
+    readonly scope: RateLimitScope;
+    readonly rps: number;
+  };
+}
+
+/**
+ * The server's local rate limiter (stateful, one per compiled policy: a policy update starts afresh, as in
+ * the proxy). Check it after authorization and filters, for requests about to reach the application.
+ */
+export interface LocalRateLimiter {
+  readonly meta: ResourceMeta | undefined;
+  /** Spends one request of the client's limits: undefined when admitted, else the 429 decision. */
+  check(decision: HttpAllowedDecision, client: ClientFacts): HttpRateLimitedDecision | undefined;
+  /** Identities whose per-identity state is held (bounded by `maxTrackedIdentities`). */
+  readonly trackedIdentities: number;
+}
+
+/** Why one authorization did (`admitted`) or did not admit a caller. */
+export interface AuthorizationTrial {
+  readonly authz: AuthzMeta;
+  /** `network`: the client address is outside its networks; `authentication`: it needs mesh TLS or a client
+   * certificate the connection lacks; `identity`: the client identity is not one it names. */
+  readonly verdict: "admitted" | "network" | "authentication" | "identity";
+  readonly reason: string;
+}
+
+/** A decision explained for people (`inmesh explain`, debug logs). Built on demand, never per request. */
+export interface PolicyExplanation {
+  readonly allowed: boolean;
+  readonly reason: string | undefined;
+  readonly server: ServerMeta;
+  readonly route: RouteMeta | undefined;
+  readonly authz: AuthzMeta | undefined;
+  /** The authorizations tried, in the proxy's order, up to the one that admitted the caller. */
+  readonly trail: readonly AuthorizationTrial[];
+  /** The whole explanation, several lines of text. */
+  readonly text: string;
+}
+
 /** A connection-level decision (opaque/TLS ports, non-HTTP traffic on detect ports). */
 export interface ConnectionAllowedDecision {
   readonly allowed: true;
@@ -233,8 +303,14 @@ export interface CompiledServerPolicy {
   readonly invalidReason: string | undefined;
   /** Route labels in wire order (HTTP or gRPC routes, incl. synthesized `default`), for diagnostics. */
   readonly routes: readonly RouteMeta[];
+  /** The server's `HTTPLocalRateLimitPolicy`, when it has one. */
+  readonly rateLimit: LocalRateLimiter | undefined;
   /** Authorizes one request; pure, no I/O, no allocation; the result is shared and frozen. */
   authorizeHttp(request: HttpRequestFacts): HttpDecision;
   /** Authorizes a whole connection against the server-level authorizations. */
   authorizeConnection(client: ClientFacts): ConnectionDecision;
+  /** Explains a decision `authorizeHttp` (or the rate limiter) made for this client: slow, for diagnostics. */
+  explainHttp(decision: HttpDecision | HttpRateLimitedDecision, client: ClientFacts): PolicyExplanation;
+  /** Explains a decision `authorizeConnection` made for this client: slow, for diagnostics. */
+  explainConnection(decision: ConnectionDecision, client: ClientFacts): PolicyExplanation;
 }

@@ -225,3 +225,18 @@ export function facts(req: RefRequest): HttpRequestFacts {
 
 export const SA = (name: string, ns = "default") =>
   `${name}.${ns}.serviceaccount.identity.linkerd.cluster.local`;
+
+/**
+ * The same request as Node's HTTP parser hands it over: repeated headers joined with ", " in the header
+ * object, every line in `rawHeaders` (names in another case than the object's).
+ */
+export function nodeFacts(req: RefRequest): HttpRequestFacts {
+  const headers: Record<string, string> = {};
+  const rawHeaders: string[] = [];
+  for (const [name, value] of Object.entries(req.headers)) {
+    const values = Array.isArray(value) ? value : [value];
+    headers[name] = values.join(", ");
+    for (const item of values) rawHeaders.push(name.toUpperCase(), item);
+  }
+  return { ...facts(req), headers, rawHeaders };
+}

@@ -2,9 +2,14 @@ import { decodeMessage, inbound } from "@inmesh/proto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { clientFacts, compileServerPolicy } from "../src/index.js";
-import { clientArb, encodeServer, requestArb, serverArb } from "./arbitraries.js";
-import { facts, peer } from "./builders.js";
-import { refAuthorizeConnection, refAuthorizeHttp, refInvalidReason } from "./reference-evaluator.js";
+import { clientArb, encodeServer, rateLimitArb, requestArb, serverArb } from "./arbitraries.js";
+import { authz, facts, nodeFacts, peer, request, serverMsg } from "./builders.js";
+import {
+  refAuthorizeConnection,
+  refAuthorizeHttp,
+  refInvalidReason,
+  refRateLimiter,
+} from "./reference-evaluator.js";
 
 const CI = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false";
 /** Time box of the main equivalence property; the others get a fraction of it. */
@@ -27,6 +32,9 @@ describe("compiled evaluator ≡ reference evaluator", () => {
           for (const req of requests) {
             const decision = policy.authorizeHttp(facts(req));
             const ref = refAuthorizeHttp(server, req);
+            // Node's view (repeated headers joined, every value in rawHeaders) decides the same: Linkerd
+            // matches each value of a repeated header, never the joined string.
+            expect(policy.authorizeHttp(nodeFacts(req))).toBe(decision);
             expect(decision.allowed).toBe(ref.allowed);
             expect(decision.route).toEqual(ref.route);
             if (ref.allowed) {
@@ -43,6 +51,41 @@ describe("compiled evaluator ≡ reference evaluator", () => {
           }
         }),
         settings(1),
+      );
+    },
+    BUDGET_MS * 3,
+  );
+});
+
+describe("local rate limit ≡ reference token buckets", () => {
+  it(
+    "refuses exactly the requests the reference refuses, with the same scope, for random limits and traffic",
+    () => {
+      fc.assert(
+        fc.property(
+          rateLimitArb,
+          fc.array(fc.record({ client: clientArb, dt: fc.integer({ min: 0, max: 700 }) }), {
+            minLength: 1,
+            maxLength: 40,
+          }),
+          (limit, steps) => {
+            let now = 0;
+            const message = serverMsg({ authorizations: [authz({})] });
+            if (message.protocol?.kind?.$case !== "detect") throw new Error("detect expected");
+            message.protocol.kind.value.httpLocalRateLimit = limit;
+            const policy = compileServerPolicy(message, { nowMs: () => now });
+            const ref = refRateLimiter(limit);
+            for (const { client, dt } of steps) {
+              now += dt;
+              const req = request({ client });
+              const decision = policy.authorizeHttp(facts(req));
+              if (!decision.allowed) throw new Error("an allow-all policy refused");
+              const limited = policy.rateLimit?.check(decision, facts(req).client);
+              expect(limited?.rateLimit.scope ?? "ok").toBe(ref.check(client, now));
+            }
+          },
+        ),
+        settings(0.3),
       );
     },
     BUDGET_MS * 3,

@@ -452,3 +452,49 @@ export function refAuthorizeConnection(
   if (!authz) return { allowed: false, reason: "unauthorized" };
   return { allowed: true, authz: authz === LOCALHOST ? defaultMeta("localhost") : checkAuthz(authz) };
 }
+
+/**
+ * HTTPLocalRateLimitPolicy as a plain token bucket per limit (governor's quota: `rps` tokens, refilled at
+ * `rps` per second, starting full), counted in thousandths of a token so the arithmetic is exact. Order
+ * (local_rate_limit.rs): the total limit first, spending a token even when a later limit refuses; then
+ * the client's override (a bucket shared by the override's identities) and nothing else; else the
+ * per-identity bucket keyed by identity (clients without one share a key). Returns the refusing scope.
+ */
+export function refRateLimiter(limit: inbound.HttpLocalRateLimit) {
+  const buckets = new Map<string, { milli: number; at: number }>();
+  const take = (key: string, rps: number, now: number): boolean => {
+    const bucket = buckets.get(key) ?? { milli: rps * 1000, at: now };
+    bucket.milli = Math.min(rps * 1000, bucket.milli + (now - bucket.at) * rps);
+    bucket.at = now;
+    buckets.set(key, bucket);
+    if (bucket.milli < 1000) return false;
+    bucket.milli -= 1000;
+    return true;
+  };
+  const rps = (l: { requestsPerSecond: number } | undefined) => l?.requestsPerSecond ?? 0;
+  const norm = (name: string) => (name.includes("://") ? name : name.toLowerCase());
+  return {
+    check(client: RefClient, now: number): "ok" | "total" | "identity" {
+      const total = rps(limit.total);
+      if (total > 0 && !take("total", total, now)) return "total";
+      const id =
+        client.tls === "established" && client.identity !== undefined && client.identity !== ""
+          ? client.identity.startsWith("spiffe://")
+            ? client.identity
+            : client.identity.toLowerCase()
+          : undefined;
+      if (id !== undefined) {
+        const index = limit.overrides.findIndex(
+          (o) =>
+            rps(o.limit) > 0 &&
+            (o.clients?.identities ?? []).some((i) => i.name !== "" && norm(i.name) === id),
+        );
+        if (index >= 0)
+          return take(`override ${index}`, rps(limit.overrides[index]?.limit), now) ? "ok" : "identity";
+      }
+      const perIdentity = rps(limit.identity);
+      if (perIdentity > 0 && !take(`id ${id ?? ""}`, perIdentity, now)) return "identity";
+      return "ok";
+    },
+  };
+}

@@ -2,7 +2,7 @@
  * (pod, port) → io.linkerd.proxy.inbound.Server, following the policy controller's index
  * (policy-semantics.md §2–§7).
  */
-import { parsePortList } from "@inmesh/core";
+import { parsePortList, serviceAccountIdentity } from "@inmesh/core";
 import {
   durationFromMs,
   type grpcRoute,
@@ -223,6 +223,48 @@ function routeAuthzs(model: Model, route: HttpRouteRes | GrpcRouteRes): inbound.
     .map((p) => authorizationPolicyAuthz(p, model));
 }
 
+/**
+ * The Server's HTTPLocalRateLimitPolicy (oldest first, then by name, when several target it), with each
+ * override's ServiceAccounts turned into identities.
+ */
+function serverRateLimit(model: Model, server: ServerRes): inbound.HttpLocalRateLimit | undefined {
+  const policy = model.resources.rateLimitPolicies
+    .filter((p) => p.meta.namespace === server.meta.namespace && p.serverName === server.meta.name)
+    .sort(
+      (a, b) =>
+        (a.meta.creationTimestampMs ?? Number.POSITIVE_INFINITY) -
+          (b.meta.creationTimestampMs ?? Number.POSITIVE_INFINITY) || a.meta.name.localeCompare(b.meta.name),
+    )[0];
+  if (policy === undefined) return undefined;
+  const { controlPlaneNamespace, trustDomain } = model.options;
+  const limit = (rps: number | undefined) => (rps === undefined ? undefined : { requestsPerSecond: rps });
+  return {
+    metadata: {
+      kind: {
+        $case: "resource",
+        value: {
+          group: "policy.linkerd.io",
+          kind: "HTTPLocalRateLimitPolicy",
+          name: policy.meta.name,
+          namespace: "",
+          section: "",
+          port: 0,
+        },
+      },
+    },
+    total: limit(policy.totalRps),
+    identity: limit(policy.identityRps),
+    overrides: policy.overrides.map((override) => ({
+      limit: { requestsPerSecond: override.rps },
+      clients: {
+        identities: override.serviceAccounts.map((sa) => ({
+          name: serviceAccountIdentity(sa.name, sa.namespace, controlPlaneNamespace, trustDomain),
+        })),
+      },
+    })),
+  };
+}
+
 function routeMetadata(route: HttpRouteRes | GrpcRouteRes): meta.Metadata {
   return {
     kind: {
@@ -314,15 +356,29 @@ function selectedServer(model: Model, server: ServerRes, pod: PodModel, port: nu
       protocol = {
         kind: {
           $case: "detect",
-          value: { timeout: durationFromMs(DETECT_TIMEOUT_MS), httpRoutes, httpLocalRateLimit: undefined },
+          value: {
+            timeout: durationFromMs(DETECT_TIMEOUT_MS),
+            httpRoutes,
+            httpLocalRateLimit: serverRateLimit(model, server),
+          },
         },
       };
       break;
     case "http1":
-      protocol = { kind: { $case: "http1", value: { routes: httpRoutes, localRateLimit: undefined } } };
+      protocol = {
+        kind: {
+          $case: "http1",
+          value: { routes: httpRoutes, localRateLimit: serverRateLimit(model, server) },
+        },
+      };
       break;
     case "http2":
-      protocol = { kind: { $case: "http2", value: { routes: httpRoutes, localRateLimit: undefined } } };
+      protocol = {
+        kind: {
+          $case: "http2",
+          value: { routes: httpRoutes, localRateLimit: serverRateLimit(model, server) },
+        },
+      };
       break;
     case "grpc":
       protocol = { kind: { $case: "grpc", value: { routes: grpcRoutes } } };

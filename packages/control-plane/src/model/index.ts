@@ -31,11 +31,15 @@
  * - API-server defaults are applied: HTTPRoute rules default to one `PathPrefix /` match, a match without path
  *   is `PathPrefix /`, redirects default to 302, Service targetPort defaults to port, namespace to `default`,
  *   serviceAccountName to `default`, status.podIP to 127.0.0.1.
- * - Linkerd ignores some invalid resources at runtime with a warning (bad annotations, dangling references,
- *   routes with unsupported filters, Server parents with port/sectionName, …). A dev tool should fail loudly,
- *   so each is a ManifestProblem naming file, document and field, and nothing is built. Exception, on purpose:
- *   an invalid default-inbound-policy annotation and an unparsable port-list annotation behave as in Linkerd
- *   (fallback / empty list), because tests rely on reproducing that.
+ * - Linkerd ignores some invalid resources at runtime with a warning. A resource that is wrong in itself (bad
+ *   annotations, routes with unsupported filters, …) is a ManifestProblem naming file, document and field,
+ *   and nothing is built. A reference that does not resolve (an AuthorizationPolicy naming a missing
+ *   MeshTLSAuthentication or target, a route whose parent Server or Service is missing, a Server parent in
+ *   another namespace or with port/sectionName, a ServerAuthorization for a missing Server) is what
+ *   Kubernetes accepts and Linkerd's controller survives: that one resource is ignored, as the controller
+ *   does, and reported in `warnings` naming it (like a status condition); everything else is served.
+ *   Also as in Linkerd: an invalid default-inbound-policy annotation and an unparsable port-list annotation
+ *   fall back (default / empty list).
  * - Order of server-level authorizations (a hash map in Linkerd): ServerAuthorizations by name, then
  *   AuthorizationPolicies by name, then the Server's accessPolicy.
  * - Endpoints: `opaque_transport{inbound_port}` is sent for every port when the pod annotates

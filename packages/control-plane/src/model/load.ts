@@ -24,10 +24,12 @@ import {
   parseNamespace,
   parseNetworkAuthentication,
   parsePod,
+  parseRateLimitPolicy,
   parseServer,
   parseServerAuthorization,
   parseService,
   parseServiceAccount,
+  type RateLimitPolicyRes,
   type ServerAuthorizationRes,
   type ServerRes,
   type ServiceAccountRes,
@@ -49,6 +51,7 @@ export interface Resources {
   readonly httpRoutes: HttpRouteRes[];
   readonly grpcRoutes: GrpcRouteRes[];
   readonly serviceProfiles: ServiceProfileRes[];
+  readonly rateLimitPolicies: RateLimitPolicyRes[];
 }
 
 type Handler = (r: Reader, doc: JsonObject, out: Resources) => void;
@@ -93,6 +96,10 @@ const KINDS: Readonly<Record<string, Readonly<Record<string, KindSpec>>>> = {
     NetworkAuthentication: {
       versions: ["v1alpha1"],
       handle: (r, d, o) => push(o.networkAuthentications, parseNetworkAuthentication(r, d)),
+    },
+    HTTPLocalRateLimitPolicy: {
+      versions: ["v1alpha1"],
+      handle: (r, d, o) => push(o.rateLimitPolicies, parseRateLimitPolicy(r, d)),
     },
     HTTPRoute: {
       versions: ["v1alpha1", "v1beta1", "v1beta2", "v1beta3"],
@@ -210,6 +217,7 @@ export function loadResources(files: readonly ManifestFile[], problems: Problems
     httpRoutes: [],
     grpcRoutes: [],
     serviceProfiles: [],
+    rateLimitPolicies: [],
   };
   for (const file of files) {
     const documents = parseAllDocuments(file.text, { uniqueKeys: true });

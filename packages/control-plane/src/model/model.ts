@@ -1,6 +1,6 @@
 /**
- * Cross-resource validation and lookup tables. Reference checks that Linkerd resolves at runtime (and
- * answers by ignoring the resource with a warning, i.e. failing closed) are manifest problems here.
+ * Cross-resource validation and lookup tables. A reference Linkerd resolves at runtime and that does not
+ * resolve makes the controller ignore that one resource (failing closed): here too, with a warning naming it.
  */
 import { serviceAccountIdentity } from "@inmesh/core";
 import type { Resources } from "./load.js";
@@ -114,10 +114,26 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
   );
   const grpcRoutesByKey = byKey(resources.grpcRoutes);
 
+  // Kubernetes accepts objects with dangling references; Linkerd's controller ignores only the resource
+  // that does not resolve (and says so in its status). So do we: the resource is left out and reported
+  // as a warning naming it, everything else is served.
+  const ignored = new Set<object>();
+  const ignore = (
+    resource: object,
+    source: Source,
+    kind: string,
+    name: string,
+    field: string,
+    message: string,
+  ) => {
+    ignored.add(resource);
+    problems.warn(source, kind, name, field, `${message}; this ${kind} is ignored`);
+  };
+
   for (const authz of resources.serverAuthorizations) {
     if (authz.serverName !== undefined && !serversByKey.has(key(authz.meta.namespace, authz.serverName))) {
-      addProblem(
-        problems,
+      ignore(
+        authz,
         authz.meta.source,
         "ServerAuthorization",
         authz.meta.name,
@@ -130,7 +146,7 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
   for (const policy of resources.authorizationPolicies) {
     const ns = policy.meta.namespace;
     const report = (field: string, message: string) =>
-      addProblem(problems, policy.meta.source, "AuthorizationPolicy", policy.meta.name, field, message);
+      ignore(policy, policy.meta.source, "AuthorizationPolicy", policy.meta.name, field, message);
     const target = policy.target;
     if (target.kind === "server" && !serversByKey.has(key(ns, target.name))) {
       report(
@@ -151,6 +167,7 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
         `GRPCRoute ${JSON.stringify(target.name)} does not exist in namespace ${JSON.stringify(ns)}`,
       );
     }
+    // A missing authentication fails closed: the policy grants nothing rather than granting more.
     if (policy.meshTLS && !meshTLSByKey.has(key(policy.meshTLS.namespace, policy.meshTLS.name))) {
       report(
         `${policy.refFields.meshTLS}.name`,
@@ -165,6 +182,19 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
     }
   }
 
+  for (const limit of resources.rateLimitPolicies) {
+    if (!serversByKey.has(key(limit.meta.namespace, limit.serverName))) {
+      ignore(
+        limit,
+        limit.meta.source,
+        "HTTPLocalRateLimitPolicy",
+        limit.meta.name,
+        "spec.targetRef.name",
+        `Server ${JSON.stringify(limit.serverName)} does not exist in namespace ${JSON.stringify(limit.meta.namespace)}`,
+      );
+    }
+  }
+
   const serverHttpRoutes = new Map<string, HttpRouteRes[]>();
   const serverGrpcRoutes = new Map<string, GrpcRouteRes[]>();
   const attach = <R extends HttpRouteRes | GrpcRouteRes>(route: R, into: Map<string, R[]>) => {
@@ -173,15 +203,18 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
       const report = (field: string, message: string) =>
         addProblem(problems, route.meta.source, kindName, route.meta.name, field, message);
       if (isServerParent(parent)) {
-        // The policy controller ignores the whole route for these; refuse them instead.
+        // The policy controller ignores the whole route for these (policy-semantics §6.1).
+        const skip = (field: string, message: string) =>
+          ignore(route, route.meta.source, kindName, route.meta.name, field, message);
         if (parent.namespace !== route.meta.namespace)
-          report(`${parent.field}.namespace`, "a Server parent must be in the route's namespace");
-        if (parent.port !== undefined) report(`${parent.field}.port`, "a Server parent must not set port");
+          skip(`${parent.field}.namespace`, "a Server parent must be in the route's namespace");
+        if (parent.port !== undefined) skip(`${parent.field}.port`, "a Server parent must not set port");
         if (parent.sectionName !== undefined)
-          report(`${parent.field}.sectionName`, "a Server parent must not set sectionName");
+          skip(`${parent.field}.sectionName`, "a Server parent must not set sectionName");
         const serverKey = key(parent.namespace, parent.name);
         if (!serversByKey.has(serverKey)) {
-          report(
+          // Not accepted for a Server that does not exist: the route is left out (no status to write).
+          skip(
             `${parent.field}.name`,
             `Server ${JSON.stringify(parent.name)} does not exist in namespace ${JSON.stringify(parent.namespace)}`,
           );
@@ -192,7 +225,11 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
         into.set(serverKey, list);
       } else if (isServiceParent(parent)) {
         if (!servicesByKey.has(key(parent.namespace, parent.name))) {
-          report(
+          ignore(
+            route,
+            route.meta.source,
+            kindName,
+            route.meta.name,
             `${parent.field}.name`,
             `Service ${JSON.stringify(parent.name)} does not exist in namespace ${JSON.stringify(parent.namespace)}`,
           );
@@ -235,6 +272,10 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
   };
   for (const route of resources.grpcRoutes) attach(route, serverGrpcRoutes);
   for (const route of resources.httpRoutes) attach(route, serverHttpRoutes);
+  // An ignored route is ignored everywhere: on every Server it named, and outbound.
+  for (const routes of [...serverGrpcRoutes.values(), ...serverHttpRoutes.values()]) {
+    for (let i = routes.length - 1; i >= 0; i -= 1) if (ignored.has(routes[i] as object)) routes.splice(i, 1);
+  }
   // GEP-1426: a GRPCRoute on the same Server wins; the status controller marks the HTTPRoute Conflicted.
   for (const [serverKey, routes] of serverHttpRoutes) {
     if ((serverGrpcRoutes.get(serverKey)?.length ?? 0) === 0) continue;
@@ -262,9 +303,20 @@ export function buildModel(resources: Resources, options: ResolvedClusterOptions
     }
   }
 
+  const kept = <T extends object>(list: T[]): T[] => list.filter((item) => !ignored.has(item));
   const model: Model = {
     options,
-    resources,
+    resources:
+      ignored.size === 0
+        ? resources
+        : {
+            ...resources,
+            serverAuthorizations: kept(resources.serverAuthorizations),
+            authorizationPolicies: kept(resources.authorizationPolicies),
+            httpRoutes: kept(resources.httpRoutes),
+            grpcRoutes: kept(resources.grpcRoutes),
+            rateLimitPolicies: kept(resources.rateLimitPolicies),
+          },
     namespaces,
     pods,
     podsByKey,
@@ -308,6 +360,7 @@ function checkDuplicates(resources: Resources, problems: Problems): void {
   for (const r of resources.serverAuthorizations) check("ServerAuthorization", r.meta);
   for (const r of resources.authorizationPolicies) check("AuthorizationPolicy", r.meta);
   for (const r of resources.meshTLSAuthentications) check("MeshTLSAuthentication", r.meta);
+  for (const r of resources.rateLimitPolicies) check("HTTPLocalRateLimitPolicy", r.meta);
   for (const r of resources.networkAuthentications) check("NetworkAuthentication", r.meta);
   for (const r of resources.httpRoutes) check(`${r.group}/HTTPRoute`, r.meta);
   for (const r of resources.grpcRoutes) check("GRPCRoute", r.meta);

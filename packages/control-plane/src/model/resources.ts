@@ -1161,3 +1161,81 @@ export function parseGrpcRoute(r: Reader, doc: JsonObject): GrpcRouteRes | undef
   if (!meta) return undefined;
   return { meta, group: "gateway.networking.k8s.io", kind: "GRPCRoute", parentRefs, hostnames, rules };
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTPLocalRateLimitPolicy (policy.linkerd.io/v1alpha1, Linkerd 2.17)
+
+export interface RateLimitPolicyRes {
+  readonly meta: Meta;
+  /** The Server it limits (in its own namespace). */
+  readonly serverName: string;
+  readonly totalRps: number | undefined;
+  readonly identityRps: number | undefined;
+  readonly overrides: readonly {
+    readonly rps: number;
+    readonly serviceAccounts: readonly { readonly name: string; readonly namespace: string }[];
+  }[];
+}
+
+const MAX_RPS = 0xffffffff;
+
+/** `spec.targetRef` (a Server), `total`, `identity` and `overrides[].clientRefs` of ServiceAccounts. */
+export function parseRateLimitPolicy(r: Reader, doc: JsonObject): RateLimitPolicyRes | undefined {
+  const meta = parseMeta(r, doc, true);
+  const namespace = meta?.namespace ?? "default";
+  const spec = r.object(doc, "spec", "spec", true) ?? {};
+  const targetObj = r.object(spec, "targetRef", "spec.targetRef", true);
+  const targetRef = targetObj ? parseRef(r, targetObj, "spec.targetRef") : undefined;
+  if (targetRef && !(targetRef.kind.toLowerCase() === "server" && isGroup(targetRef, "policy.linkerd.io"))) {
+    r.fail(
+      "spec.targetRef",
+      `unsupported target ${targetRef.group || "core"}/${targetRef.kind}: use a policy.linkerd.io Server`,
+    );
+  }
+  if (targetRef?.namespace !== undefined && targetRef.namespace !== namespace) {
+    r.fail("spec.targetRef.namespace", "a target must be in the policy's own namespace");
+  }
+  const rps = (obj: JsonObject | undefined, field: string) =>
+    obj === undefined
+      ? undefined
+      : r.integer(obj, "requestsPerSecond", joinField(field, "requestsPerSecond"), 1, MAX_RPS, true);
+  const totalRps = rps(r.object(spec, "total", "spec.total"), "spec.total");
+  const identityRps = rps(r.object(spec, "identity", "spec.identity"), "spec.identity");
+  if (totalRps !== undefined && identityRps !== undefined && identityRps > totalRps) {
+    r.fail("spec.identity.requestsPerSecond", `must not exceed spec.total.requestsPerSecond (${totalRps})`);
+  }
+  const overrides: RateLimitPolicyRes["overrides"][number][] = [];
+  for (const [override, field] of r.objects(spec, "overrides", "spec.overrides")) {
+    const limit = r.integer(
+      override,
+      "requestsPerSecond",
+      joinField(field, "requestsPerSecond"),
+      1,
+      MAX_RPS,
+      true,
+    );
+    if (limit !== undefined && totalRps !== undefined && limit > totalRps) {
+      r.fail(
+        joinField(field, "requestsPerSecond"),
+        `must not exceed spec.total.requestsPerSecond (${totalRps})`,
+      );
+    }
+    const serviceAccounts: { name: string; namespace: string }[] = [];
+    for (const [ref, refField] of r.objects(override, "clientRefs", joinField(field, "clientRefs"), true)) {
+      const kind = r.string(ref, "kind", joinField(refField, "kind"), true);
+      const name = r.string(ref, "name", joinField(refField, "name"), true);
+      const refNamespace = r.string(ref, "namespace", joinField(refField, "namespace"));
+      if (kind !== undefined && kind !== "ServiceAccount") {
+        r.fail(
+          joinField(refField, "kind"),
+          `unsupported client reference ${JSON.stringify(kind)}: use ServiceAccount`,
+        );
+      } else if (name !== undefined) {
+        serviceAccounts.push({ name, namespace: refNamespace ?? namespace });
+      }
+    }
+    if (limit !== undefined) overrides.push({ rps: limit, serviceAccounts });
+  }
+  if (!meta || !targetRef) return undefined;
+  return { meta, serverName: targetRef.name, totalRps, identityRps, overrides };
+}

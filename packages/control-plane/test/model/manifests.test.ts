@@ -163,58 +163,11 @@ describe("bad manifests: file, document index and field for every problem", () =
     ]);
   });
 
-  it("dangling references", () => {
+  it("dangling references: only the resource that does not resolve is ignored, and reported by name", () => {
     const f = "bad/references.yaml";
+    const text = fixture(f).text;
+    // The route with a missing backend is wrong in itself (outbound has nothing to send to): still refused.
     expect(problems([fixture(f)])).toEqual([
-      p(
-        f,
-        0,
-        "ServerAuthorization",
-        "orphan",
-        "spec.server.name",
-        'Server "missing-server" does not exist in namespace "shop"',
-      ),
-      p(
-        f,
-        1,
-        "AuthorizationPolicy",
-        "no-mtls",
-        "spec.requiredAuthenticationRefs[0].name",
-        'MeshTLSAuthentication "missing-ids" does not exist in namespace "shop"',
-      ),
-      p(
-        f,
-        2,
-        "AuthorizationPolicy",
-        "no-net",
-        "spec.requiredAuthenticationRefs[0].name",
-        'NetworkAuthentication "missing-net" does not exist in namespace "other"',
-      ),
-      p(
-        f,
-        3,
-        "AuthorizationPolicy",
-        "no-server",
-        "spec.targetRef.name",
-        'Server "missing-server" does not exist in namespace "shop"',
-      ),
-      p(
-        f,
-        4,
-        "AuthorizationPolicy",
-        "no-route",
-        "spec.targetRef.name",
-        /^HTTPRoute "missing-route" \(group gateway.networking.k8s.io\) does not exist/,
-      ),
-      p(
-        f,
-        5,
-        "HTTPRoute",
-        "orphan-route",
-        "spec.parentRefs[0].name",
-        'Server "missing-server" does not exist in namespace "shop"',
-      ),
-      p(f, 6, "HTTPRoute", "port-on-server", "spec.parentRefs[0].port", "a Server parent must not set port"),
       p(
         f,
         7,
@@ -224,6 +177,86 @@ describe("bad manifests: file, document index and field for every problem", () =
         'Service "ghost" does not exist in namespace "shop"',
       ),
     ]);
+    const docs = text.split(/^---$/m);
+    const withoutBackend = [...docs.slice(0, 7), ...docs.slice(8)].join("---");
+    const pod = `---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { linkerd.io/control-plane-ns: linkerd } }
+spec:
+  containers: [{ name: app, image: app, ports: [{ containerPort: 80 }] }]
+status: { podIP: 10.0.0.9 }
+`;
+    const state = buildClusterState([{ path: f, text: withoutBackend + pod }]);
+    const ignored = (document: number, kind: string, name: string, field: string, message: string | RegExp) =>
+      p(
+        f,
+        document,
+        kind,
+        name,
+        field,
+        typeof message === "string" ? `${message}; this ${kind} is ignored` : message,
+      );
+    expect(state.warnings).toEqual([
+      ignored(
+        0,
+        "ServerAuthorization",
+        "orphan",
+        "spec.server.name",
+        'Server "missing-server" does not exist in namespace "shop"',
+      ),
+      ignored(
+        1,
+        "AuthorizationPolicy",
+        "no-mtls",
+        "spec.requiredAuthenticationRefs[0].name",
+        'MeshTLSAuthentication "missing-ids" does not exist in namespace "shop"',
+      ),
+      ignored(
+        2,
+        "AuthorizationPolicy",
+        "no-net",
+        "spec.requiredAuthenticationRefs[0].name",
+        'NetworkAuthentication "missing-net" does not exist in namespace "other"',
+      ),
+      ignored(
+        3,
+        "AuthorizationPolicy",
+        "no-server",
+        "spec.targetRef.name",
+        'Server "missing-server" does not exist in namespace "shop"',
+      ),
+      ignored(
+        4,
+        "AuthorizationPolicy",
+        "no-route",
+        "spec.targetRef.name",
+        /^HTTPRoute "missing-route" \(group gateway.networking.k8s.io\) does not exist.*; this AuthorizationPolicy is ignored$/,
+      ),
+      ignored(
+        5,
+        "HTTPRoute",
+        "orphan-route",
+        "spec.parentRefs[0].name",
+        'Server "missing-server" does not exist in namespace "shop"',
+      ),
+      ignored(
+        6,
+        "HTTPRoute",
+        "port-on-server",
+        "spec.parentRefs[0].port",
+        "a Server parent must not set port",
+      ),
+    ]);
+    // Everything else is served: the Server "web" exists with none of the ignored authorizations or routes
+    // (so it denies all but localhost, failing closed), and its HTTP routes are the defaults.
+    const web = server(state, "shop", "web-1", 80);
+    expect(web.labels).toMatchObject({ kind: "server", name: "web" });
+    expect(web.authorizations).toEqual([]);
+    const routes = web.protocol?.kind?.$case === "detect" ? web.protocol.kind.value.httpRoutes : [];
+    expect(
+      routes.map((r) => (r.metadata?.kind?.$case === "default" ? r.metadata.kind.value : "resource")),
+    ).toEqual(["default"]);
   });
 
   it("duplicate names (same kind, namespace and name), across files", () => {

@@ -13,6 +13,7 @@ import {
   MeshError,
   MeshErrorCode,
   meshChannel,
+  NO_PEER,
   type PeerIdentity,
 } from "@inmesh/core";
 import { checkLeafCertificate, type IdentityProvider } from "@inmesh/identity";
@@ -188,7 +189,8 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
     if (registered !== undefined) return registered;
     const peer: PeerIdentity = options.tlsByGrpc
       ? peerFromAuthContext(call)
-      : { kind: "none", reason: info.remoteAddress === "127.0.0.1" ? "loopback" : "no_tls_from_remote" };
+      : // Inbound plaintext is `no_tls_from_remote` in Linkerd's labels, loopback included.
+        NO_PEER;
     return clientFacts(info.remoteAddress, peer);
   };
 
@@ -220,6 +222,14 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
       } else if (decision.filters.length > 0) {
         const outcome = applyRouteFilters(decision.filters, request, metadataMutator(metadata));
         if (outcome.kind === "respond") refusal = { code: outcome.grpcStatus, message: outcome.message };
+      }
+      if (refusal === undefined && decision.allowed) {
+        // The Server's HTTPLocalRateLimitPolicy, last, as in the proxy: RESOURCE_EXHAUSTED (8).
+        const limited = policy.rateLimit?.check(decision, facts);
+        if (limited !== undefined) {
+          refusal = { code: limited.grpcStatus, message: limited.message };
+          if (telemetry !== undefined) telemetry.message.decision = limited;
+        }
       }
       if (refusal !== undefined) {
         denied = true;

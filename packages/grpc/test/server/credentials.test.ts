@@ -144,14 +144,14 @@ describe("grpc-js server with mesh authorization", () => {
     await cp?.close();
   });
 
-  async function meshGrpcServer(): Promise<number> {
+  async function meshGrpcServer(makePolicy = policy): Promise<number> {
     const server = new Server();
     server.addService(EchoService, { echo });
     server.addService(OtherService, { call: echo });
-    const injector = createMeshConnectionInjector(server, { identity, policy: policy(), port: 8080 });
+    const injector = createMeshConnectionInjector(server, { identity, policy: makePolicy(), port: 8080 });
     const mesh: MeshServer = createMeshServer({
       identity,
-      policy: policy(),
+      policy: makePolicy(),
       port: 8080,
       onHttp2Connection: injector.injectConnection,
     });
@@ -194,6 +194,31 @@ describe("grpc-js server with mesh authorization", () => {
     expect(missing.status).toBe(200);
     const code = missing.headers["grpc-status"] ?? missing.trailers?.["grpc-status"];
     expect(code).toBe(String(status.NOT_FOUND));
+  });
+
+  it("behind createMeshServer: the Server's local rate limit answers RESOURCE_EXHAUSTED", async () => {
+    const limited = () => {
+      const message = serverMessage({
+        authorizations: [authz("bar-only", { identities: [BAR] })],
+        routes: [httpRoute("echo", "/test.Echo")],
+      });
+      if (message.protocol?.kind?.$case !== "detect") throw new Error("detect expected");
+      message.protocol.kind.value.httpLocalRateLimit = {
+        metadata: undefined,
+        total: undefined,
+        identity: { requestsPerSecond: 1 },
+        overrides: [],
+      };
+      // A clock that never advances: one call per identity, ever.
+      return compileServerPolicy(message, { port: 8080, nowMs: () => 0 });
+    };
+    const port = await meshGrpcServer(limited);
+    const client = grpcClient(port, bar);
+    cleanups.push(() => client.close());
+    expect((await callEcho(client)).error).toBeUndefined();
+    const refused = await callEcho(client);
+    expect(refused.error?.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(refused.error?.details).toBe("per-identity rate limit exceeded: 1rps");
   });
 
   it("behind createMeshServer: a Node http2 client over TLS without ALPN (what sidecars send) reaches grpc-js", async () => {

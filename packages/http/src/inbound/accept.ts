@@ -10,7 +10,7 @@
  * without using them cannot lock others out.
  */
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
-import type { PeerIdentity } from "@inmesh/core";
+import { type PeerIdentity, PORT_SKIPPED_PEER } from "@inmesh/core";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
@@ -177,7 +177,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     const raw = admission.raw;
     if (!direct && policy.protocol === "opaque") {
       // Linkerd skips TLS detection on opaque ports: meshed clients come through the direct port.
-      pipeline.serveOpaque(raw, plaintextState(admission), policy, raw);
+      pipeline.serveOpaque(raw, plaintextState(admission, PORT_SKIPPED_PEER), policy, raw);
       return;
     }
     readPrefix(
@@ -206,7 +206,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
           const peer: PeerIdentity =
             result.value.serverName === undefined
               ? identity.peerIdentity(raw)
-              : { kind: "none", reason: "passthru" };
+              : { kind: "none", reason: "passthru", sni: result.value.serverName };
           pipeline.serveOpaque(raw, plaintextState(admission, peer), policy, raw);
           return;
         }

@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import type { PeerIdentity } from "@inmesh/core";
+import { NO_PEER, type PeerIdentity } from "@inmesh/core";
 import type { IdentityProvider } from "@inmesh/identity";
 import { clientFacts } from "@inmesh/policy";
 import type { ConnectionState } from "./gate.js";
@@ -17,6 +17,9 @@ export function connectionState(
     readonly policyWaitUntil?: number | undefined;
   },
 ): ConnectionState {
+  // `loopback` is an outbound reason: Linkerd labels every inbound plaintext connection from a remote
+  // (loopback included) `no_tls_from_remote`.
+  if (peer.kind === "none" && peer.reason === "loopback") peer = NO_PEER;
   const facts = clientFacts(socket.remoteAddress, peer);
   return {
     facts,

@@ -1,20 +1,23 @@
 import type { ServerResponse } from "node:http";
 import type { Http2ServerResponse, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import { debuglog } from "node:util";
 import type { PeerIdentity } from "@inmesh/core";
 import {
   applyRouteFilters,
   type ClientFacts,
   type CompiledServerPolicy,
   type HttpDecision,
+  type HttpRateLimitedDecision,
   type HttpRequestFacts,
   isGrpcContentType,
-  objectHeaderMutator,
+  type PolicyExplanation,
 } from "@inmesh/policy";
 import type { MeshRequestContext } from "./context.js";
 import {
   L5D_ORIG_PROTO,
   L5D_PROXY_ERROR,
   type OrigProto,
+  requestHeaderMutator,
   setClientIdHeader,
   splitTarget,
   takeOrigProto,
@@ -69,10 +72,16 @@ export type MeshAuthorization =
       readonly allowed: false;
       readonly response: MeshSyntheticResponse;
       /**
-       * The policy decision (an allowed one when a route filter answered instead of the app); undefined
-       * when the connection was refused before policy (a client certificate that does not verify).
+       * The policy decision (an allowed one when a route filter answered instead of the app, a rate-limited
+       * one for 429s); undefined when the connection was refused before policy (a client certificate that
+       * does not verify).
        */
-      readonly decision: HttpDecision | undefined;
+      readonly decision: HttpDecision | HttpRateLimitedDecision | undefined;
+      /**
+       * Why the request was refused: which authorizations were tried and why each did not admit the caller.
+       * Computed when first read (nothing is spent on it otherwise); undefined without a decision.
+       */
+      readonly explanation?: PolicyExplanation | undefined;
       readonly context?: undefined;
     };
 
@@ -92,6 +101,32 @@ export interface GateConfig {
   readonly source: MeshPolicySource;
   readonly port: number;
   readonly initialPolicyWaitMs: number;
+}
+
+const debug = debuglog("mesh");
+
+/**
+ * A refusal whose `explanation` is computed on first read, and logged at debug level (NODE_DEBUG=mesh)
+ * only when that is on: a denial costs nothing more unless someone asks why.
+ */
+function refused(
+  policy: CompiledServerPolicy,
+  connection: ConnectionState,
+  decision: HttpDecision | HttpRateLimitedDecision,
+  response: MeshSyntheticResponse,
+): MeshAuthorization {
+  let explained: PolicyExplanation | undefined;
+  const result = {
+    allowed: false as const,
+    decision,
+    response,
+    get explanation(): PolicyExplanation {
+      explained ??= policy.explainHttp(decision, connection.facts);
+      return explained;
+    },
+  };
+  if (debug.enabled) debug("inbound: request refused (%s):\n%s", response.reason, result.explanation.text);
+  return result;
 }
 
 /** Percent-encodes a grpc-message as the gRPC HTTP/2 protocol requires. */
@@ -163,15 +198,17 @@ export function authorizeWithPolicy(
     path,
     query,
     headers,
+    rawHeaders: request.rawHeaders,
     client: connection.facts,
   };
   const decision = policy.authorizeHttp(facts);
   const grpc = request.h2 && isGrpcContentType(headers["content-type"]);
   if (!decision.allowed) {
-    return {
-      allowed: false,
+    return refused(
+      policy,
+      connection,
       decision,
-      response: withOrigProto(
+      withOrigProto(
         syntheticResponse(
           {
             status: decision.httpStatus,
@@ -185,10 +222,18 @@ export function authorizeWithPolicy(
         ),
         origProto,
       ),
-    };
+    );
   }
   if (decision.filters.length > 0) {
-    const outcome = applyRouteFilters(decision.filters, facts, objectHeaderMutator(headers));
+    const outcome = applyRouteFilters(
+      decision.filters,
+      facts,
+      requestHeaderMutator(
+        headers,
+        request.rawHeaders,
+        message === undefined ? undefined : () => message.headersDistinct,
+      ),
+    );
     if (outcome.kind === "respond") {
       return {
         allowed: false,
@@ -210,6 +255,29 @@ export function authorizeWithPolicy(
         ),
       };
     }
+  }
+  // Linkerd checks the local rate limit last, after authorization and filters (policy-semantics §8.5).
+  const limited = policy.rateLimit?.check(decision, connection.facts);
+  if (limited !== undefined) {
+    return refused(
+      policy,
+      connection,
+      limited,
+      withOrigProto(
+        syntheticResponse(
+          {
+            status: limited.httpStatus,
+            grpcStatus: limited.grpcStatus,
+            reason: limited.reason,
+            message: limited.message,
+            closeConnection: false,
+          },
+          grpc,
+          connection.meshed,
+        ),
+        origProto,
+      ),
+    );
   }
   return {
     allowed: true,

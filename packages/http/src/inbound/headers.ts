@@ -34,6 +34,62 @@ export function setClientIdHeader(
   }
 }
 
+/**
+ * The header editor route filters (`RequestHeaderModifier`) use on an inbound request: every change shows
+ * in Node's header object, in the raw list and in `headersDistinct`, exactly as the `l5d-client-id` scrub
+ * does, so the application cannot read the client's originals anywhere. `distinct()` is materialized on
+ * the first edit (before the raw list changes, since node:http builds it lazily from the raw list).
+ */
+export function requestHeaderMutator(
+  headers: HeaderObject,
+  rawHeaders: string[] | undefined,
+  distinct?: () => Record<string, string[] | undefined>,
+): {
+  append(name: string, value: string): void;
+  set(name: string, value: string): void;
+  delete(name: string): void;
+} {
+  let distinctHeaders: Record<string, string[] | undefined> | undefined;
+  let materialized = false;
+  const distinctObject = () => {
+    if (!materialized) {
+      materialized = true;
+      distinctHeaders = distinct?.();
+    }
+    return distinctHeaders;
+  };
+  return {
+    append(name, value) {
+      const target = distinctObject();
+      const existing = headers[name];
+      if (existing === undefined) headers[name] = name === "set-cookie" ? [value] : value;
+      else if (Array.isArray(existing)) existing.push(value);
+      else headers[name] = `${existing}, ${value}`;
+      if (target !== undefined) {
+        const values = target[name];
+        if (values === undefined) target[name] = [value];
+        else values.push(value);
+      }
+      rawHeaders?.push(name, value);
+    },
+    set(name, value) {
+      const target = distinctObject();
+      headers[name] = name === "set-cookie" ? [value] : value;
+      if (target !== undefined) target[name] = [value];
+      if (rawHeaders !== undefined) {
+        removeRawHeader(rawHeaders, name);
+        rawHeaders.push(name, value);
+      }
+    },
+    delete(name) {
+      const target = distinctObject();
+      delete headers[name];
+      if (target !== undefined) delete target[name];
+      if (rawHeaders !== undefined) removeRawHeader(rawHeaders, name);
+    },
+  };
+}
+
 export type OrigProto = "HTTP/1.1" | "HTTP/1.0";
 
 /**

@@ -11,7 +11,7 @@ import type { MeshConnectionInfo } from "./context.js";
 import type { ConnectionState } from "./gate.js";
 import { debug, type Pipeline } from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";
-import { observeTcp } from "./telemetry.js";
+import { observeTcp, publishTcpAuthz } from "./telemetry.js";
 
 export interface OpaqueStageOptions {
   readonly source: MeshPolicySource;
@@ -36,8 +36,10 @@ export function createOpaqueStage(options: OpaqueStageOptions): OpaqueStage {
           if (event.type !== "updated" || event.port !== port) return;
           // Linkerd re-checks authorized TCP connections on every policy change and ends revoked ones.
           for (const entry of connections) {
-            if (!event.policy.authorizeConnection(entry.state.facts).allowed) {
+            const decision = event.policy.authorizeConnection(entry.state.facts);
+            if (!decision.allowed) {
               debug("inbound: policy update revoked an opaque connection from %s", entry.state.facts.address);
+              publishTcpAuthz(entry.state, port, decision, true);
               entry.socket.destroy();
             }
           }
@@ -53,13 +55,17 @@ export function createOpaqueStage(options: OpaqueStageOptions): OpaqueStage {
     pipeline.classified(raw);
     const decision = policy.authorizeConnection(state.facts);
     observeTcp(raw, port, state.peer)?.(decision);
+    publishTcpAuthz(state, port, decision, false);
     if (!decision.allowed || onConnection === undefined || pipeline.shutdown.closing) {
       // Linkerd drops denied connections without writing anything.
-      debug(
-        "inbound: opaque connection from %s closed (%s)",
-        state.facts.address,
-        decision.reason ?? "no onConnection",
-      );
+      if (debug.enabled) {
+        debug(
+          "inbound: opaque connection from %s closed (%s)%s",
+          state.facts.address,
+          decision.reason ?? "no onConnection",
+          decision.allowed ? "" : `:\n${policy.explainConnection(decision, state.facts).text}`,
+        );
+      }
       socket.destroy();
       return;
     }

@@ -7,13 +7,34 @@ import {
   type PeerIdentity,
   type TcpConnectionMessage,
 } from "@inmesh/core";
-import type { ConnectionDecision, HttpDecision } from "@inmesh/policy";
+import type { ConnectionDecision, HttpDecision, HttpRateLimitedDecision } from "@inmesh/policy";
 import type { ConnectionState } from "./gate.js";
 
 const callStart = meshChannel(MeshChannel.inboundCallStart);
 const callEnd = meshChannel(MeshChannel.inboundCallEnd);
 const tcpOpen = meshChannel(MeshChannel.tcpOpen);
 const tcpClose = meshChannel(MeshChannel.tcpClose);
+const tcpAuthz = meshChannel(MeshChannel.inboundTcpAuthz);
+
+/**
+ * Publishes a connection-level authorization (`inbound_tcp_authz_*`): the decision when a non-HTTP
+ * connection is authorized or refused, or `terminated` when a policy update revoked it.
+ */
+export function publishTcpAuthz(
+  connection: ConnectionState,
+  port: number,
+  decision: ConnectionDecision,
+  terminated: boolean,
+): void {
+  if (!tcpAuthz.hasSubscribers) return;
+  tcpAuthz.publish({
+    port,
+    targetAddress: connection.targetAddress,
+    peer: connection.peer,
+    decision,
+    terminated,
+  });
+}
 
 /** True when metrics or spans listen for calls; nothing is built otherwise. */
 export function callsObserved(): boolean {
@@ -38,7 +59,7 @@ export function startCall(
     readonly grpc: boolean;
     readonly headers: Record<string, string | string[] | undefined>;
   },
-  decision: HttpDecision | undefined,
+  decision: HttpDecision | HttpRateLimitedDecision | undefined,
 ): CallTelemetry {
   const headers = request.headers;
   const message: MutableCallMessage = {

@@ -14,8 +14,10 @@ import {
 import { encodeTransportHeader, inbound, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
+  createMeshRequestAuthorizer,
   createMeshRequestListener,
   createMeshServer,
+  type MeshAuthorization,
   type MeshServer,
   type MeshServerOptions,
   meshContext,
@@ -118,7 +120,8 @@ describe("createMeshServer (hand-built policies, identities from the dev control
     expect(seen.clientId).toBeNull();
     expect(seen.distinct).toBeNull();
     expect(seen.rawClientIds).toEqual([]);
-    expect(seen.peer).toEqual({ kind: "none", reason: "loopback" });
+    // Inbound plaintext is `no_tls_from_remote` even from loopback (`loopback` is an outbound reason).
+    expect(seen.peer).toEqual({ kind: "none", reason: "no_tls_from_remote" });
     expect(seen.sameAsProperty).toBe(true);
     expect(seen.route).toBe("default");
   });
@@ -343,6 +346,110 @@ describe("createMeshServer (hand-built policies, identities from the dev control
     expect((await get(baz, "/old")).status).toBe(403);
   });
 
+  it("matches each value of a repeated header, and header modifiers reach headers, rawHeaders and headersDistinct", async () => {
+    const headerRoute = inbound.HttpRoute.fromPartial({
+      ...httpRoute("foo-bar", "/"),
+      rules: [
+        {
+          matches: [
+            {
+              path: { kind: { $case: "prefix", value: "/" } },
+              headers: [{ name: "x-foo", value: { $case: "exact", value: Buffer.from("bar") } }],
+              queryParams: [],
+            },
+          ],
+          filters: [
+            {
+              kind: {
+                $case: "requestHeaderModifier",
+                value: {
+                  add: { headers: [{ name: "x-add", value: Buffer.from("added") }] },
+                  set: { headers: [{ name: "x-foo", value: Buffer.from("set") }] },
+                  remove: ["x-drop"],
+                },
+              },
+            },
+          ],
+        },
+      ],
+    });
+    const regexRoute = inbound.HttpRoute.fromPartial({
+      ...httpRoute("regex", "/regex"),
+      rules: [
+        {
+          matches: [
+            {
+              path: { kind: { $case: "prefix", value: "/regex" } },
+              headers: [{ name: "x-re", value: { $case: "regex", value: "nope, .*" } }],
+              queryParams: [],
+            },
+          ],
+          filters: [],
+        },
+      ],
+    });
+    const policy = compileServerPolicy(
+      serverMessage({ authorizations: [authz("all", "unauthenticated")], routes: [headerRoute, regexRoute] }),
+      { port: 8080 },
+    );
+    const { port } = await serve({
+      policy,
+      handler: (req, res) => {
+        const raw: string[] = [];
+        for (let i = 0; i < req.rawHeaders.length; i += 2) {
+          const name = req.rawHeaders[i]?.toLowerCase() ?? "";
+          if (name.startsWith("x-")) raw.push(`${name}=${req.rawHeaders[i + 1]}`);
+        }
+        res.end(
+          JSON.stringify({
+            route: meshContext(req)?.route.name,
+            headers: [req.headers["x-foo"], req.headers["x-add"], req.headers["x-drop"] ?? null],
+            distinct: [
+              req.headersDistinct["x-foo"],
+              req.headersDistinct["x-add"],
+              req.headersDistinct["x-drop"] ?? null,
+            ],
+            raw: raw.sort(),
+          }),
+        );
+      },
+    });
+    const send = (path: string, headers: string) =>
+      rawHttp1(
+        plainSocket({ port }),
+        `GET ${path} HTTP/1.1\r\nHost: foo\r\n${headers}Connection: close\r\n\r\n`,
+      );
+    const repeated = await send("/", "x-foo: nope\r\nX-Foo: bar\r\nx-drop: 1\r\nx-drop: 2\r\n");
+    expect(repeated.status).toBe(200);
+    expect(JSON.parse(repeated.body)).toEqual({
+      route: "foo-bar",
+      headers: ["set", "added", null],
+      distinct: [["set"], ["added"], null],
+      raw: ["x-add=added", "x-foo=set"],
+    });
+    // No value equals "bar": no route matches.
+    expect((await send("/", "x-foo: nope\r\nx-foo: barn\r\n")).status).toBe(404);
+    // A value with a comma of its own is still one value, and a regex sees values one at a time, never
+    // Node's joined "nope, bar".
+    expect((await send("/", "x-foo: a, bar\r\n")).status).toBe(404);
+    expect((await send("/regex", "x-re: nope\r\nx-re: bar\r\n")).status).toBe(404);
+    expect((await send("/regex", "x-re: nope, bar\r\n")).status).toBe(200);
+    // The same over prior-knowledge HTTP/2 (two header fields), served to the HTTP/1 handler.
+    const session = h2Session(plainSocket({ port }), `http://127.0.0.1:${port}`);
+    try {
+      const h2 = await h2Request(session, {
+        ":method": "GET",
+        ":path": "/",
+        "x-foo": ["nope", "bar"],
+        "x-drop": "1",
+      });
+      expect(h2.status).toBe(200);
+      expect(JSON.parse(h2.body)).toMatchObject({ route: "foo-bar", headers: ["set", "added", null] });
+    } finally {
+      session.close();
+    }
+  });
+
   it("denies with distinct reasons before the first policy and for an invalid policy", async () => {
     const notLoaded = await serve({ policy: NOT_LOADED_POLICY });
     const one = await rawHttp1(
@@ -464,6 +571,42 @@ describe("createMeshServer (hand-built policies, identities from the dev control
       expect((await rawHttp1(meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, baz), request)).status).toBe(
         403,
       );
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("explains a denial on demand: which authorizations were tried and why each refused the caller", async () => {
+    const authorizer = createMeshRequestAuthorizer({ identity, policy: onlyBar(), port: 8080 });
+    const explanations: string[] = [];
+    const server = createHttpsServer(identity.tlsServerOptions(), (req, res) => {
+      const settle = (result: MeshAuthorization) => {
+        if (!result.allowed) explanations.push(result.explanation?.text ?? "none");
+        res.writeHead(result.allowed ? 200 : result.response.status).end();
+      };
+      const result = authorizer.authorize(req);
+      if (result instanceof Promise) void result.then(settle);
+      else settle(result);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const request = "GET / HTTP/1.1\r\nHost: foo\r\nConnection: close\r\n\r\n";
+      expect((await rawHttp1(meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, baz), request)).status).toBe(
+        403,
+      );
+      expect(explanations).toEqual([
+        [
+          "decision: denied (unauthorized)",
+          `client:   ${BAZ} at 127.0.0.2`,
+          "server:   server/foo-http",
+          "route:    default:default",
+          "authorizations tried:",
+          `  - authorizationpolicy/bar-only [identity]: client identity ${BAZ} is not among ${BAR}`,
+          "  - default:localhost [network]: client address 127.0.0.2 is not in 127.0.0.1/32, ::1/128",
+        ].join("\n"),
+      ]);
     } finally {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
