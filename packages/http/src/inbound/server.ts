@@ -127,7 +127,25 @@ export interface MeshServerOptions {
   drainTimeoutMs?: number;
 }
 
-export interface MeshServer extends Closable {
+/**
+ * What the shared transport-header listener (`createTransportHeaderListener`) hands a connection to: TLS
+ * terminated, client identity verified, header read (and consumed), routed by the header's port.
+ */
+export interface TransportHeaderTarget {
+  /**
+   * Serves a connection from the shared transport-header listener as this server's port: `sessionProtocol`
+   * `http1`/`http2` is served without detection, undefined as opaque (Linkerd's direct stack). The server
+   * then owns the connection (policy, drain on close).
+   */
+  acceptTransportHeaderConnection(
+    socket: TLSSocket,
+    raw: Socket,
+    peer: PeerIdentity,
+    sessionProtocol: "http1" | "http2" | undefined,
+  ): void;
+}
+
+export interface MeshServer extends Closable, TransportHeaderTarget {
   /**
    * The listening socket server. Fastify's `serverFactory` can return it; Fastify's close then drains
    * through `closeIdleConnections()`.
@@ -546,6 +564,50 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     );
   }
 
+  // Entry point for the shared transport-header listener (issue 15): the connection is tracked and
+  // drained like one accepted here, and waits (bounded) for the port's first policy like one too.
+  function acceptTransportHeaderConnection(
+    socket: TLSSocket,
+    raw: Socket,
+    peer: PeerIdentity,
+    sessionProtocol: "http1" | "http2" | undefined,
+  ): void {
+    if (closing || raw.destroyed) {
+      socket.destroy();
+      return;
+    }
+    rawSockets.add(raw);
+    unclassified.add(raw);
+    raw.once("close", () => {
+      rawSockets.delete(raw);
+      unclassified.delete(raw);
+      if (drainWaiter !== undefined && rawSockets.size === 0) drainWaiter();
+    });
+    const state = connectionState(raw, peer, { tls: true, transportHeader: true });
+    const serve = (policy: CompiledServerPolicy) => {
+      if (raw.destroyed) return;
+      if (closing) {
+        socket.destroy();
+        return;
+      }
+      if (sessionProtocol === undefined) serveOpaque(socket, state, policy, raw);
+      else serveProtocol(socket, state, policy, sessionProtocol === "http2" ? "h2" : "http1", raw);
+    };
+    const policy = source.policyFor(port);
+    if (
+      policy.status !== "not-loaded" ||
+      source.waitForPolicy === undefined ||
+      gate.initialPolicyWaitMs === 0
+    ) {
+      serve(policy);
+      return;
+    }
+    source
+      .waitForPolicy(port, { timeoutMs: gate.initialPolicyWaitMs })
+      .catch(() => source.policyFor(port))
+      .then(serve);
+  }
+
   function serveProtocol(
     socket: Socket | TLSSocket,
     state: ConnectionState,
@@ -946,6 +1008,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   return {
     server: netServer,
     transportHeaderServer: directServer,
+    acceptTransportHeaderConnection,
     async listen(listenPort = port, host) {
       if (closing) throw new MeshError(MeshErrorCode.CLOSED, "the mesh server is closed");
       checkPort(listenPort, "listen port", "MeshServer.listen", true);
