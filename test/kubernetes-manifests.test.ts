@@ -11,6 +11,7 @@ import { parseAllDocuments } from "yaml";
 const dir = fileURLToPath(new URL("../examples/kubernetes/", import.meta.url));
 const schema = JSON.parse(readFileSync(path.join(dir, "schema/kubernetes-objects.schema.json"), "utf8"));
 
+// biome-ignore lint/suspicious/noExplicitAny: parsed YAML is walked field by field, checked as it goes.
 type Json = Record<string, any>;
 const objects: { file: string; object: Json }[] = readdirSync(dir)
   .filter((name) => name.endsWith(".yaml"))
@@ -78,8 +79,8 @@ describe("examples/kubernetes", () => {
       // The container named linkerd-proxy: its env holds literal ip:port listen addresses.
       const containers = template.spec.containers as Json[];
       const proxy = containers.find((container) => container.name === "linkerd-proxy");
-      expect(proxy, name).toBeDefined();
-      const env = new Map((proxy?.env as Json[]).map((entry) => [entry.name as string, entry]));
+      if (proxy === undefined) throw new Error(`${name} has no container named linkerd-proxy`);
+      const env = new Map((proxy.env as Json[]).map((entry) => [entry.name as string, entry]));
       const literal = (variable: string) => {
         const entry = env.get(variable);
         expect(entry?.valueFrom, `${name} ${variable} must be a literal value`).toBeUndefined();
@@ -88,9 +89,7 @@ describe("examples/kubernetes", () => {
       const inbound = addrPort(literal("LINKERD2_PROXY_INBOUND_LISTEN_ADDR"));
       const admin = addrPort(literal("LINKERD2_PROXY_ADMIN_LISTEN_ADDR"));
       expect(addrPort(literal("LINKERD2_PROXY_CONTROL_LISTEN_ADDR")), name).toBeDefined();
-      const ports = new Map(
-        (proxy?.ports as Json[]).map((port) => [port.name as string, port.containerPort]),
-      );
+      const ports = new Map((proxy.ports as Json[]).map((port) => [port.name as string, port.containerPort]));
       // Named ports: viz scrapes `linkerd-admin`; the inbound port is `linkerd-proxy` as the injector names it.
       expect(ports.get("linkerd-proxy"), name).toBe(inbound);
       expect(ports.get("linkerd-admin"), name).toBe(admin);
@@ -116,15 +115,15 @@ describe("examples/kubernetes", () => {
       ])
         expect(literal(variable), `${name} ${variable}`).toMatch(/\S/);
       // Kubelet probes the admin port by name; the token is for Linkerd's identity service only.
-      expect(proxy?.readinessProbe.httpGet, name).toEqual({ path: "/ready", port: "linkerd-admin" });
-      expect(proxy?.livenessProbe.httpGet, name).toEqual({ path: "/live", port: "linkerd-admin" });
+      expect(proxy.readinessProbe.httpGet, name).toEqual({ path: "/ready", port: "linkerd-admin" });
+      expect(proxy.livenessProbe.httpGet, name).toEqual({ path: "/live", port: "linkerd-admin" });
       const token = (template.spec.volumes as Json[])
         .flatMap((volume) => volume.projected?.sources ?? [])
         .find((source: Json) => source.serviceAccountToken)?.serviceAccountToken;
       expect(token?.audience, name).toBe("identity.l5d.io");
       expect(
         path.posix.join(
-          proxy?.volumeMounts.find((mount: Json) => mount.name === "linkerd-identity-token")?.mountPath ?? "",
+          proxy.volumeMounts.find((mount: Json) => mount.name === "linkerd-identity-token")?.mountPath ?? "",
           token?.path ?? "",
         ),
       ).toBe(literal("LINKERD2_PROXY_IDENTITY_TOKEN_FILE"));
@@ -141,8 +140,8 @@ describe("examples/kubernetes", () => {
             ([k, v]) => object.spec.template.metadata.labels[k] === v,
           ),
       )?.object;
-      expect(deployment, service.metadata.name).toBeDefined();
-      const names = (deployment?.spec.template.spec.containers as Json[]).flatMap((container) =>
+      if (deployment === undefined) throw new Error(`Service ${service.metadata.name} selects no Deployment`);
+      const names = (deployment.spec.template.spec.containers as Json[]).flatMap((container) =>
         (container.ports ?? []).map((port: Json) => port.name),
       );
       for (const port of service.spec.ports) expect(names, service.metadata.name).toContain(port.targetPort);
