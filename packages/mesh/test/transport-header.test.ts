@@ -93,7 +93,12 @@ spec:
         const context = meshContext(req);
         res.setHeader("content-type", "application/json");
         res.end(
-          JSON.stringify({ app: name, peer: context?.peer ?? null, clientId: req.headers["l5d-client-id"] }),
+          JSON.stringify({
+            app: name,
+            peer: context?.peer ?? null,
+            clientId: req.headers["l5d-client-id"],
+            transportHeader: context?.transportHeader ?? null,
+          }),
         );
       };
     await books.createServer(answer("a"), { port: ports.a }).listen(ports.a, BOOKS_IP);
@@ -131,6 +136,7 @@ spec:
       app: "a",
       peer: { kind: "mesh", name: sidecarId, tls: "established" },
       clientId: sidecarId,
+      transportHeader: true,
     });
     expect(b.status).toBe(200);
     expect(JSON.parse(b.body)).toMatchObject({ app: "b", clientId: sidecarId });
@@ -208,7 +214,8 @@ spec:
   it("mesh.fetch from a meshed client reaches books through its transport-header port", async () => {
     const response = await sidecar.fetch("http://books.bookshop.svc.cluster.local:81/");
     expect(response.status).toBe(200);
-    expect(await response.json()).toMatchObject({ app: "b" });
+    // The destination answer carried opaque_transport, so the call went to the inbound port, not :81's app port.
+    expect(await response.json()).toMatchObject({ app: "b", transportHeader: true });
   });
 
   it("close() stops the shared listener", async () => {
