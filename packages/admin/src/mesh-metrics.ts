@@ -519,8 +519,9 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
   const routeParts = boundedCache<{ parent: ParentRef; route: LabelPart; withHost: LabelPart }>(1024);
   const routeOf = (call: OutboundCallMessage) => {
     const route = call.route;
+    const routeNamespace = (route as { namespace?: unknown } | undefined)?.namespace;
     return routeParts(
-      `${call.protocol}|${call.authority}|${route?.group}|${route?.kind}|${route?.name}`,
+      `${call.protocol}|${call.authority}|${route?.group}|${route?.kind}|${route?.name}|${String(routeNamespace)}`,
       () => {
         const parent = parents(call.authority, () => parentRef(call.authority));
         const labels = [...parent.labels, ...routeLabels(route, parent.namespace, call.protocol)];

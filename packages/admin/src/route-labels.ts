@@ -60,17 +60,33 @@ function serviceLabels(
   ];
 }
 
-/** The route that matched; without one, the controller's synthesized default route for the protocol. */
+/**
+ * The route that matched. The controller's synthesized routes (a `default` metadata, or no route at all)
+ * are `route_kind="default"` with an empty group and namespace, as the proxy labels `Meta::Default`.
+ */
 export function routeLabels(
   route: ResourceLabels | undefined,
   namespace: string,
   protocol: "http" | "grpc",
 ): LabelPairs {
+  const extra = route as
+    | (ResourceLabels & { readonly namespace?: unknown; readonly isDefault?: unknown })
+    | undefined;
+  if (route === undefined || extra?.isDefault === true || route.kind === "") {
+    return [
+      ["route_group", ""],
+      ["route_kind", "default"],
+      ["route_namespace", ""],
+      ["route_name", route?.name || protocol],
+    ];
+  }
+  const routeNamespace =
+    typeof extra?.namespace === "string" && extra.namespace !== "" ? extra.namespace : namespace;
   return [
-    ["route_group", route?.group ?? ""],
-    ["route_kind", route?.kind ?? "default"],
-    ["route_namespace", route === undefined ? "" : namespace],
-    ["route_name", route?.name ?? protocol],
+    ["route_group", route.group],
+    ["route_kind", route.kind],
+    ["route_namespace", routeNamespace],
+    ["route_name", route.name],
   ];
 }
 

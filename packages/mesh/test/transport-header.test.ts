@@ -216,6 +216,16 @@ spec:
     expect(response.status).toBe(200);
     // The destination answer carried opaque_transport, so the call went to the inbound port, not :81's app port.
     expect(await response.json()).toMatchObject({ app: "b", transportHeader: true });
+    // What linkerd-viz's stat-outbound reads, from the real call: parent, default route, backend, status.
+    const text = sidecar.metrics?.render() ?? "";
+    const parent =
+      'parent_group="core",parent_kind="Service",parent_namespace="bookshop",parent_name="books",parent_port="81",parent_section_name=""';
+    expect(text).toContain(
+      `outbound_http_route_request_statuses_total{${parent},route_group="",route_kind="default",route_namespace="",route_name="http",hostname="books.bookshop.svc.cluster.local",http_status="200",error=""} 1`,
+    );
+    expect(text).toContain(
+      `outbound_http_route_backend_requests_total{${parent},route_group="",route_kind="default",route_namespace="",route_name="http",backend_group="core",backend_kind="Service",backend_namespace="bookshop",backend_name="books",backend_port="81",backend_section_name=""} 1`,
+    );
   });
 
   it("close() stops the shared listener", async () => {
