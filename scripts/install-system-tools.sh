@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Tests talk to real peers: openssl (s_client, verify), curl, and nginx (a stand-in for a sidecar inbound). Install them from Debian when missing.
+# Tests talk to real peers: openssl (s_client, verify), curl, nginx (a stand-in for a sidecar inbound), and
+# Prometheus' promtool (checks /metrics). Install them from Debian when missing.
 set -euo pipefail
 missing=()
 for tool in openssl curl nginx; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# promtool ships in Debian's prometheus package.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "missing tools: ${missing[*]}; install them and rerun" >&2
     exit 1

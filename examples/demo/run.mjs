@@ -84,10 +84,18 @@ async function prepareManifests(dir) {
   let text = await readFile(podsFile, "utf8");
   const pods = podsOf(text);
   for (const [name, pod] of pods) {
-    if (pod.port === undefined) {
-      await freePort(pod.ip); // checks the address exists
-      continue;
+    // The dev control plane runs in Linkerd's default transport-header mode: meshed callers connect to
+    // each pod's inbound port (4143 in a cluster) with a transport header; here each pod gets a free one.
+    pod.inboundPort = await freePort(pod.ip);
+    const podHeader = `  name: ${name}\n  namespace: ${NAMESPACE}\n`;
+    if (text.split(podHeader).length !== 2) {
+      throw new DemoError(`10-pods.yaml: pod ${name} must start with name and namespace lines, once`);
     }
+    text = text.replace(
+      podHeader,
+      `${podHeader}  annotations: { inmesh.dev/inbound-port: "${pod.inboundPort}" }\n`,
+    );
+    if (pod.port === undefined) continue;
     const port = await freePort(pod.ip);
     const pattern = new RegExp(`containerPort: ${pod.port}\\b`, "g");
     if ((text.match(pattern) ?? []).length !== 1) {
@@ -271,7 +279,9 @@ async function main(cleanup) {
   await Promise.all(records.map((record) => record.readyPromise));
   const byPod = new Map(records.map((record) => [record.pod, record.ready]));
   for (const record of records)
-    say(`  ${record.pod.padEnd(14)} pid ${record.pid}, serving ${record.ready.address}`);
+    say(
+      `  ${record.pod.padEnd(14)} pid ${record.pid}, serving ${record.ready.address}, transport header on ${pods.get(record.pod).inboundPort}`,
+    );
 
   const strangerEnv = (await controlPlane.writeEnv(STRANGER, { namespace: NAMESPACE })).variables;
   // Its calls leave from the stranger pod's own loopback address (MESH_SDK_OUTBOUND_LOCAL_ADDRESS in

@@ -28,6 +28,7 @@ import {
   statusCodeLabel,
   targetLabels,
 } from "./labels.js";
+import { renderProcessMetrics } from "./process-metrics.js";
 import {
   createFamily,
   createPartTable,
@@ -40,6 +41,15 @@ import {
   renderLabels,
   type Series,
 } from "./registry.js";
+import {
+  backendLabels,
+  grpcStatusName,
+  httpStatusValue,
+  type ParentRef,
+  parentRef,
+  routeErrorValue,
+  routeLabels,
+} from "./route-labels.js";
 
 const log = debuglog("mesh");
 
@@ -73,6 +83,8 @@ export interface MeshMetricsOptions {
   certificateExpiresAtMs?: () => number | undefined;
   /** Clock for idle eviction and the refresh timestamp. @default Date.now */
   nowMs?: () => number;
+  /** Append the `process_*` families (start time, CPU, memory, fds) to `render()`. @default true */
+  processMetrics?: boolean;
 }
 
 export interface MeshMetrics {
@@ -93,6 +105,7 @@ interface ResolvedOptions {
   readonly retainIdleMs: number;
   readonly certificateExpiresAtMs: (() => number | undefined) | undefined;
   readonly nowMs: () => number;
+  readonly processMetrics: boolean;
 }
 
 function positiveInteger(name: string, value: unknown, fallback: number, min: number, max: number): number {
@@ -125,8 +138,63 @@ function resolveOptions(options: MeshMetricsOptions): ResolvedOptions {
     retainIdleMs: positiveInteger("retainIdleMs", options.retainIdleMs, 600_000, 1000, 7 * 24 * 3_600_000),
     certificateExpiresAtMs: optionalFunction("certificateExpiresAtMs", options.certificateExpiresAtMs),
     nowMs: optionalFunction("nowMs", options.nowMs) ?? Date.now,
+    processMetrics: options.processMetrics !== false,
   });
 }
+
+/** linkerd2-proxy's `RouteMetrics` request and backend response histogram buckets, in seconds. */
+export const ROUTE_REQUEST_BUCKETS_SECONDS: readonly number[] = Object.freeze([0.05, 0.5, 1, 10]);
+export const ROUTE_BACKEND_BUCKETS_SECONDS: readonly number[] = Object.freeze([
+  0.025, 0.05, 0.1, 0.25, 0.5, 1, 10,
+]);
+
+/** The `outbound_<protocol>_route_*` families linkerd-viz's `stat-outbound` reads. */
+function routeFamilies<P extends "http" | "grpc">(protocol: P) {
+  const prefix = `outbound_${protocol}_route`;
+  const p = protocol === "http" ? "Http" : "Grpc";
+  return {
+    [`route${p}RequestDuration`]: {
+      name: `${prefix}_request_duration_seconds`,
+      help: "The time between request initialization and response completion.",
+      type: "histogram",
+      buckets: ROUTE_REQUEST_BUCKETS_SECONDS,
+    },
+    [`route${p}RequestStatuses`]: {
+      name: `${prefix}_request_statuses_total`,
+      help: "Completed request-response streams.",
+      type: "counter",
+    },
+    [`route${p}BackendRequests`]: {
+      name: `${prefix}_backend_requests_total`,
+      help: "The total number of requests dispatched.",
+      type: "counter",
+    },
+    [`route${p}BackendDuration`]: {
+      name: `${prefix}_backend_response_duration_seconds`,
+      help: "The time between request completion and response completion.",
+      type: "histogram",
+      buckets: ROUTE_BACKEND_BUCKETS_SECONDS,
+    },
+    [`route${p}BackendStatuses`]: {
+      name: `${prefix}_backend_response_statuses_total`,
+      help: "Completed responses.",
+      type: "counter",
+    },
+    [`route${p}Retries`]: {
+      name: `${prefix}_retry_requests_total`,
+      help: "Retry requests emitted.",
+      type: "counter",
+    },
+  } as Record<`route${typeof p}${RouteFamilySuffix}`, FamilyDefinition>;
+}
+
+type RouteFamilySuffix =
+  | "RequestDuration"
+  | "RequestStatuses"
+  | "BackendRequests"
+  | "BackendDuration"
+  | "BackendStatuses"
+  | "Retries";
 
 const DIRECTIONS = ["inbound", "outbound"];
 const keepDirection = { direction: DIRECTIONS };
@@ -151,16 +219,8 @@ const definitions = {
     buckets: RESPONSE_LATENCY_BUCKETS_MS,
     overflowKeep: keepDirection,
   },
-  retries: {
-    name: "outbound_http_route_retry_requests_total",
-    help: "Retry attempts sent for outbound HTTP route requests.",
-    type: "counter",
-  },
-  grpcRetries: {
-    name: "outbound_grpc_route_retry_requests_total",
-    help: "Retry attempts sent for outbound gRPC route requests.",
-    type: "counter",
-  },
+  ...routeFamilies("http"),
+  ...routeFamilies("grpc"),
   httpAuthzAllow: {
     name: "inbound_http_authz_allow_total",
     help: "The total number of inbound HTTP requests that were authorized.",
@@ -228,6 +288,13 @@ const definitions = {
   },
   certExpiration: {
     name: "control_identity_cert_expiration_timestamp_seconds",
+    help: "Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
+    type: "gauge",
+    uncapped: true,
+  },
+  // The name older proxies used, still read by dashboards and `linkerd check --proxy` of older CLIs.
+  certExpirationLegacy: {
+    name: "identity_cert_expiration_timestamp_seconds",
     help: "Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
     type: "gauge",
     uncapped: true,
@@ -490,24 +557,95 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     else families.httpAuthzDeny.inc([targetPart, server, port, route, tls]);
   };
 
+  // Route families: the parent and route of a call are rendered once per (authority, route) pair.
+  const parents = boundedCache<ParentRef>(1024);
+  const routeParts = boundedCache<{ parent: ParentRef; route: LabelPart; withHost: LabelPart }>(1024);
+  const routeOf = (call: OutboundCallMessage) => {
+    const route = call.route;
+    const routeNamespace = (route as { namespace?: unknown } | undefined)?.namespace;
+    return routeParts(
+      `${call.protocol}|${call.authority}|${route?.group}|${route?.kind}|${route?.name}|${String(routeNamespace)}`,
+      () => {
+        const parent = parents(call.authority, () => parentRef(call.authority));
+        const labels = [...parent.labels, ...routeLabels(route, parent.namespace, call.protocol)];
+        return {
+          parent,
+          route: part(labels),
+          withHost: part([...labels, ["hostname", parent.hostname]]),
+        };
+      },
+    );
+  };
+  const backends = boundedCache<LabelPart>(1024);
+  const backendOf = (message: OutboundAttemptMessage, parent: ParentRef): LabelPart => {
+    const labels = message.endpointLabels;
+    const service = labels?.service ?? "";
+    const namespace = labels?.namespace ?? "";
+    return backends(`${parent.hostname}|${parent.port}|${service}|${namespace}`, () =>
+      part(backendLabels(labels, parent)),
+    );
+  };
+  const routeStatuses = boundedCache<LabelPart>(256);
+  const routeStatus = (protocol: "http" | "grpc", result: RouteResult): LabelPart => {
+    const statusValue =
+      protocol === "grpc" ? grpcStatusName(result.grpcStatus) : httpStatusValue(result.statusCode);
+    const errorValue = routeErrorValue(result.error);
+    return routeStatuses(`${protocol}|${statusValue}|${errorValue}`, () =>
+      part([
+        [protocol === "grpc" ? "grpc_status" : "http_status", statusValue],
+        ["error", errorValue],
+      ]),
+    );
+  };
+  const seconds = (durationMs: number | undefined) =>
+    typeof durationMs === "number" && Number.isFinite(durationMs) && durationMs >= 0
+      ? durationMs / 1000
+      : undefined;
+  const routeFamiliesFor = (protocol: "http" | "grpc") =>
+    protocol === "grpc"
+      ? {
+          requestDuration: families.routeGrpcRequestDuration,
+          requestStatuses: families.routeGrpcRequestStatuses,
+          backendRequests: families.routeGrpcBackendRequests,
+          backendDuration: families.routeGrpcBackendDuration,
+          backendStatuses: families.routeGrpcBackendStatuses,
+          retries: families.routeGrpcRetries,
+        }
+      : {
+          requestDuration: families.routeHttpRequestDuration,
+          requestStatuses: families.routeHttpRequestStatuses,
+          backendRequests: families.routeHttpBackendRequests,
+          backendDuration: families.routeHttpBackendDuration,
+          backendStatuses: families.routeHttpBackendStatuses,
+          retries: families.routeHttpRetries,
+        };
+
   const attemptStart = (message: OutboundAttemptMessage) => {
     callsWithAttempts.add(message.call);
     if (message.attempt <= 1) return;
     const call = message.call;
-    const family = call.protocol === "grpc" ? families.grpcRetries : families.retries;
-    family.inc([authority(call.authority), resource("route", call.route)]);
+    routeFamiliesFor(call.protocol).retries.inc([routeOf(call).withHost]);
   };
 
   const attemptEnd = (message: OutboundAttemptMessage) => {
-    callsWithAttempts.add(message.call);
-    recordCall(
-      [OUTBOUND, authority(message.call.authority), endpoint(message)],
-      message.call.protocol,
-      message,
-    );
+    const call = message.call;
+    callsWithAttempts.add(call);
+    recordCall([OUTBOUND, authority(call.authority), endpoint(message)], call.protocol, message);
+    const route = routeOf(call);
+    const backend = backendOf(message, route.parent);
+    const routeFamilySet = routeFamiliesFor(call.protocol);
+    routeFamilySet.backendRequests.inc([route.route, backend]);
+    routeFamilySet.backendStatuses.inc([route.route, backend, routeStatus(call.protocol, message)]);
+    const duration = seconds(message.durationMs);
+    if (duration !== undefined) routeFamilySet.backendDuration.observe([route.route, backend], duration);
   };
 
   const outboundEnd = (message: OutboundCallMessage) => {
+    const route = routeOf(message);
+    const routeFamilySet = routeFamiliesFor(message.protocol);
+    routeFamilySet.requestStatuses.inc([route.withHost, routeStatus(message.protocol, message)]);
+    const duration = seconds(message.durationMs);
+    if (duration !== undefined) routeFamilySet.requestDuration.observe([route.withHost], duration);
     // Calls that failed before any attempt (no endpoints, closed client) would otherwise be invisible.
     if (callsWithAttempts.has(message)) return;
     recordCall([OUTBOUND, authority(message.authority)], message.protocol, message);
@@ -602,8 +740,10 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
           log("certificateExpiresAtMs failed: %o", error);
         }
       }
-      if (typeof expiresAtMs === "number" && Number.isFinite(expiresAtMs))
+      if (typeof expiresAtMs === "number" && Number.isFinite(expiresAtMs)) {
         families.certExpiration.set(NO_PARTS, Math.floor(expiresAtMs / 1000));
+        families.certExpirationLegacy.set(NO_PARTS, Math.floor(expiresAtMs / 1000));
+      }
       const out: string[] = [];
       const nowMs = config.nowMs();
       for (const family of Object.values(families)) {
@@ -611,7 +751,8 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
         family.render(out);
       }
       out.push("");
-      return out.join("\n");
+      const text = out.join("\n");
+      return config.processMetrics ? text + renderProcessMetrics() : text;
     },
     seriesCount(name) {
       let total = 0;
@@ -621,6 +762,12 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
       return total;
     },
   };
+}
+
+interface RouteResult {
+  readonly statusCode: number | undefined;
+  readonly grpcStatus: number | undefined;
+  readonly error: unknown;
 }
 
 function isCount(value: unknown): value is number {

@@ -31,11 +31,19 @@ export interface AdminServerOptions {
    */
   readiness?: () => Readiness;
   /**
-   * Bind a non-loopback host. Off by default: an application open to SSRF must not be able to reach
-   * the admin port (CVE-2024-40632). In a pod, kubelet probes need the pod IP, so set it there.
+   * Bind a non-loopback host (`0.0.0.0:4191` is what the injector asks for, so kubelet can probe and
+   * linkerd-viz can scrape). Only `/metrics`, `/ready` and `/live` answer off the pod; every other path
+   * is refused (403) unless the client is on the pod (see `localAddresses`), as linkerd2-proxy keeps its
+   * sensitive routes local. Without it a non-loopback host is refused with a typed error.
    * @default false
    */
   allowNonLoopback?: boolean;
+  /**
+   * The pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`): clients connecting from one of them, or from
+   * 127.0.0.1 / ::1, are on the pod. Other 127.0.0.x sources count as off the pod, because local dev
+   * pods each get their own 127.0.0.x address (stricter than the proxy's any-loopback rule).
+   */
+  localAddresses?: readonly string[];
   /** Time allowed for a client to send request headers. @default 2000 */
   headersTimeoutMs?: number;
   /** @default 64 */
@@ -57,6 +65,7 @@ interface ResolvedAdminOptions {
   readonly readiness: () => Readiness;
   readonly headersTimeoutMs: number;
   readonly maxConnections: number;
+  readonly localAddresses: ReadonlySet<string>;
 }
 
 function invalid(option: string, message: string): MeshError {
@@ -84,7 +93,11 @@ function resolveAdminOptions(options: AdminServerOptions): ResolvedAdminOptions 
     if (options[name] !== undefined && typeof options[name] !== "function")
       throw invalid(name, `${name} must be a function`);
   }
+  const localAddresses = options.localAddresses ?? [];
+  if (!Array.isArray(localAddresses) || localAddresses.some((address) => typeof address !== "string"))
+    throw invalid("localAddresses", "localAddresses must be an array of IP address strings");
   return Object.freeze({
+    localAddresses: new Set(["127.0.0.1", "::1", ...localAddresses.map(canonicalAddress)]),
     host,
     port: integerOption("port", options.port, 4191, 0, 65535),
     metrics: options.metrics,
@@ -95,12 +108,21 @@ function resolveAdminOptions(options: AdminServerOptions): ResolvedAdminOptions 
   });
 }
 
+/** `::ffff:127.0.0.1` → `127.0.0.1`, so a dual-stack listener sees IPv4 clients as IPv4. */
+function canonicalAddress(address: string): string {
+  const lower = address.toLowerCase();
+  return lower.startsWith("::ffff:") && lower.includes(".") ? lower.slice(7) : lower;
+}
+
+/** Served to every client: what kubelet probes and linkerd-viz scrapes. */
+const PUBLIC_PATHS = new Set(["/metrics", "/ready", "/live"]);
 const ALLOW = "GET, HEAD";
 const MAX_REASONS = 16;
 const MAX_REASON_LENGTH = 200;
 
 /**
- * Starts the admin server: `/metrics`, `/ready`, `/live`, read-only. There is deliberately no route that
+ * Starts the admin server: `/metrics`, `/ready`, `/live`, read-only, for every client; any other path
+ * is refused (403) from off the pod. There is deliberately no route that
  * changes state (no `/shutdown`, no log-level `PUT`): the SSRF-to-shutdown chain of CVE-2024-40632 has
  * nothing to reach.
  */
@@ -163,7 +185,14 @@ export async function startAdminServer(options: AdminServerOptions = {}): Promis
       send(req, res, 400, "bad request\n", { ...headers, connection: "close" });
       return;
     }
-    if (path !== "/metrics" && path !== "/ready" && path !== "/live") {
+    if (!PUBLIC_PATHS.has(path)) {
+      // linkerd2-proxy's answer for its local-only routes (log level, shutdown, tasks) from off the pod;
+      // there are no such routes here, so a local client learns only that the path does not exist.
+      const remote = canonicalAddress(req.socket.remoteAddress ?? "");
+      if (!config.localAddresses.has(remote)) {
+        send(req, res, 403, "Requests are only permitted from localhost.\n", headers);
+        return;
+      }
       send(req, res, 404, "not found\n", headers);
       return;
     }

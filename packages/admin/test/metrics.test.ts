@@ -279,7 +279,14 @@ describe("scraped /metrics after known traffic", () => {
     ).toBe(1);
     expect(
       value(families, "outbound_http_route_retry_requests_total", {
-        authority: "authors.default.svc.cluster.local:7001",
+        parent_group: "core",
+        parent_kind: "Service",
+        parent_namespace: "default",
+        parent_name: "authors",
+        parent_port: "7001",
+        parent_section_name: "",
+        hostname: "authors.default.svc.cluster.local",
+        route_namespace: "default",
         route_group: "gateway.networking.k8s.io",
         route_kind: "HTTPRoute",
         route_name: "authors-get",

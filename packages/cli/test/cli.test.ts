@@ -52,6 +52,20 @@ describe("inmesh CLI", () => {
     ).toBe(2);
     expect(badPolicy.err()).toContain("--default-policy must be one of");
 
+    const badMode = captureIo(dir);
+    expect(
+      await main(
+        ["control-plane", "--manifests", "manifests", "--outbound-transport-mode", "tunnel"],
+        badMode,
+      ),
+    ).toBe(2);
+    expect(badMode.err()).toContain("--outbound-transport-mode must be transport-header or transparent");
+    const badInbound = captureIo(dir);
+    expect(
+      await main(["control-plane", "--manifests", "manifests", "--proxy-inbound-port", "0"], badInbound),
+    ).toBe(2);
+    expect(badInbound.err()).toContain("--proxy-inbound-port must be a port number 1-65535");
+
     const badLifetime = captureIo(dir);
     expect(
       await main(["control-plane", "--manifests", "m", "--certificate-lifetime", "soon"], badLifetime),

@@ -28,6 +28,7 @@ export type {
   LookupError,
   ManifestFile,
   ManifestProblem,
+  OutboundTransportMode,
   PodInfo,
   ResolvedClusterOptions,
   ServiceInfo,

@@ -20,8 +20,18 @@ export {
   sendMeshResponse,
 } from "./inbound/listener.js";
 export type { MeshPolicyInput, MeshPolicySource } from "./inbound/policy-source.js";
-export type { MeshRequestHandler, MeshServer, MeshServerOptions } from "./inbound/server.js";
+export type {
+  MeshRequestHandler,
+  MeshServer,
+  MeshServerOptions,
+  TransportHeaderTarget,
+} from "./inbound/server.js";
 export { createMeshServer } from "./inbound/server.js";
+export type {
+  TransportHeaderListener,
+  TransportHeaderListenerOptions,
+} from "./inbound/transport-header-listener.js";
+export { createTransportHeaderListener } from "./inbound/transport-header-listener.js";
 // END inbound exports
 // BEGIN outbound exports
 export type { MeshInterceptor } from "./outbound/compose.js";

@@ -45,6 +45,8 @@ export interface MeshConfig {
   /** Where meshed clients send transport-header connections (Linkerd's inbound port, 4143). */
   readonly inboundListen: HostPort | undefined;
   readonly admin: HostPort;
+  /** The pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`): the admin server treats them as local. */
+  readonly podAddresses: readonly string[];
   /** Source address of outbound connections; undefined lets the kernel choose (the pod IP). */
   readonly outboundLocalAddress: string | undefined;
   readonly shutdownGraceMs: number;
@@ -60,12 +62,14 @@ export interface MeshConfigOptions {
   inboundPorts?: readonly number[];
   defaultPolicy?: DefaultPolicyName;
   clusterNetworks?: string;
-  /** `host:port` for the admin server. @default "127.0.0.1:4191" */
+  /** `host:port` for the admin server. @default LINKERD2_PROXY_ADMIN_LISTEN_ADDR, else "127.0.0.1:4191" */
   adminAddress?: string;
   /**
-   * The admin endpoint binds loopback unless this is true: an SSRF in the app must not reach it
-   * (CVE-2024-40632). In a pod, kubelet probes need it on the pod IP, so set it there.
-   * @default false
+   * The admin server binds the address it is given (the injector's `0.0.0.0:4191`, so kubelet probes
+   * and linkerd-viz scrapes reach it); off the pod it answers only `/metrics`, `/ready` and `/live`.
+   * `false` (`MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK=false`) is for operators who want it on loopback only:
+   * a non-loopback admin address is then refused with a ConfigError, never silently rebound.
+   * @default true
    */
   allowNonLoopbackAdmin?: boolean;
   /** Source address of outbound connections (`MESH_SDK_OUTBOUND_LOCAL_ADDRESS`). @default the kernel's choice */
@@ -84,6 +88,7 @@ const ENV = {
   opaquePorts: "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
   inboundListen: "LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
   adminListen: "LINKERD2_PROXY_ADMIN_LISTEN_ADDR",
+  inboundIps: "LINKERD2_PROXY_INBOUND_IPS",
   allowNonLoopbackAdmin: "MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK",
   shutdownGrace: "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
   outboundLocalAddress: "MESH_SDK_OUTBOUND_LOCAL_ADDRESS",
@@ -159,16 +164,39 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
   const inboundListenText = readEnv(env, ENV.inboundListen);
   const inboundListen = inboundListenText ? parseHostPort(ENV.inboundListen, inboundListenText) : undefined;
 
+  const allowText = readEnv(env, ENV.allowNonLoopbackAdmin);
   const allowNonLoopbackAdmin =
     options.allowNonLoopbackAdmin ??
-    (readEnv(env, ENV.allowNonLoopbackAdmin)
-      ? parseBooleanEnv(ENV.allowNonLoopbackAdmin, readEnv(env, ENV.allowNonLoopbackAdmin) ?? "")
-      : false);
+    (allowText === undefined ? true : parseBooleanEnv(ENV.allowNonLoopbackAdmin, allowText));
   const adminText = options.adminAddress ?? readEnv(env, ENV.adminListen) ?? "127.0.0.1:4191";
-  let admin = parseHostPort(ENV.adminListen, adminText);
+  const admin = parseHostPort(ENV.adminListen, adminText);
   if (!isLoopbackHost(admin.host) && !allowNonLoopbackAdmin) {
-    // The injector asks for 0.0.0.0:4191; serve it on loopback unless the operator opts in.
-    admin = { host: "127.0.0.1", port: admin.port };
+    const why =
+      options.allowNonLoopbackAdmin === false
+        ? "allowNonLoopbackAdmin is false"
+        : `${ENV.allowNonLoopbackAdmin}=${allowText ?? ""}`;
+    throw new ConfigError(
+      `the admin address ${adminText} is not loopback, and ${why} keeps the admin server on loopback: ` +
+        `set ${ENV.adminListen} to a loopback address (kubelet probes and linkerd-viz then cannot reach it), ` +
+        "or allow it (off the pod only /metrics, /ready and /live answer)",
+      { details: { variable: ENV.adminListen } },
+    );
+  }
+
+  const podAddressText = readEnv(env, ENV.inboundIps) ?? "";
+  const podAddresses = podAddressText
+    .split(",")
+    .map((address) => address.trim())
+    .filter((address) => address !== "");
+  for (const address of podAddresses) {
+    if (parseIpAddress(address) === undefined) {
+      throw new ConfigError(
+        `${ENV.inboundIps}=${JSON.stringify(podAddressText)}: ${address} is not an IP address`,
+        {
+          details: { variable: ENV.inboundIps },
+        },
+      );
+    }
   }
 
   const graceText = readEnv(env, ENV.shutdownGrace);
@@ -197,6 +225,7 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
     clusterNetworksText,
     inboundListen,
     admin,
+    podAddresses: Object.freeze(podAddresses),
     outboundLocalAddress,
     shutdownGraceMs,
   });

@@ -1,15 +1,18 @@
 import type { Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "@inmesh/admin";
 import { ConfigError, DestinationError, MeshErrorCode } from "@inmesh/core";
 import {
   createMeshDispatcher,
   createMeshFetch,
   createMeshServer,
+  createTransportHeaderListener,
   type MeshDispatcher,
   type MeshDispatcherOptions,
   type MeshFetch,
   type MeshServer,
   type MeshServerOptions,
+  type TransportHeaderListener,
 } from "@inmesh/http";
 import { createOtelBridge } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
@@ -19,11 +22,21 @@ export type MeshServeOptions = Omit<MeshServerOptions, "identity" | "policy" | "
 
 export interface CreateMeshOptions extends MeshOptions {
   /**
-   * Serve `/metrics`, `/ready` and `/live` (on `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`, loopback unless
-   * allowed otherwise). `false` serves nothing; metrics are still recorded for `mesh.metrics`.
+   * Serve `/metrics`, `/ready` and `/live` on `LINKERD2_PROXY_ADMIN_LISTEN_ADDR` (as given: `0.0.0.0:4191`
+   * in a pod); other paths are refused from off the pod. `false` serves nothing; metrics are still
+   * recorded for `mesh.metrics`.
    * @default true
    */
   admin?: boolean;
+  /**
+   * Serve Linkerd's inbound transport-header port (`LINKERD2_PROXY_INBOUND_LISTEN_ADDR`, 4143 in a pod):
+   * one listener shared by every served port, where meshed clients (sidecars and inmesh alike, in
+   * Linkerd's default transport mode) connect with ALPN `transport.l5d.io/v1` and a transport header
+   * naming the target port. Started by `ready()` or the first served port's `listen()`, closed by
+   * `close()`. `false` never binds it (then meshed clients told to use it cannot reach this process).
+   * @default true (when the address is configured)
+   */
+  transportHeader?: boolean;
   /** Record Linkerd-compatible metrics from the mesh diagnostics channels. @default true */
   metrics?: boolean;
   /**
@@ -55,6 +68,8 @@ export interface Mesh extends MeshCore {
   readonly metrics: MeshMetrics | undefined;
   /** The admin server once started (after `start()` or `ready()`). */
   admin(): AdminServer | undefined;
+  /** The shared transport-header listener, unless turned off or not configured. */
+  readonly transportHeader: TransportHeaderListener | undefined;
 }
 
 /**
@@ -90,7 +105,9 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     adminStarting ??= startAdminServer({
       host: core.config.admin.host,
       port: core.config.admin.port,
-      allowNonLoopback: options.allowNonLoopbackAdmin ?? core.config.admin.host !== "127.0.0.1",
+      // The config refused a non-loopback address the operator did not allow.
+      allowNonLoopback: true,
+      localAddresses: core.config.podAddresses,
       ...(metrics ? { metrics } : {}),
       readiness: () => {
         const state = core.state();
@@ -101,6 +118,25 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
       return server;
     });
     return adminStarting;
+  };
+
+  const inboundListen = core.config.inboundListen;
+  const transportHeader =
+    options.transportHeader !== false && inboundListen !== undefined
+      ? createTransportHeaderListener({ identity: core.identity })
+      : undefined;
+  let transportHeaderStarting: Promise<AddressInfo | undefined> | undefined;
+  const startTransportHeader = (): Promise<AddressInfo | undefined> => {
+    if (transportHeader === undefined || inboundListen === undefined) return Promise.resolve(undefined);
+    transportHeaderStarting ??= transportHeader
+      .listen(inboundListen.port, inboundListen.host)
+      .catch((error: NodeJS.ErrnoException) => {
+        throw new ConfigError(
+          `cannot serve the transport-header port LINKERD2_PROXY_INBOUND_LISTEN_ADDR=${inboundListen.host}:${inboundListen.port}: ${error.message}`,
+          { details: { variable: "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", code: error.code }, cause: error },
+        );
+      });
+    return transportHeaderStarting;
   };
 
   const servers = new Set<MeshServer>();
@@ -118,6 +154,12 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     serveOptions: MeshServeOptions,
   ): MeshServer => {
     assertPort(serveOptions.port);
+    if (transportHeader !== undefined && inboundListen?.port === serveOptions.port) {
+      throw new ConfigError(
+        `port ${serveOptions.port} is the transport-header port (LINKERD2_PROXY_INBOUND_LISTEN_ADDR); serve another port or set transportHeader: false`,
+        { details: { variable: "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", port: serveOptions.port } },
+      );
+    }
     const server = createMeshServer({
       ...serveOptions,
       ...(handler ? { handler } : {}),
@@ -127,11 +169,21 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
       drainTimeoutMs: serveOptions.drainTimeoutMs ?? core.config.shutdownGraceMs,
     });
     servers.add(server);
+    if (transportHeader !== undefined) {
+      const unroute = transportHeader.route(serveOptions.port, server);
+      // Fastify's serverFactory listens on `server.server` itself, so the shared port follows that
+      // event; a failure to bind it is reported by `ready()`.
+      server.server.once("listening", () => {
+        startTransportHeader().catch(() => {});
+      });
+      server.server.once("close", unroute);
+    }
     return server;
   };
 
   // Close order: stop accepting and drain inbound, drain outbound, then the control-plane side.
   core.onClose(async () => {
+    await transportHeader?.close();
     await Promise.allSettled([...servers].map((server) => server.close()));
     await dispatcher.close();
     await admin?.close();
@@ -141,6 +193,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
 
   const ready: Mesh["ready"] = async (readyOptions) => {
     await startAdmin();
+    await startTransportHeader();
     await core.ready(readyOptions);
   };
 
@@ -156,6 +209,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     fetch,
     metrics,
     admin: () => admin,
+    transportHeader,
     close: core.close,
     [Symbol.asyncDispose]: core.close,
   };

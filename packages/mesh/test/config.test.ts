@@ -40,14 +40,37 @@ describe("resolveMeshConfig", () => {
     expect(config.clusterNetworks).toHaveLength(5);
   });
 
-  it("keeps the admin endpoint on loopback unless non-loopback is opted into", () => {
-    expect(resolveMeshConfig(injected).admin).toEqual({ host: "127.0.0.1", port: 4191 });
-    expect(resolveMeshConfig(injected, { allowNonLoopbackAdmin: true }).admin).toEqual({
-      host: "0.0.0.0",
-      port: 4191,
-    });
-    expect(resolveMeshConfig({ ...injected, MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK: "true" }).admin.host).toBe(
-      "0.0.0.0",
+  it("binds the admin address the injector gives, and refuses (never rebinds) when loopback-only is asked", () => {
+    expect(resolveMeshConfig(injected).admin).toEqual({ host: "0.0.0.0", port: 4191 });
+    expect(resolveMeshConfig({ ...injected, LINKERD2_PROXY_INBOUND_IPS: "10.1.2.3" }).podAddresses).toEqual([
+      "10.1.2.3",
+    ]);
+    const refused = (run: () => unknown) => {
+      try {
+        run();
+      } catch (error) {
+        return error as ConfigError;
+      }
+      throw new Error("not refused");
+    };
+    const byOption = refused(() => resolveMeshConfig(injected, { allowNonLoopbackAdmin: false }));
+    expect(byOption).toBeInstanceOf(ConfigError);
+    expect(byOption.code).toBe("MESH_ERR_INVALID_CONFIG");
+    expect(byOption.message).toMatch(/0\.0\.0\.0:4191 is not loopback, and allowNonLoopbackAdmin is false/);
+    const byEnv = refused(() =>
+      resolveMeshConfig({ ...injected, MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK: "false" }),
+    );
+    expect(byEnv.message).toMatch(/MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK=false/);
+    expect(byEnv.details).toMatchObject({ variable: "LINKERD2_PROXY_ADMIN_LISTEN_ADDR" });
+    // Loopback-only with a loopback address is fine.
+    expect(
+      resolveMeshConfig(
+        { ...injected, LINKERD2_PROXY_ADMIN_LISTEN_ADDR: "127.0.0.1:4191" },
+        { allowNonLoopbackAdmin: false },
+      ).admin,
+    ).toEqual({ host: "127.0.0.1", port: 4191 });
+    expect(() => resolveMeshConfig({ ...injected, LINKERD2_PROXY_INBOUND_IPS: "10.1.2.3,nope" })).toThrow(
+      ConfigError,
     );
   });
 

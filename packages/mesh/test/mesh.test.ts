@@ -95,6 +95,8 @@ describe("createMesh against the dev control plane", () => {
     booksPort = await freePort();
     controlPlane = await startControlPlane({
       manifests: manifests(booksPort, "web"),
+      // Each pod's transport-header port on its own address: a free one, so parallel runs never collide.
+      cluster: { proxyInboundPort: await freePort() },
       stateDir,
       ports: { identity: 0, destination: 0, policy: 0 },
       watch: false,

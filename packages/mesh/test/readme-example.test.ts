@@ -11,6 +11,10 @@ it("the README example serves and calls through the mesh", async () => {
   await new Promise<void>((resolve) => probe.listen(0, "127.0.0.3", resolve));
   const port = (probe.address() as { port: number }).port;
   await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const inboundProbe = createServer();
+  await new Promise<void>((resolve) => inboundProbe.listen(0, "127.0.0.3", resolve));
+  const inboundPort = (inboundProbe.address() as { port: number }).port;
+  await new Promise<void>((resolve) => inboundProbe.close(() => resolve()));
   const stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-mesh-readme-"));
   const pod = (name: string, sa: string, ip: string, ports = "") => `
 apiVersion: v1
@@ -32,6 +36,8 @@ spec: { selector: { app: books }, ports: [{ port: 80, targetPort: http }] }
 `,
       },
     ],
+    // Pods' transport-header ports (Linkerd's default transport mode): a free one on each pod address.
+    cluster: { proxyInboundPort: inboundPort },
     stateDir,
     ports: { identity: 0, destination: 0, policy: 0 },
     watch: false,

@@ -15,6 +15,7 @@ import {
 const usage = `inmesh control-plane --manifests DIR [--state DIR] [--host H] [--identity-port N]
     [--destination-port N] [--policy-port N] [--certificate-lifetime 24h] [--default-policy P]
     [--cluster-domain D] [--trust-domain D] [--control-plane-namespace NS] [--cluster-networks CIDRS]
+    [--outbound-transport-mode transport-header|transparent] [--proxy-inbound-port 4143]
     [--no-loopback-plaintext]`;
 
 /** `inmesh control-plane`: serves until SIGINT/SIGTERM, then closes every stream and server. */

@@ -42,6 +42,8 @@ export const clusterOptions = {
   "control-plane-namespace": { type: "string" },
   "default-policy": { type: "string" },
   "cluster-networks": { type: "string" },
+  "outbound-transport-mode": { type: "string" },
+  "proxy-inbound-port": { type: "string" },
 } as const;
 
 export interface ParsedClusterFlags {
@@ -50,6 +52,8 @@ export interface ParsedClusterFlags {
   "control-plane-namespace"?: string | undefined;
   "default-policy"?: string | undefined;
   "cluster-networks"?: string | undefined;
+  "outbound-transport-mode"?: string | undefined;
+  "proxy-inbound-port"?: string | undefined;
 }
 
 export function clusterFromFlags(values: ParsedClusterFlags): ClusterOptions {
@@ -69,6 +73,19 @@ export function clusterFromFlags(values: ParsedClusterFlags): ClusterOptions {
   }
   const networks = parseListOption(values["cluster-networks"]);
   if (networks !== undefined) cluster.clusterNetworks = networks;
+  const mode = values["outbound-transport-mode"];
+  if (mode !== undefined) {
+    if (mode !== "transport-header" && mode !== "transparent") {
+      throw new UsageError(
+        `--outbound-transport-mode must be transport-header or transparent, got ${JSON.stringify(mode)}`,
+      );
+    }
+    cluster.outboundTransportMode = mode;
+  }
+  const inboundPort = parsePortOption("proxy-inbound-port", values["proxy-inbound-port"]);
+  // 0 is no port here: the flag names where pods listen, not something to bind.
+  if (inboundPort === 0) throw new UsageError("--proxy-inbound-port must be a port number 1-65535, got 0");
+  if (inboundPort !== undefined) cluster.proxyInboundPort = inboundPort;
   return cluster;
 }
 

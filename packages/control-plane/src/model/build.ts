@@ -3,7 +3,7 @@ import {
   inbound as inboundProto,
   outbound as outboundProto,
 } from "@inmesh/proto";
-import { endpoints, profile } from "./destination.js";
+import { endpoints, podInboundPort, profile } from "./destination.js";
 import { effectiveDefaultPolicy, inboundServer, podOpaquePorts } from "./inbound.js";
 import { loadResources } from "./load.js";
 import { buildModel, key, type Model } from "./model.js";
@@ -97,6 +97,7 @@ export function buildState(files: ManifestFile[], options: ClusterOptions): Clus
       meshed: pod.meshed,
       defaultInboundPolicy: effectiveDefaultPolicy(model, pod),
       opaquePorts: freeze([...podOpaquePorts(model, pod)].sort((a, b) => a - b)),
+      inboundPort: podInboundPort(resolved, pod.res),
     }),
   );
   const podsByKey = new Map(pods.map((pod) => [key(pod.namespace, pod.name), pod]));

@@ -15,8 +15,8 @@ import type { LookupError } from "./types.js";
 const DEFAULT_WEIGHT = 10_000;
 export const SKIP_INBOUND_PORTS_ANNOTATION = "config.linkerd.io/skip-inbound-ports";
 /**
- * The port on which the pod accepts transport-header (port-4143 style) connections. inmesh services serve
- * mesh TLS directly on their app port, so by default no `opaque_transport` is sent.
+ * The pod's inbound (transport-header) port when it has no `linkerd-proxy` container stating one: dev pods
+ * sharing a host address each need their own.
  */
 export const INBOUND_PORT_ANNOTATION = "inmesh.dev/inbound-port";
 const PROXY_CONTAINER = "linkerd-proxy";
@@ -123,6 +123,35 @@ function portFromEnv(pod: PodModel, variable: string): number | undefined {
   return undefined;
 }
 
+/**
+ * Where the pod accepts transport-header connections: its `linkerd-proxy` container's
+ * `LINKERD2_PROXY_INBOUND_LISTEN_ADDR` (what the destination controller reads), else the
+ * `inmesh.dev/inbound-port` annotation, else `proxyInboundPort` (4143).
+ */
+export function podInboundPort(
+  options: { readonly proxyInboundPort: number },
+  pod: {
+    readonly meta: { readonly annotations: Readonly<Record<string, string>> };
+    readonly initContainers: readonly ContainerEnvSource[];
+    readonly containers: readonly ContainerEnvSource[];
+  },
+): number {
+  for (const container of [...pod.initContainers, ...pod.containers]) {
+    if (container.name !== PROXY_CONTAINER) continue;
+    const value = container.env.find((e) => e.name === "LINKERD2_PROXY_INBOUND_LISTEN_ADDR")?.value;
+    const match = value === undefined ? null : /:(\d{1,5})$/.exec(value);
+    if (match) return Number(match[1]);
+  }
+  const annotated = pod.meta.annotations[INBOUND_PORT_ANNOTATION];
+  const annotatedPort = annotated !== undefined && /^\d{1,5}$/.test(annotated) ? Number(annotated) : 0;
+  return annotatedPort >= 1 && annotatedPort <= 65535 ? annotatedPort : options.proxyInboundPort;
+}
+
+interface ContainerEnvSource {
+  readonly name: string;
+  readonly env: readonly { readonly name: string; readonly value?: string | undefined }[];
+}
+
 /** `createWeightedAddr` for a pod endpoint. */
 export function podWeightedAddr(model: Model, pod: PodModel, port: number): destination.WeightedAddr {
   const addr: destination.WeightedAddr = {
@@ -143,20 +172,15 @@ export function podWeightedAddr(model: Model, pod: PodModel, port: number): dest
     protocol: opaque ? { $case: "opaque", value: {} } : { $case: "h2", value: {} },
     opaqueTransport: undefined,
   };
-  const annotated = pod.res.meta.annotations[INBOUND_PORT_ANNOTATION];
-  const annotatedPort =
-    annotated !== undefined && /^\d{1,5}$/.test(annotated) ? Number(annotated) : undefined;
-  if (annotatedPort !== undefined && annotatedPort >= 1 && annotatedPort <= 65535) {
-    // The pod says where it accepts transport-header connections: send clients there for every port.
-    if (port !== annotatedPort) hint.opaqueTransport = { inboundPort: annotatedPort };
-  } else if (opaque) {
-    // A sidecar pod: Linkerd's rule (opaque ports only, never the proxy's own admin/control ports).
-    const inboundPort = portFromEnv(pod, "LINKERD2_PROXY_INBOUND_LISTEN_ADDR");
-    const metaPorts = [
-      portFromEnv(pod, "LINKERD2_PROXY_ADMIN_LISTEN_ADDR"),
-      portFromEnv(pod, "LINKERD2_PROXY_CONTROL_LISTEN_ADDR"),
-    ];
-    if (inboundPort !== undefined && !metaPorts.includes(port)) hint.opaqueTransport = { inboundPort };
+  // endpoint_translator.go: opaque_transport for every port but the proxy's own admin and control ports
+  // in transport-header mode (ForceOpaqueTransport), for opaque ports only in transparent mode.
+  const metaPorts = [
+    portFromEnv(pod, "LINKERD2_PROXY_ADMIN_LISTEN_ADDR"),
+    portFromEnv(pod, "LINKERD2_PROXY_CONTROL_LISTEN_ADDR"),
+  ];
+  const force = model.options.outboundTransportMode === "transport-header";
+  if (!metaPorts.includes(port) && (force || opaque)) {
+    hint.opaqueTransport = { inboundPort: podInboundPort(model.options, pod.res) };
   }
   addr.protocolHint = hint;
   if (pod.controlPlaneNamespace === model.options.controlPlaneNamespace) {

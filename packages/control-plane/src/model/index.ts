@@ -55,7 +55,12 @@ import { buildState } from "./build.js";
 import type { ClusterOptions } from "./options.js";
 import type { ClusterState, ManifestFile } from "./types.js";
 
-export type { ClusterOptions, DefaultPolicyName, ResolvedClusterOptions } from "./options.js";
+export type {
+  ClusterOptions,
+  DefaultPolicyName,
+  OutboundTransportMode,
+  ResolvedClusterOptions,
+} from "./options.js";
 export { DEFAULT_POLICY_NAMES, isDefaultPolicyName } from "./options.js";
 export type {
   ClusterState,

@@ -29,7 +29,24 @@ export interface ClusterOptions {
   clusterNetworks?: string[];
   /** Networks allowed to reach kubelet probe routes; empty disables probe routes. @default 0.0.0.0/0, ::/0 */
   probeNetworks?: string[];
+  /**
+   * The chart's `proxy.outboundTransportMode`. `transport-header` (Linkerd 2.18's default): every meshed
+   * endpoint is advertised with `opaque_transport`, so clients connect to the pod's inbound port with a
+   * transport header. `transparent`: only opaque ports are.
+   * @default "transport-header"
+   */
+  outboundTransportMode?: OutboundTransportMode;
+  /**
+   * The inbound (transport-header) port of pods that do not state one: no `linkerd-proxy` container with
+   * `LINKERD2_PROXY_INBOUND_LISTEN_ADDR` and no `inmesh.dev/inbound-port` annotation. Local pods that
+   * share an address need one each: give them the annotation.
+   * @default 4143
+   */
+  proxyInboundPort?: number;
 }
+
+export type OutboundTransportMode = "transport-header" | "transparent";
+export const OUTBOUND_TRANSPORT_MODES: readonly OutboundTransportMode[] = ["transport-header", "transparent"];
 
 export interface ResolvedClusterOptions {
   readonly clusterDomain: string;
@@ -39,6 +56,8 @@ export interface ResolvedClusterOptions {
   /** Canonical CIDR strings, in the order given. */
   readonly clusterNetworks: readonly string[];
   readonly probeNetworks: readonly string[];
+  readonly outboundTransportMode: OutboundTransportMode;
+  readonly proxyInboundPort: number;
 }
 
 export const CHART_CLUSTER_NETWORKS = [
@@ -85,7 +104,22 @@ export function resolveClusterOptions(options: ClusterOptions): ResolvedClusterO
       { details: { variable: "defaultPolicy" } },
     );
   }
+  const mode = options.outboundTransportMode ?? "transport-header";
+  if (!OUTBOUND_TRANSPORT_MODES.includes(mode)) {
+    throw new ConfigError(
+      `outboundTransportMode must be one of ${OUTBOUND_TRANSPORT_MODES.join(", ")}, got ${JSON.stringify(mode)}`,
+      { details: { variable: "outboundTransportMode" } },
+    );
+  }
+  const inboundPort = options.proxyInboundPort ?? 4143;
+  if (!Number.isInteger(inboundPort) || inboundPort < 1 || inboundPort > 65535) {
+    throw new ConfigError(`proxyInboundPort must be a port (1-65535), got ${String(inboundPort)}`, {
+      details: { variable: "proxyInboundPort" },
+    });
+  }
   return {
+    outboundTransportMode: mode,
+    proxyInboundPort: inboundPort,
     clusterDomain: dnsOption("clusterDomain", options.clusterDomain, "cluster.local"),
     trustDomain: dnsOption("trustDomain", options.trustDomain, "cluster.local"),
     controlPlaneNamespace: dnsOption("controlPlaneNamespace", options.controlPlaneNamespace, "linkerd"),

@@ -72,6 +72,8 @@ export interface PodInfo {
   readonly defaultInboundPolicy: DefaultPolicyName;
   /** Ports with protocol detection disabled (annotation on the pod or namespace, else the injector's default). */
   readonly opaquePorts: readonly number[];
+  /** Where the pod accepts transport-header connections (`LINKERD2_PROXY_INBOUND_LISTEN_ADDR`'s port). */
+  readonly inboundPort: number;
 }
 
 export interface ServicePortInfo {

@@ -81,6 +81,8 @@ export function buildWorkloadEnv(input: WorkloadEnvInput): Record<string, string
     LINKERD2_PROXY_INBOUND_DEFAULT_POLICY: defaultPolicy,
   };
   if (inboundPorts !== "") env.LINKERD2_PROXY_INBOUND_PORTS = inboundPorts;
+  // Where meshed clients connect with a transport header (every meshed port in transport-header mode).
+  env.LINKERD2_PROXY_INBOUND_LISTEN_ADDR = formatAddress(pod.ip === "" ? "0.0.0.0" : pod.ip, pod.inboundPort);
   if (opaquePorts.trim() !== "")
     env.LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION = opaquePorts.trim();
   if (pod.ip !== "") env.LINKERD2_PROXY_INBOUND_IPS = pod.ip;

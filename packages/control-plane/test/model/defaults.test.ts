@@ -248,6 +248,7 @@ describe("inbound lookups", () => {
       defaultInboundPolicy: "all-unauthenticated",
       // The injector marks the pod's container ports that are default opaque ports (MySQL here).
       opaquePorts: [3306],
+      inboundPort: 4143,
     });
     expect(state.findPod("plain", "pod-bogus")?.serviceAccount).toBe("default");
     expect(state.findPod("plain", "pod-bogus")?.ip).toBe("127.0.0.1");

@@ -4,6 +4,7 @@ import { buildClusterState } from "../../src/model/index.js";
 import { build, endpointSet, profileOf } from "./helpers.js";
 
 const state = build(["outbound.yaml"]);
+const transparent = build(["outbound.yaml"], { outboundTransportMode: "transparent" });
 const MESHED_H2: destination.Http2ClientParams = {
   flowControl: undefined,
   keepAlive: { interval: durationFromMs(10_000), timeout: durationFromMs(3_000), whileIdle: true },
@@ -31,7 +32,7 @@ describe("Destination.Get endpoints (linkerd-contract.md §8.3)", () => {
     ]);
   });
 
-  it("a meshed pod: TLS identity, H2 hint without opaque transport, meshed HTTP/2 params, weight 10000", () => {
+  it("a meshed pod: TLS identity, H2 hint with opaque transport (transport-header mode), meshed HTTP/2 params, weight 10000", () => {
     expect(set.addrs[0]).toEqual({
       addr: tcpAddressFromString("10.1.0.1", 8080),
       weight: 10000,
@@ -44,7 +45,8 @@ describe("Destination.Get endpoints (linkerd-contract.md §8.3)", () => {
         zone: "",
       },
       tlsIdentity: tls("api.shop.serviceaccount.identity.linkerd.cluster.local"),
-      protocolHint: { protocol: { $case: "h2", value: {} }, opaqueTransport: undefined },
+      // No linkerd-proxy container and no annotation: the dev default inbound port.
+      protocolHint: { protocol: { $case: "h2", value: {} }, opaqueTransport: { inboundPort: 4143 } },
       authorityOverride: undefined,
       http2: MESHED_H2,
       resourceRef: undefined,
@@ -70,13 +72,51 @@ describe("Destination.Get endpoints (linkerd-contract.md §8.3)", () => {
     expect(set.addrs[2]?.metricLabels.control_plane_ns).toBe("linkerd-other");
   });
 
-  it("inmesh.dev/inbound-port adds opaque_transport; inject annotation counts as meshed", () => {
+  it("transparent mode: no opaque transport for HTTP ports; unmeshed pods never get it", () => {
+    const [meshed, unmeshed] = endpointSet(transparent, "api.shop.svc.cluster.local:80").addrs;
+    expect(meshed?.protocolHint).toEqual({
+      protocol: { $case: "h2", value: {} },
+      opaqueTransport: undefined,
+    });
+    expect(unmeshed?.protocolHint).toBeUndefined();
+  });
+
+  it("inmesh.dev/inbound-port names the inbound port; inject annotation counts as meshed", () => {
     const v2 = endpointSet(state, "api-v2.shop.svc.cluster.local");
     const api4 = v2.addrs.find((a) => a.metricLabels.pod === "api-4");
     expect(api4?.protocolHint).toEqual({
       protocol: { $case: "h2", value: {} },
       opaqueTransport: { inboundPort: 4143 },
     });
+    const custom = buildClusterState(
+      [
+        {
+          path: "p.yaml",
+          text: `
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  namespace: ns
+  labels: { app: p, linkerd.io/control-plane-ns: linkerd }
+  annotations: { inmesh.dev/inbound-port: "24143" }
+spec: { containers: [{ name: c, ports: [{ containerPort: 8080 }] }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: s, namespace: ns }
+spec: { selector: { app: p }, ports: [{ port: 8080 }] }
+`,
+        },
+      ],
+      { proxyInboundPort: 5143 },
+    );
+    expect(
+      endpointSet(custom, "s.ns.svc.cluster.local:8080").addrs[0]?.protocolHint?.opaqueTransport,
+    ).toEqual({
+      inboundPort: 24143,
+    });
+    expect(custom.findPod("ns", "p")?.inboundPort).toBe(24143);
     expect(api4?.tlsIdentity).toEqual(tls("default.shop.serviceaccount.identity.linkerd.cluster.local"));
     // A numeric targetPort is used as-is, declared or not.
     expect(v2.addrs.map((a) => a.addr)).toEqual(
@@ -91,7 +131,14 @@ describe("Destination.Get endpoints (linkerd-contract.md §8.3)", () => {
       opaqueTransport: { inboundPort: 4143 },
     });
     const [http] = endpointSet(state, "plain.shop.svc.cluster.local:8080").addrs;
-    expect(http?.protocolHint).toEqual({ protocol: { $case: "h2", value: {} }, opaqueTransport: undefined });
+    expect(http?.protocolHint).toEqual({
+      protocol: { $case: "h2", value: {} },
+      opaqueTransport: { inboundPort: 4143 },
+    });
+    const [opaqueTransparent] = endpointSet(transparent, "plain.shop.svc.cluster.local:3306").addrs;
+    expect(opaqueTransparent?.protocolHint?.opaqueTransport).toEqual({ inboundPort: 4143 });
+    const [httpTransparent] = endpointSet(transparent, "plain.shop.svc.cluster.local:8080").addrs;
+    expect(httpTransparent?.protocolHint?.opaqueTransport).toBeUndefined();
   });
 
   it("a Service without selector, or a port it does not define, has no endpoints but exists", () => {

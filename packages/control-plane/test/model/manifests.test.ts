@@ -548,6 +548,8 @@ describe("multi-document files and defaults", () => {
       trustDomain: "cluster.local",
       controlPlaneNamespace: "linkerd",
       defaultPolicy: "all-unauthenticated",
+      outboundTransportMode: "transport-header",
+      proxyInboundPort: 4143,
       clusterNetworks: ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"],
       probeNetworks: ["0.0.0.0/0", "::/0"],
     });

@@ -24,7 +24,7 @@ import {
 import { type ControlPlane, type ManifestFile, startControlPlane } from "@inmesh/control-plane";
 import { peerIdentityName, serviceAccountIdentity } from "@inmesh/core";
 import { createContextToken, createDiscovery, type Discovery } from "@inmesh/destination";
-import { createMeshServer, type MeshServer } from "@inmesh/http";
+import { createMeshServer, createTransportHeaderListener, type MeshServer } from "@inmesh/http";
 import { createIdentityProvider, type IdentityProvider } from "@inmesh/identity";
 import { defaultServerPolicy } from "@inmesh/policy";
 import { destination, outbound } from "@inmesh/proto";
@@ -158,10 +158,18 @@ export async function startGrpcBackend(
       : {}),
   });
   const address = await mesh.listen(options.port ?? 0, "127.0.0.1");
+  // The pod's shared transport-header port (the control plane defaults to transport-header mode).
+  const direct = createTransportHeaderListener({ identity });
+  direct.route(address.port, mesh);
+  const inbound = await direct.listen(0, "127.0.0.1");
+  inboundPorts.set(address.port, inbound.port);
   return Object.assign(state, {
     port: address.port,
+    inboundPort: inbound.port,
     async close() {
+      inboundPorts.delete(address.port);
       injector.drain(500);
+      await direct.close();
       await mesh.close();
       injector.destroy();
       grpcServer.forceShutdown();
@@ -169,13 +177,17 @@ export async function startGrpcBackend(
   });
 }
 
+/** App port → the transport-header port of the backend serving it (all pods share 127.0.0.1). */
+const inboundPorts = new Map<number, number>();
+
 export function podYaml(pod: { name: string; sa: string; app: string; port: number }): string {
+  const inboundPort = inboundPorts.get(pod.port);
   return `apiVersion: v1
 kind: Pod
 metadata:
   name: ${pod.name}
   namespace: ${NS}
-  labels:
+${inboundPort === undefined ? "" : `  annotations: { inmesh.dev/inbound-port: "${inboundPort}" }\n`}  labels:
     app: ${pod.app}
     linkerd.io/control-plane-ns: linkerd
 spec:

@@ -42,6 +42,11 @@ export interface AcceptStage {
   readonly connectionCount: number;
   /** The raw socket left detection (it is served now). */
   classified(raw: Socket): void;
+  /**
+   * Tracks a connection accepted elsewhere (the shared transport-header listener) for drain, as one
+   * accepted here; the cap is that listener's own.
+   */
+  adopt(raw: Socket): void;
   setIdle(raw: Socket, idle: boolean): void;
   /** Draining: connections still in detection or handshake are closed at once. */
   startDrain(): void;
@@ -87,6 +92,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
   const tracked = new Map<Socket, Tracked>();
   const mainConnections: Listener = new Map();
   const directConnections: Listener = new Map();
+  const adoptedConnections: Listener = new Map();
   let emptyWaiter: (() => void) | undefined;
 
   const server = createNetServer({ noDelay: true }, (socket) => onRawConnection(socket, false));
@@ -239,6 +245,13 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
       return tracked.size;
     },
     classified: (raw) => setPhase(raw, "busy"),
+    adopt(raw) {
+      if (tracked.has(raw)) return;
+      const entry: Tracked = { phase: "busy", served: false, listener: adoptedConnections };
+      tracked.set(raw, entry);
+      adoptedConnections.set(raw, entry);
+      raw.once("close", () => forget(raw));
+    },
     setIdle(raw, idle) {
       const entry = tracked.get(raw);
       if (entry === undefined) return;

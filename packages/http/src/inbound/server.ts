@@ -12,10 +12,10 @@ import type {
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { type Closable, MeshError, MeshErrorCode } from "@inmesh/core";
+import { type Closable, MeshError, MeshErrorCode, type PeerIdentity } from "@inmesh/core";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { createAcceptStage } from "./accept.js";
-import type { MeshServerIdentity } from "./connection.js";
+import { connectionState, type MeshServerIdentity } from "./connection.js";
 import type { MeshConnectionInfo, MeshRequestContext } from "./context.js";
 import { createDirectStage } from "./direct-stage.js";
 import { createDrain, createShutdownFlag } from "./drain.js";
@@ -126,7 +126,25 @@ export interface MeshServerOptions {
   drainTimeoutMs?: number;
 }
 
-export interface MeshServer extends Closable {
+/**
+ * What the shared transport-header listener (`createTransportHeaderListener`) hands a connection to: TLS
+ * terminated, client identity verified, header read (and consumed), routed by the header's port.
+ */
+export interface TransportHeaderTarget {
+  /**
+   * Serves a connection from the shared transport-header listener as this server's port: `sessionProtocol`
+   * `http1`/`http2` is served without detection, undefined as opaque (Linkerd's direct stack). The server
+   * then owns the connection (policy, drain on close).
+   */
+  acceptTransportHeaderConnection(
+    socket: TLSSocket,
+    raw: Socket,
+    peer: PeerIdentity,
+    sessionProtocol: "http1" | "http2" | undefined,
+  ): void;
+}
+
+export interface MeshServer extends Closable, TransportHeaderTarget {
   /**
    * The listening socket server. Fastify's `serverFactory` can return it; Fastify's close then drains
    * through `closeIdleConnections()`.
@@ -306,6 +324,45 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     drainTimeoutMs: resolved.drainTimeoutMs,
   });
 
+  // Entry point for the shared transport-header listener (issue 15): the connection is tracked and
+  // drained like one accepted here, and waits (bounded) for the port's first policy like one too.
+  function acceptTransportHeaderConnection(
+    socket: TLSSocket,
+    raw: Socket,
+    peer: PeerIdentity,
+    sessionProtocol: "http1" | "http2" | undefined,
+  ): void {
+    if (shutdown.closing || raw.destroyed) {
+      socket.destroy();
+      return;
+    }
+    accept.adopt(raw);
+    const policyWaitUntil = Date.now() + gate.initialPolicyWaitMs;
+    const state = connectionState(raw, peer, { tls: true, transportHeader: true, policyWaitUntil });
+    const serve = (policy: CompiledServerPolicy) => {
+      if (raw.destroyed) return;
+      if (shutdown.closing) {
+        socket.destroy();
+        return;
+      }
+      if (sessionProtocol === undefined) opaque.serve(socket, state, policy, raw);
+      else serveProtocol(socket, state, policy, sessionProtocol === "http2" ? "h2" : "http1", raw);
+    };
+    const policy = source.policyFor(port);
+    if (
+      policy.status !== "not-loaded" ||
+      source.waitForPolicy === undefined ||
+      gate.initialPolicyWaitMs === 0
+    ) {
+      serve(policy);
+      return;
+    }
+    source
+      .waitForPolicy(port, { timeoutMs: gate.initialPolicyWaitMs })
+      .catch(() => source.policyFor(port))
+      .then(serve);
+  }
+
   function serveProtocol(
     socket: Socket | TLSSocket,
     state: ConnectionState,
@@ -342,6 +399,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   return {
     server: netServer,
     transportHeaderServer: directServer,
+    acceptTransportHeaderConnection,
     async listen(listenPort = port, host) {
       if (shutdown.closing) throw new MeshError(MeshErrorCode.CLOSED, "the mesh server is closed");
       checkPort(listenPort, "listen port", "MeshServer.listen", true);

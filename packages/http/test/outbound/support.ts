@@ -14,7 +14,7 @@ import { createContextToken, createDiscovery, type Discovery } from "@inmesh/des
 import { createIdentityProvider, type IdentityProvider } from "@inmesh/identity";
 import { defaultServerPolicy } from "@inmesh/policy";
 import { destination, outbound } from "@inmesh/proto";
-import { createMeshServer, type MeshServer } from "../../src/index.js";
+import { createMeshServer, createTransportHeaderListener, type MeshServer } from "../../src/index.js";
 
 export const NS = "default";
 export const identityOf = (sa: string) => serviceAccountIdentity(sa, NS);
@@ -36,10 +36,20 @@ function yamlMap(entries: Readonly<Record<string, string>>, indent: string): str
     .join("\n");
 }
 
+/**
+ * App port → the transport-header port of the meshed backend serving it: every pod shares 127.0.0.1, so
+ * each states its own inbound port (the control plane defaults to Linkerd's transport-header mode).
+ */
+const inboundPorts = new Map<number, number>();
+
 export function podYaml(pod: PodSpec): string {
   const labels: Record<string, string> = { app: pod.app };
   if (pod.meshed !== false) labels["linkerd.io/control-plane-ns"] = "linkerd";
-  const annotations = pod.annotations ?? {};
+  const inboundPort = inboundPorts.get(pod.port);
+  const annotations = {
+    ...(inboundPort === undefined ? {} : { "inmesh.dev/inbound-port": String(inboundPort) }),
+    ...pod.annotations,
+  };
   return `apiVersion: v1
 kind: Pod
 metadata:
@@ -153,6 +163,8 @@ export type TestHandler = (
 export interface TestBackend {
   readonly name: string;
   readonly port: number;
+  /** The transport-header port of a meshed backend. */
+  readonly inboundPort?: number;
   /** Requests whose body ended, in that order. */
   readonly requests: RecordedRequest[];
   /** Requests whose headers arrived. */
@@ -226,10 +238,20 @@ export async function startMeshedBackend(
       : {}),
   });
   const address = await server.listen(options.port ?? 0, "127.0.0.1");
+  // The pod's inbound port, where meshed clients connect with a transport header naming `port`.
+  const direct = createTransportHeaderListener({ identity });
+  direct.route(address.port, server);
+  const inbound = await direct.listen(0, "127.0.0.1");
+  inboundPorts.set(address.port, inbound.port);
   return Object.assign(state, {
     name,
     port: address.port,
-    close: () => server.close(),
+    inboundPort: inbound.port,
+    close: async () => {
+      inboundPorts.delete(address.port);
+      await direct.close();
+      await server.close();
+    },
   });
 }
 
