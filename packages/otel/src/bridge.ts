@@ -237,6 +237,10 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
       parent,
     );
     inboundSpans.set(message, span);
+    // The server runs the handler through this, so the SERVER span is active inside it and whatever the
+    // handler calls (a child span, an outbound call) joins the same trace.
+    const spanContext = trace.setSpan(parent, span);
+    message.runInScope = (fn) => context.with(spanContext, fn);
   };
 
   const inboundEnd = (message: InboundCallMessage) => {
@@ -332,19 +336,59 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     (name, error) => log("otel handler for %s failed: %o", name, error),
   );
 
-  return {
-    register() {
+  const subscription: BridgeSubscription = {
+    subscribe() {
       if (channels.active) return;
       tracer = (config.tracerProvider ?? trace.getTracerProvider()).getTracer("@inmesh/otel", VERSION);
       channels.subscribe();
     },
-    unregister() {
+    unsubscribe() {
       channels.unsubscribe();
     },
+  };
+  // Bridges to the global provider and propagator are interchangeable: however many are registered
+  // (the application's registerOtel() and each createMesh()), one of them records, so every span is
+  // exported once.
+  const shared = options.tracerProvider === undefined && options.propagator === undefined;
+  const registry = shared ? globalBridges() : undefined;
+
+  return {
+    register() {
+      if (!registry) return subscription.subscribe();
+      if (registry.includes(subscription)) return;
+      registry.push(subscription);
+      if (registry.length === 1) subscription.subscribe();
+    },
+    unregister() {
+      if (!registry) return subscription.unsubscribe();
+      const index = registry.indexOf(subscription);
+      if (index === -1) return;
+      registry.splice(index, 1);
+      if (index === 0) {
+        subscription.unsubscribe();
+        registry[0]?.subscribe();
+      }
+    },
     get registered() {
-      return channels.active;
+      return registry ? registry.includes(subscription) : channels.active;
     },
   };
+}
+
+interface BridgeSubscription {
+  subscribe(): void;
+  unsubscribe(): void;
+}
+
+/**
+ * Registered bridges to the global OpenTelemetry API, in registration order; the first one records.
+ * Process-wide (a global symbol) so two copies of this package still agree.
+ */
+function globalBridges(): BridgeSubscription[] {
+  const key = Symbol.for("@inmesh/otel.globalBridges");
+  const holder = globalThis as { [key]?: BridgeSubscription[] };
+  holder[key] ??= [];
+  return holder[key];
 }
 
 /** Creates a bridge and registers it: the one call most applications need. */

@@ -52,7 +52,14 @@ import {
   resolvePolicySource,
 } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
-import { type CallTelemetry, callsObserved, endCall, observeTcp, startCall } from "./telemetry.js";
+import {
+  type CallTelemetry,
+  callsObserved,
+  endCall,
+  observeTcp,
+  runHandler,
+  startCall,
+} from "./telemetry.js";
 
 const debug = debuglog("mesh");
 
@@ -267,7 +274,10 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   const pendingTls = new Map<string, PendingTls>();
   const pendingDirectTls = new Map<string, PendingTls>();
   const http1Connections = new WeakMap<object, ConnectionState>();
-  const bridged = new WeakMap<object, { readonly context: MeshRequestContext }>();
+  const bridged = new WeakMap<
+    object,
+    { readonly context: MeshRequestContext; readonly telemetry: CallTelemetry | undefined }
+  >();
   const sessions = new Map<ServerHttp2Session, ConnectionState>();
   const activeResponses = new Set<ServerResponse>();
   const opaqueConnections = new Set<{ readonly socket: Duplex; readonly state: ConnectionState }>();
@@ -640,7 +650,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     if (bridge !== undefined) {
       attachMeshContext(req, bridge.context);
       if (expectContinue) res.writeContinue();
-      (handler as MeshRequestHandler)(req, res);
+      runHandler(bridge.telemetry, handler as MeshRequestHandler, req, res);
       return;
     }
     const state = http1Connections.get(socket);
@@ -681,18 +691,19 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     expectContinue: boolean,
   ): void {
     if (res.destroyed) return;
-    if (callsObserved())
-      observeResponse(
-        res,
-        state,
-        req.method ?? "GET",
-        req.url ?? "/",
-        req.headers.host,
-        false,
-        false,
-        req.headers,
-        result,
-      );
+    const telemetry = callsObserved()
+      ? observeResponse(
+          res,
+          state,
+          req.method ?? "GET",
+          req.url ?? "/",
+          req.headers.host,
+          false,
+          false,
+          req.headers,
+          result,
+        )
+      : undefined;
     if (!result.allowed) {
       // The body the client held back must not be read as the next request.
       if (expectContinue) res.setHeader("connection", "close");
@@ -701,7 +712,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     }
     if (expectContinue) res.writeContinue();
     attachMeshContext(req, result.context);
-    (handler as MeshRequestHandler)(req, res);
+    runHandler(telemetry, handler as MeshRequestHandler, req, res);
   }
 
   function onH2Stream(
@@ -748,7 +759,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     result: MeshAuthorization,
   ): void {
     if (stream.destroyed) return;
-    if (callsObserved()) observeStream(stream, state, headers, result);
+    const telemetry = callsObserved() ? observeStream(stream, state, headers, result) : undefined;
     if (!result.allowed) {
       sendSyntheticOnStream(stream, result.response);
       return;
@@ -756,7 +767,9 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     const context = result.context;
     if (onStream !== undefined) {
       attachMeshContext(stream, context);
-      onStream(stream, headers, context);
+      const scope = telemetry?.message.runInScope;
+      if (scope === undefined) onStream(stream, headers, context);
+      else scope(() => onStream(stream, headers, context));
       return;
     }
     const socket = stream.session?.socket;
@@ -770,7 +783,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
         encrypted: state.tls,
       },
       origProto: context.origProto,
-      onServerSocket: (bridgeSocket) => bridged.set(bridgeSocket, { context }),
+      onServerSocket: (bridgeSocket) => bridged.set(bridgeSocket, { context, telemetry }),
     });
   }
 
@@ -792,14 +805,14 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     });
     const finish = (settled: MeshAuthorization) => {
       if (stream.destroyed) return;
-      if (callsObserved()) observeStream(stream, state, req.headers, settled);
+      const telemetry = callsObserved() ? observeStream(stream, state, req.headers, settled) : undefined;
       if (!settled.allowed) {
         sendSyntheticOnStream(stream, settled.response);
         return;
       }
       if (settled.context.origProto !== undefined) res.setHeader(L5D_ORIG_PROTO, settled.context.origProto);
       attachMeshContext(req, settled.context);
-      (handler as MeshRequestHandler)(req, res);
+      runHandler(telemetry, handler as MeshRequestHandler, req, res);
     };
     if (result instanceof Promise) {
       result.then(finish, () => stream.close(h2constants.NGHTTP2_INTERNAL_ERROR));
@@ -828,7 +841,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     grpc: boolean,
     headers: Record<string, string | string[] | undefined>,
     result: MeshAuthorization,
-  ): void {
+  ): CallTelemetry {
     const question = target.indexOf("?");
     const telemetry: CallTelemetry = startCall(
       state,
@@ -845,6 +858,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
           : new MeshError(MeshErrorCode.CANCELED, "response closed before it finished"),
       }),
     );
+    return telemetry;
   }
 
   function observeStream(
@@ -852,7 +866,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     state: ConnectionState,
     headers: IncomingHttpHeaders,
     result: MeshAuthorization,
-  ): void {
+  ): CallTelemetry {
     const target = String(headers[":path"] ?? "/");
     const question = target.indexOf("?");
     const contentType = headers["content-type"];
@@ -881,6 +895,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
             : undefined,
       });
     });
+    return telemetry;
   }
 
   // ---- lifecycle ----
