@@ -267,6 +267,40 @@ console.log("imported", ${names.length});
     180_000,
   );
 
+  it("a user's own test written with @inmesh/testing proves an allowed and a denied call", async () => {
+    // The @inmesh/testing README example as a user has it: compiled with the user's TypeScript, run by
+    // node's test runner, against the installed tarballs only.
+    const userDir = join(project, "user-test");
+    mkdirSync(userDir, { recursive: true });
+    copyFileSync(
+      join(packagesDir, "testing", "test", "readme-example.ts"),
+      join(userDir, "books.policy.test.ts"),
+    );
+    const tsc = join(project, "node_modules/typescript/bin/tsc");
+    await node([
+      tsc,
+      "--module",
+      "nodenext",
+      "--target",
+      "es2022",
+      "--strict",
+      "--types",
+      "node",
+      "--outDir",
+      join(userDir, "out"),
+      join(userDir, "books.policy.test.ts"),
+    ]);
+    const result = await node([
+      "--test",
+      "--test-reporter=tap",
+      join(userDir, "out", "books.policy.test.js"),
+    ]).catch((error: { stdout?: string; stderr?: string; code?: number }) => error);
+    const output = `${result.stdout ?? ""}${result.stderr ?? ""}`;
+    expect(output).toMatch(/^ok \d+ - web may POST to books$/m);
+    expect(output).toMatch(/^ok \d+ - stranger may not$/m);
+    expect(output).toMatch(/^# fail 0$/m);
+  }, 120_000);
+
   it("npx inmesh --version and --help work from the installed CLI", async () => {
     const cliVersion = JSON.parse(readFileSync(join(packagesDir, "cli", "package.json"), "utf8")).version;
     const version = await run("npx", ["--no-install", "inmesh", "--version"], { cwd: project });
