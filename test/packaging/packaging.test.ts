@@ -163,6 +163,19 @@ describe("packages as a new user installs them from npm", () => {
     }
   });
 
+  it("host libraries a package works without are optional peers, so npm does not install them for everyone", () => {
+    const optionalPeers: Record<string, string> = {
+      "@inmesh/express": "express",
+      "@inmesh/fastify": "fastify",
+      "@inmesh/otel": "@opentelemetry/api",
+    };
+    for (const [name, peer] of Object.entries(optionalPeers)) {
+      const installed = JSON.parse(readFileSync(join(project, "node_modules", name, "package.json"), "utf8"));
+      expect(installed.peerDependencies?.[peer], name).toBeDefined();
+      expect(installed.peerDependenciesMeta?.[peer]?.optional, name).toBe(true);
+    }
+  });
+
   it("no dist file ends with a sourceMappingURL comment", () => {
     for (const pkg of publicPackages) {
       const dist = join(project, "node_modules", pkg.name, "dist");
