@@ -6,7 +6,8 @@ export function packageBuild(entry: Record<string, string> = { index: "src/index
     entry,
     format: ["esm"],
     dts: true,
-    sourcemap: true,
+    // No source maps: the sources are not published, and maps with embedded sources were most of the size.
+    sourcemap: false,
     clean: true,
     target: "node20",
     platform: "node",

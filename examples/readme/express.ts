@@ -11,4 +11,4 @@ app.get("/whoami", (req, res) => {
 
 await mesh.ready();
 // mTLS or plaintext on one port; requests the port's Linkerd policy denies never reach the app.
-await mesh.createServer(app, { port: 8080 }).listen();
+await mesh.createServer(app, { port: 3000 }).listen();

@@ -1,14 +1,9 @@
 // The authors gRPC client: a grpc-js client from authors.proto (loaded at run time, no code generation)
 // over a mesh channel that discovers the authors endpoints, balances, and speaks mTLS to each.
 import { createRequire } from "node:module";
-import {
-  type Client,
-  credentials,
-  loadPackageDefinition,
-  type ServiceClientConstructor,
-} from "@grpc/grpc-js";
+import { type Client, loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { createMeshClientOptions, createMeshGrpcChannel } from "@inmesh/grpc";
+import { createMeshGrpcChannel, meshClientArguments } from "@inmesh/grpc";
 import type { Mesh } from "@inmesh/mesh";
 
 export interface Author {
@@ -41,10 +36,9 @@ const proto = loadPackageDefinition(loadSync(protoPath, { defaults: true })) as 
 export function createAuthorsClient(mesh: Mesh, target: string): AuthorsClient {
   if (!mesh.discovery) throw new Error("authors: the mesh has no destination controller to discover authors");
   const channel = createMeshGrpcChannel({ target, identity: mesh.identity, discovery: mesh.discovery });
+  // Calls go through the mesh channel: mTLS to each endpoint's identity (see meshClientArguments).
   const client = new proto.bookshop.authors.v1.Authors(
-    channel.authority,
-    credentials.createInsecure(),
-    createMeshClientOptions(channel),
+    ...meshClientArguments(channel),
   ) as unknown as RawAuthorsClient;
   return {
     getAuthor(id) {

@@ -10,6 +10,9 @@ const stop = (signal: NodeJS.Signals) => {
 process.on("SIGINT", stop);
 process.on("SIGTERM", stop);
 
+// Commands wait on gRPC channels and retry timers that are unref'd; without a ref'd handle Node would
+// end a waiting command silently (exit code 13, unsettled top-level await) instead of letting it report.
+const keepAlive = setInterval(() => {}, 2 ** 30);
 process.exitCode = await main(process.argv.slice(2), {
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
@@ -17,5 +20,6 @@ process.exitCode = await main(process.argv.slice(2), {
   env: process.env,
   signal: controller.signal,
 });
+clearInterval(keepAlive);
 process.off("SIGINT", stop);
 process.off("SIGTERM", stop);

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { formatManifestProblem, type ManifestProblem } from "@inmesh/control-plane";
 import { isMeshError } from "@inmesh/core";
 import { checkCommand } from "./commands/check.js";
@@ -19,9 +20,17 @@ function help(): string {
     "",
     ...commands.map((command) => `  ${command.name.padEnd(width)}  ${command.summary}`),
     "",
-    "inmesh <command> --help shows a command's options.",
+    "inmesh <command> --help shows a command's options; inmesh --version prints the version.",
     "",
   ].join("\n");
+}
+
+/** This package's version, read from its package.json (next to both src/ and dist/). */
+export function cliVersion(): string {
+  const manifest = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
+  return manifest.version;
 }
 
 function problemsOf(error: unknown): ManifestProblem[] | undefined {
@@ -35,6 +44,10 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     io.stdout(help());
     return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "-v" || name === "version") {
+    io.stdout(`${cliVersion()}\n`);
+    return 0;
   }
   const command = commands.find((candidate) => candidate.name === name);
   if (command === undefined) {

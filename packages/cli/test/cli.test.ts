@@ -26,6 +26,10 @@ describe("inmesh CLI", () => {
     expect(help.out()).toContain("control-plane");
     expect(help.out()).toContain("env");
 
+    const version = captureIo(dir);
+    expect(await main(["--version"], version)).toBe(0);
+    expect(version.out()).toMatch(/^\d+\.\d+\.\d+\S*\n$/);
+
     const unknown = captureIo(dir);
     expect(await main(["frobnicate"], unknown)).toBe(2);
     expect(unknown.err()).toContain('unknown command "frobnicate"');

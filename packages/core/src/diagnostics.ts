@@ -68,6 +68,12 @@ export interface InboundCallMessage {
   error: unknown;
   /** Milliseconds from start to end, set before the end message. */
   durationMs: number | undefined;
+  /**
+   * Set by a start subscriber that has a context for the call (the OpenTelemetry bridge: the SERVER
+   * span): the server then runs the request handler inside it, so work the handler starts, outbound
+   * calls included, belongs to the call. Unset, the handler runs as is, at no cost.
+   */
+  runInScope?: (<T>(fn: () => T) => T) | undefined;
 }
 
 export interface OutboundCallMessage {

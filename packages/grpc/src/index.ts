@@ -6,6 +6,7 @@
 export { createMeshCertificateProvider } from "./client/certificate-provider.js";
 export type { MeshGrpcChannel, MeshGrpcChannelOptions, MeshGrpcDiscovery } from "./client/channel.js";
 export { createMeshGrpcChannel, MESH_ERROR_METADATA_KEY } from "./client/channel.js";
+export { meshClientArguments } from "./client/client-arguments.js";
 export type { MeshChannelCredentialsOptions, MeshClientIdentity } from "./client/credentials.js";
 export { createMeshChannelCredentials } from "./client/credentials.js";
 export type { MeshClientInterceptorOptions } from "./client/interceptors.js";

@@ -14,7 +14,7 @@ import {
   type MeshServerOptions,
   type TransportHeaderListener,
 } from "@inmesh/http";
-import { createOtelBridge } from "@inmesh/otel";
+import { createOtelBridge, isOtelApiInstalled } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
 
 /** Everything `createMeshServer` takes except what the mesh supplies (identity and policy). */
@@ -87,7 +87,8 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   const core = createMeshCore(options);
   const metrics = options.metrics === false ? undefined : createMeshMetrics();
   metrics?.subscribe();
-  const otel = options.tracing === false ? undefined : createOtelBridge();
+  // Without @opentelemetry/api (an optional peer) there is nothing to record into: no bridge at all.
+  const otel = options.tracing === false || !isOtelApiInstalled() ? undefined : createOtelBridge();
   otel?.register();
 
   const dispatcher = createMeshDispatcher({

@@ -7,5 +7,14 @@ export {
 } from "./control-plane.js";
 export type { CreateMeshOptions, Mesh, MeshServeOptions } from "./create-mesh.js";
 export { createMesh } from "./create-mesh.js";
-export type { MeshCore, MeshEvents, MeshInboundPolicy, MeshOptions, MeshState, MeshStatus } from "./mesh.js";
+export type {
+  MeshCore,
+  MeshEvents,
+  MeshInboundPolicy,
+  MeshOptions,
+  MeshReadyOptions,
+  MeshState,
+  MeshStatus,
+} from "./mesh.js";
 export { createMeshCore } from "./mesh.js";
+export type { MeshWarningHandler, MissingDependency } from "./readiness.js";

@@ -6,6 +6,7 @@ import {
   createIdentityProvider,
   type IdentityProvider,
   type IdentityProviderOptions,
+  resolveIdentityConfig,
 } from "@inmesh/identity";
 import {
   type CompiledServerPolicy,
@@ -22,6 +23,7 @@ import {
   defaultControlPlaneCredentials,
   openControlPlaneClients,
 } from "./control-plane.js";
+import { defaultWarningHandler, type MeshWarningHandler, ReadinessReporter } from "./readiness.js";
 
 export interface MeshOptions extends MeshConfigOptions {
   /** Where `LINKERD2_PROXY_*` come from. @default process.env */
@@ -39,6 +41,17 @@ export interface MeshOptions extends MeshConfigOptions {
   serveDefaultPolicyUntilLoaded?: boolean;
   /** Credentials for the policy and destination channels. @default plaintext on loopback, else mTLS */
   controlPlaneCredentials?: ControlPlaneCredentialsFactory;
+  /**
+   * Where `ready()` reports a control-plane dependency that fails while it waits (once per dependency,
+   * with its address and error). `false` silences it. @default process.emitWarning (stderr)
+   */
+  onWarning?: MeshWarningHandler;
+}
+
+export interface MeshReadyOptions {
+  signal?: AbortSignal;
+  /** Give up after this long, rejecting with what is missing and where. @default wait until closed */
+  timeoutMs?: number;
 }
 
 /**
@@ -75,9 +88,12 @@ export interface MeshCore extends AsyncDisposable {
   readonly discovery: Discovery | undefined;
   /**
    * Resolves when identity is issued and policy for every served port is loaded, as Linkerd makes the
-   * proxy ready before the application starts. Rejects on abort or close.
+   * proxy ready before the application starts. Keeps the process alive while it waits, and warns about
+   * each control-plane dependency that fails meanwhile. Rejects on abort, timeout or close; an abort or
+   * timeout rejects with a MeshError naming each missing dependency, its address and its last error
+   * (`MESH_ERR_CP_UNAVAILABLE` when one failed).
    */
-  ready(options?: { signal?: AbortSignal }): Promise<void>;
+  ready(options?: MeshReadyOptions): Promise<void>;
   isReady(): boolean;
   state(): MeshState;
   on<TEvent extends keyof MeshEvents>(
@@ -202,12 +218,25 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     return status !== "closing" && status !== "closed" && reasons().length === 0;
   }
 
-  async function ready(readyOptions: { signal?: AbortSignal } = {}): Promise<void> {
-    const signal = readyOptions.signal
-      ? AbortSignal.any([readyOptions.signal, lifetime.signal])
-      : lifetime.signal;
-    await identity.ready({ signal });
-    await watcher?.ready({ signal });
+  const readiness = new ReadinessReporter(
+    {
+      identity,
+      identityAddress: identityServiceAddress(env, options),
+      watcher,
+      policyAddress: config.policy?.address,
+    },
+    options.onWarning ?? defaultWarningHandler,
+  );
+
+  async function ready(readyOptions: MeshReadyOptions = {}): Promise<void> {
+    const signals = [lifetime.signal];
+    if (readyOptions.signal) signals.push(readyOptions.signal);
+    if (readyOptions.timeoutMs !== undefined) signals.push(AbortSignal.timeout(readyOptions.timeoutMs));
+    const signal = signals.length === 1 ? lifetime.signal : AbortSignal.any(signals);
+    await readiness.track(async () => {
+      await identity.ready({ signal });
+      await watcher?.ready({ signal });
+    }, signal);
     if (status === "starting") setStatus("ready");
   }
 
@@ -245,4 +274,13 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** The identity service's address for messages; undefined when the configuration does not say. */
+function identityServiceAddress(env: Env, options: MeshOptions) {
+  try {
+    return resolveIdentityConfig({ ...options.identity, env }).identityService;
+  } catch {
+    return undefined;
+  }
 }

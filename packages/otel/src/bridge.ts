@@ -1,3 +1,4 @@
+import { createRequire } from "node:module";
 import { debuglog } from "node:util";
 import {
   createMeshChannelSubscription,
@@ -10,25 +11,49 @@ import {
   type OutboundCallMessage,
   type PeerIdentity,
 } from "@inmesh/core";
-import {
-  type Attributes,
-  type Context,
-  context,
-  propagation,
-  ROOT_CONTEXT,
-  type Span,
-  SpanKind,
-  SpanStatusCode,
-  type TextMapGetter,
-  type TextMapSetter,
-  type Tracer,
-  type TracerProvider,
-  trace,
+import type {
+  Attributes,
+  Context,
+  Span,
+  TextMapGetter,
+  TextMapSetter,
+  Tracer,
+  TracerProvider,
 } from "@opentelemetry/api";
 import * as semconv from "./semconv.js";
 import { VERSION } from "./version.js";
 
 const log = debuglog("mesh");
+
+type OtelApi = typeof import("@opentelemetry/api");
+
+// @opentelemetry/api is an optional peer: it is loaded when a bridge is created, so a service without it
+// loads this package (through @inmesh/mesh) and simply records no spans. Every copy of the API of one
+// major version shares its globals, so this copy sees the SDK the application registered.
+let api: OtelApi | undefined;
+function loadOtelApi(): OtelApi {
+  if (api) return api;
+  try {
+    api = createRequire(import.meta.url)("@opentelemetry/api") as OtelApi;
+  } catch (error) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_CONFIG,
+      "@opentelemetry/api is not installed: add it (and an OpenTelemetry SDK) to record spans",
+      { cause: error, details: { dependency: "@opentelemetry/api" } },
+    );
+  }
+  return api;
+}
+
+/** Whether `@opentelemetry/api` can be loaded here (`createMesh()` bridges only then). */
+export function isOtelApiInstalled(): boolean {
+  try {
+    loadOtelApi();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** The propagation calls the bridge makes; both `propagation` and any `TextMapPropagator` fit. */
 export interface Propagator {
@@ -170,7 +195,7 @@ function finish(span: Span, outcome: Outcome, side: "server" | "client"): void {
   }
   if (type !== undefined) {
     span.setAttribute(semconv.ATTR_ERROR_TYPE, type);
-    span.setStatus({ code: SpanStatusCode.ERROR });
+    span.setStatus({ code: loadOtelApi().SpanStatusCode.ERROR });
   }
 }
 
@@ -203,10 +228,13 @@ function resolveOptions(options: OtelBridgeOptions): OtelBridgeOptions {
  */
 export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
   const config = resolveOptions(options);
+  const { context, propagation, ROOT_CONTEXT, SpanKind, trace } = loadOtelApi();
   const propagator: Propagator = config.propagator ?? propagation;
-  // Resolved at register time: with the global provider this is a proxy, so an SDK registered later
-  // still receives the spans.
-  let tracer: Tracer | undefined;
+  // A given provider's tracer is resolved once. The global one is looked up per span: the application's
+  // copy of the API (ESM) and the one loaded here may be different module instances, and only the
+  // registered global (shared by every copy) reaches an SDK registered after this bridge.
+  let fixedTracer: Tracer | undefined;
+  const tracer = (): Tracer => fixedTracer ?? trace.getTracerProvider().getTracer("@inmesh/otel", VERSION);
 
   const inboundSpans = new WeakMap<InboundCallMessage, Span>();
   const callSpans = new WeakMap<OutboundCallMessage, { span: Span; context: Context }>();
@@ -231,12 +259,16 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     if (peer.kind === "mesh") attributes[semconv.ATTR_MESH_PEER_IDENTITY] = peer.name;
     const userAgent = message.getHeader("user-agent");
     if (userAgent !== undefined) attributes[semconv.ATTR_USER_AGENT_ORIGINAL] = userAgent;
-    const span = tracer!.startSpan(
+    const span = tracer().startSpan(
       spanName(message.protocol, message.method, message.path),
       { kind: SpanKind.SERVER, attributes },
       parent,
     );
     inboundSpans.set(message, span);
+    // The server runs the handler through this, so the SERVER span is active inside it and whatever the
+    // handler calls (a child span, an outbound call) joins the same trace.
+    const spanContext = trace.setSpan(parent, span);
+    message.runInScope = (fn) => context.with(spanContext, fn);
   };
 
   const inboundEnd = (message: InboundCallMessage) => {
@@ -269,7 +301,7 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     };
     if (host !== undefined) attributes[semconv.ATTR_SERVER_ADDRESS] = host;
     if (port !== undefined) attributes[semconv.ATTR_SERVER_PORT] = port;
-    const span = tracer!.startSpan(
+    const span = tracer().startSpan(
       spanName(message.protocol, message.method, message.path),
       { kind: SpanKind.CLIENT, attributes },
       active,
@@ -297,7 +329,7 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     const parent = callSpans.get(call)?.context ?? context.active();
     const attributes: Attributes = { [semconv.ATTR_MESH_ATTEMPT]: message.attempt };
     if (message.attempt > 1) attributes[semconv.ATTR_HTTP_REQUEST_RESEND_COUNT] = message.attempt - 1;
-    const span = tracer!.startSpan(
+    const span = tracer().startSpan(
       `${spanName(call.protocol, call.method, call.path)} attempt`,
       { kind: SpanKind.INTERNAL, attributes },
       parent,
@@ -332,19 +364,59 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     (name, error) => log("otel handler for %s failed: %o", name, error),
   );
 
-  return {
-    register() {
+  const subscription: BridgeSubscription = {
+    subscribe() {
       if (channels.active) return;
-      tracer = (config.tracerProvider ?? trace.getTracerProvider()).getTracer("@inmesh/otel", VERSION);
+      fixedTracer = config.tracerProvider?.getTracer("@inmesh/otel", VERSION);
       channels.subscribe();
     },
-    unregister() {
+    unsubscribe() {
       channels.unsubscribe();
     },
+  };
+  // Bridges to the global provider and propagator are interchangeable: however many are registered
+  // (the application's registerOtel() and each createMesh()), one of them records, so every span is
+  // exported once.
+  const shared = options.tracerProvider === undefined && options.propagator === undefined;
+  const registry = shared ? globalBridges() : undefined;
+
+  return {
+    register() {
+      if (!registry) return subscription.subscribe();
+      if (registry.includes(subscription)) return;
+      registry.push(subscription);
+      if (registry.length === 1) subscription.subscribe();
+    },
+    unregister() {
+      if (!registry) return subscription.unsubscribe();
+      const index = registry.indexOf(subscription);
+      if (index === -1) return;
+      registry.splice(index, 1);
+      if (index === 0) {
+        subscription.unsubscribe();
+        registry[0]?.subscribe();
+      }
+    },
     get registered() {
-      return channels.active;
+      return registry ? registry.includes(subscription) : channels.active;
     },
   };
+}
+
+interface BridgeSubscription {
+  subscribe(): void;
+  unsubscribe(): void;
+}
+
+/**
+ * Registered bridges to the global OpenTelemetry API, in registration order; the first one records.
+ * Process-wide (a global symbol) so two copies of this package still agree.
+ */
+function globalBridges(): BridgeSubscription[] {
+  const key = Symbol.for("@inmesh/otel.globalBridges");
+  const holder = globalThis as { [key]?: BridgeSubscription[] };
+  holder[key] ??= [];
+  return holder[key];
 }
 
 /** Creates a bridge and registers it: the one call most applications need. */

@@ -1,2 +1,2 @@
 export type { OtelBridge, OtelBridgeOptions, Propagator } from "./bridge.js";
-export { createOtelBridge, registerOtel } from "./bridge.js";
+export { createOtelBridge, isOtelApiInstalled, registerOtel } from "./bridge.js";

@@ -4,6 +4,9 @@ import type { PodInfo, ResolvedClusterOptions } from "../model/index.js";
 /** The injector's default `proxy.opaquePorts` (contract §2.1). */
 export const DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211";
 
+/** linkerd2-proxy's admin port (`LINKERD2_PROXY_ADMIN_LISTEN_ADDR`, `/metrics`, `/ready`, `/live`). */
+export const DEFAULT_ADMIN_PORT = 4191;
+
 export interface ControlPlaneAddresses {
   /** `host:port` */
   readonly identity: string;
@@ -90,6 +93,9 @@ export function buildWorkloadEnv(input: WorkloadEnvInput): Record<string, string
   // 127.0.0.1 they would match Linkerd's implicit localhost authorization and bypass every policy.
   if (pod.ip !== "" && pod.ip !== "127.0.0.1" && pod.ip !== "::1" && isLoopbackHost(pod.ip)) {
     env.MESH_SDK_OUTBOUND_LOCAL_ADDRESS = pod.ip;
+    // Each local pod binds what a sidecar binds on its own address, so a second service on the same host
+    // does not collide on 127.0.0.1:4191 (the admin server) the way pods never do in a cluster.
+    env.LINKERD2_PROXY_ADMIN_LISTEN_ADDR = formatAddress(pod.ip, DEFAULT_ADMIN_PORT);
   }
   return env;
 }

@@ -214,7 +214,7 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
       };
       const decision: HttpDecision = policy.authorizeHttp(request);
       if (callStart.hasSubscribers || callEnd.hasSubscribers)
-        telemetry = startTelemetry(call, facts, port, methodDescriptor.path, decision);
+        telemetry = startTelemetry(call, facts, port, methodDescriptor.path, decision, metadata);
       const meshed = facts.identity !== undefined;
       let refusal: { code: number; message: string } | undefined;
       if (!decision.allowed) {
@@ -254,7 +254,11 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
         authz: decision.authz,
         decision,
       });
-      next(metadata);
+      // Streaming handlers start here, unary ones at half-close: both inside the call's scope (its
+      // SERVER span when tracing), so what the handler does joins the caller's trace.
+      const scope = telemetry?.message.runInScope;
+      if (scope === undefined) next(metadata);
+      else scope(() => next(metadata));
     };
     return new ServerInterceptingCall(call, {
       start(next) {
@@ -274,7 +278,10 @@ export function createAuthorizationInterceptor(options: AuthorizationOptions): S
             if (!denied) msgNext(message);
           },
           onReceiveHalfClose(halfCloseNext) {
-            if (!denied) halfCloseNext();
+            if (denied) return;
+            const scope = telemetry?.message.runInScope;
+            if (scope === undefined) halfCloseNext();
+            else scope(halfCloseNext);
           },
         });
       },
@@ -292,6 +299,7 @@ function startTelemetry(
   port: number,
   path: string,
   decision: HttpDecision,
+  metadata: Metadata,
 ): { message: InboundCallMessage & Record<string, unknown>; startedAt: number } {
   const info = call.getConnectionInfo();
   const message = {
@@ -304,12 +312,17 @@ function startTelemetry(
     targetAddress: `${info.localAddress ?? ""}:${info.localPort ?? 0}`,
     clientAddress: facts.address,
     peer: facts.peer,
-    getHeader: () => undefined,
+    // Trace context (traceparent…) arrives as metadata.
+    getHeader: (name: string) => {
+      const value = metadata.get(name)[0];
+      return typeof value === "string" ? value : undefined;
+    },
     decision,
     statusCode: 200 as number | undefined,
     grpcStatus: undefined as number | undefined,
     error: undefined as unknown,
     durationMs: undefined as number | undefined,
+    runInScope: undefined as InboundCallMessage["runInScope"],
   };
   if (callStart.hasSubscribers) callStart.publish(message);
   return { message, startedAt: performance.now() };

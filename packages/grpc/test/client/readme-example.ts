@@ -1,6 +1,6 @@
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import type { Discovery } from "@inmesh/destination";
-import { createMeshClientOptions, createMeshGrpcChannel } from "@inmesh/grpc";
+import { createMeshGrpcChannel, meshClientArguments } from "@inmesh/grpc";
 import type { IdentityProvider } from "@inmesh/identity";
 
 /** Any generated client constructor works; `makeGenericClientConstructor` stands in for one here. */
@@ -21,12 +21,9 @@ export async function callEcho(
     identity,
     discovery,
   });
-  // Retries (route conditions, else UNAVAILABLE; 64 KiB replay limit; budget) and telemetry interceptors.
-  const client = new EchoClient(
-    channel.authority,
-    grpc.credentials.createInsecure(),
-    createMeshClientOptions(channel),
-  );
+  // Address, credentials and options for the client: calls go through the channel (mTLS per endpoint;
+  // grpc-js's credentials argument is unused behind it), with retry and telemetry interceptors.
+  const client = new EchoClient(...meshClientArguments(channel));
   try {
     return await new Promise<string>((resolve, reject) =>
       client.unary(Buffer.from("hi"), (error, value) => (error ? reject(error) : resolve(String(value)))),

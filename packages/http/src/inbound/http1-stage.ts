@@ -22,7 +22,7 @@ import {
   sendSynthetic,
 } from "./gate.js";
 import { debug, type ShutdownFlag } from "./pipeline.js";
-import { type CallTelemetry, callsObserved, endCall, startCall } from "./telemetry.js";
+import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
 
 export type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -44,7 +44,7 @@ export interface Http1Stage {
   readonly server: Server;
   serve(socket: Socket | TLSSocket, state: ConnectionState, raw: Socket): void;
   /** A bridge connection carrying one request the HTTP/2 stage already authorized. */
-  markBridged(socket: Duplex, context: MeshRequestContext): void;
+  markBridged(socket: Duplex, context: MeshRequestContext, telemetry: CallTelemetry | undefined): void;
   startDrain(): void;
   close(): void;
 }
@@ -59,7 +59,10 @@ interface Http1Connection {
 export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   const { gate, port, handler, shutdown } = options;
   const connections = new WeakMap<object, Http1Connection>();
-  const bridged = new WeakMap<object, { readonly context: MeshRequestContext }>();
+  const bridged = new WeakMap<
+    object,
+    { readonly context: MeshRequestContext; readonly telemetry: CallTelemetry | undefined }
+  >();
   const activeResponses = new Set<ServerResponse>();
 
   const server = createHttpServer({
@@ -96,7 +99,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     if (bridge !== undefined) {
       attachMeshContext(req, bridge.context);
       if (expectContinue) res.writeContinue();
-      (handler as Http1Handler)(req, res);
+      runHandler(bridge.telemetry, handler as Http1Handler, req, res);
       return;
     }
     const connection = connections.get(socket);
@@ -142,7 +145,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     expectContinue: boolean,
   ): void {
     if (res.destroyed) return;
-    if (callsObserved()) observeResponse(req, res, state, result);
+    const telemetry = callsObserved() ? observeResponse(req, res, state, result) : undefined;
     if (!result.allowed) {
       // The body the client held back must not be read as the next request.
       if (expectContinue) res.setHeader("connection", "close");
@@ -151,7 +154,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     }
     if (expectContinue) res.writeContinue();
     attachMeshContext(req, result.context);
-    (handler as Http1Handler)(req, res);
+    runHandler(telemetry, handler as Http1Handler, req, res);
   }
 
   function failResponse(res: ServerResponse, error: unknown): void {
@@ -169,7 +172,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     res: ServerResponse,
     state: ConnectionState,
     result: MeshAuthorization,
-  ): void {
+  ): CallTelemetry {
     const target = req.url ?? "/";
     const question = target.indexOf("?");
     const telemetry: CallTelemetry = startCall(
@@ -194,13 +197,14 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
           : new MeshError(MeshErrorCode.CANCELED, "response closed before it finished"),
       }),
     );
+    return telemetry;
   }
 
   return {
     server,
     serve,
-    markBridged: (socket, context) => {
-      bridged.set(socket, { context });
+    markBridged: (socket, context, telemetry) => {
+      bridged.set(socket, { context, telemetry });
     },
     startDrain() {
       for (const res of activeResponses) if (!res.headersSent) res.setHeader("connection", "close");

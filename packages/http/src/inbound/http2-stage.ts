@@ -30,7 +30,7 @@ import { bridgeToHttp1 } from "./http1-bridge.js";
 import type { Http1Stage } from "./http1-stage.js";
 import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
 
-import { callsObserved, endCall, startCall } from "./telemetry.js";
+import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
 
 export type Http2CompatHandler = (req: Http2ServerRequest, res: Http2ServerResponse) => void;
 
@@ -293,7 +293,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     result: MeshAuthorization,
   ): void {
     if (stream.destroyed || stream.closed) return;
-    if (callsObserved()) observeStream(stream, state, headers, result);
+    const telemetry = callsObserved() ? observeStream(stream, state, headers, result) : undefined;
     if (!result.allowed) {
       sendSyntheticOnStream(stream, result.response);
       return;
@@ -301,7 +301,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     const context = result.context;
     if (onStream !== undefined) {
       attachMeshContext(stream, context);
-      onStream(stream, headers, context);
+      const scope = telemetry?.message.runInScope;
+      if (scope === undefined) onStream(stream, headers, context);
+      else scope(() => onStream(stream, headers, context));
       return;
     }
     const socket = stream.session?.socket;
@@ -315,7 +317,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
         encrypted: state.tls,
       },
       origProto: context.origProto,
-      onServerSocket: (bridgeSocket) => http1.markBridged(bridgeSocket, context),
+      onServerSocket: (bridgeSocket) => http1.markBridged(bridgeSocket, context, telemetry),
     });
   }
 
@@ -338,14 +340,14 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     });
     const finish = (settled: MeshAuthorization) => {
       if (stream.destroyed || stream.closed) return;
-      if (callsObserved()) observeStream(stream, state, req.headers, settled);
+      const telemetry = callsObserved() ? observeStream(stream, state, req.headers, settled) : undefined;
       if (!settled.allowed) {
         sendSyntheticOnStream(stream, settled.response);
         return;
       }
       if (settled.context.origProto !== undefined) res.setHeader(L5D_ORIG_PROTO, settled.context.origProto);
       attachMeshContext(req, settled.context);
-      (compatHandler as Http2CompatHandler)(req, res);
+      runHandler(telemetry, compatHandler as Http2CompatHandler, req, res);
     };
     if (result instanceof Promise) {
       result.then(finish, () => stream.close(h2constants.NGHTTP2_INTERNAL_ERROR));
@@ -359,7 +361,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     state: ConnectionState,
     headers: IncomingHttpHeaders,
     result: MeshAuthorization,
-  ): void {
+  ): CallTelemetry {
     const target = String(headers[":path"] ?? "/");
     const question = target.indexOf("?");
     const contentType = headers["content-type"];
@@ -388,6 +390,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
             : undefined,
       });
     });
+    return telemetry;
   }
 
   return {

@@ -81,6 +81,7 @@ export function startCall(
     grpcStatus: undefined,
     error: undefined,
     durationMs: undefined,
+    runInScope: undefined,
   };
   const telemetry = { message, startedAt: performance.now() };
   if (callStart.hasSubscribers) callStart.publish(message);
@@ -97,6 +98,21 @@ export function endCall(
   message.error = outcome.error;
   message.durationMs = performance.now() - telemetry.startedAt;
   if (callEnd.hasSubscribers) callEnd.publish(message);
+}
+
+/**
+ * Calls a request handler inside the call's scope when a subscriber gave one (trace context), else
+ * directly: no closure is made unless a scope exists.
+ */
+export function runHandler<A, B>(
+  telemetry: CallTelemetry | undefined,
+  handler: (a: A, b: B) => unknown,
+  a: A,
+  b: B,
+): void {
+  const scope = telemetry?.message.runInScope;
+  if (scope === undefined) handler(a, b);
+  else scope(() => handler(a, b));
 }
 
 type MutableTcpMessage = { -readonly [K in keyof TcpConnectionMessage]: TcpConnectionMessage[K] };
