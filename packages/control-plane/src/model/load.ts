@@ -1,5 +1,6 @@
 /** YAML files → typed resources (or problems), one document at a time. */
 import { parseAllDocuments } from "yaml";
+import { type EgressNetworkRes, parseEgressNetwork } from "./egress.js";
 import {
   describe,
   isObject,
@@ -49,6 +50,7 @@ export interface Resources {
   readonly httpRoutes: HttpRouteRes[];
   readonly grpcRoutes: GrpcRouteRes[];
   readonly serviceProfiles: ServiceProfileRes[];
+  readonly egressNetworks: EgressNetworkRes[];
 }
 
 type Handler = (r: Reader, doc: JsonObject, out: Resources) => void;
@@ -93,6 +95,10 @@ const KINDS: Readonly<Record<string, Readonly<Record<string, KindSpec>>>> = {
     NetworkAuthentication: {
       versions: ["v1alpha1"],
       handle: (r, d, o) => push(o.networkAuthentications, parseNetworkAuthentication(r, d)),
+    },
+    EgressNetwork: {
+      versions: ["v1alpha1"],
+      handle: (r, d, o) => push(o.egressNetworks, parseEgressNetwork(r, d)),
     },
     HTTPRoute: {
       versions: ["v1alpha1", "v1beta1", "v1beta2", "v1beta3"],
@@ -210,6 +216,7 @@ export function loadResources(files: readonly ManifestFile[], problems: Problems
     httpRoutes: [],
     grpcRoutes: [],
     serviceProfiles: [],
+    egressNetworks: [],
   };
   for (const file of files) {
     const documents = parseAllDocuments(file.text, { uniqueKeys: true });
