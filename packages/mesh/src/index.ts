@@ -9,3 +9,4 @@ export type { CreateMeshOptions, Mesh, MeshServeOptions } from "./create-mesh.js
 export { createMesh } from "./create-mesh.js";
 export type { MeshCore, MeshEvents, MeshInboundPolicy, MeshOptions, MeshState, MeshStatus } from "./mesh.js";
 export { createMeshCore } from "./mesh.js";
+export type { MeshOutbound } from "./outbound.js";

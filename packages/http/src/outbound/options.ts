@@ -15,7 +15,16 @@ export interface MeshDispatcherOptions {
   discovery: MeshDiscovery;
   /** Requests to `http://<name>.svc.<clusterDomain>[:port]` go through discovery. @default "cluster.local" */
   clusterDomain?: string;
-  /** Where every other request goes (other hosts, https, IP addresses). @default a plain undici `Agent` */
+  /**
+   * The caller's namespace: short names resolve as a pod's resolver would (`books` →
+   * `books.<ns>.svc.<clusterDomain>`, `books.bookshop` → `books.bookshop.svc.<clusterDomain>`). Without it
+   * only full names are meshed. `createMesh` sets it from the workload.
+   */
+  searchNamespace?: string;
+  /**
+   * Where requests go that are not meshed (loopback, https to cluster names, non-http) and those the
+   * outbound policy forwards as addressed (egress). @default a plain undici `Agent`
+   */
   fallbackDispatcher?: Dispatcher;
   /**
    * Request bodies up to this size are buffered so a retry can replay them; larger or still-streaming
@@ -69,6 +78,8 @@ export interface ResolvedDispatcherOptions {
   readonly identity: IdentityProvider | undefined;
   readonly discovery: MeshDiscovery;
   readonly clusterSuffix: string;
+  readonly clusterDomain: string;
+  readonly searchNamespace: string | undefined;
   readonly maxRetryBodyBytes: number;
   readonly requestTimeoutMs: number | undefined;
   readonly perTryTimeoutMs: number | undefined;
@@ -118,6 +129,16 @@ function integer(name: string, value: number | undefined, fallback: number | und
   return checked;
 }
 
+function namespaceOption(value: string | undefined): string | undefined {
+  if (value === undefined || value === "") return undefined;
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(value)) {
+    throw new ConfigError(`searchNamespace ${JSON.stringify(value)} is not a namespace name`, {
+      details: { variable: "searchNamespace" },
+    });
+  }
+  return value;
+}
+
 export function resolveDispatcherOptions(options: MeshDispatcherOptions): ResolvedDispatcherOptions {
   if (!options || typeof options !== "object")
     throw new ConfigError("createMeshDispatcher needs an options object", {
@@ -157,6 +178,8 @@ export function resolveDispatcherOptions(options: MeshDispatcherOptions): Resolv
     identity: options.identity,
     discovery,
     clusterSuffix: `.svc.${clusterDomain}`,
+    clusterDomain,
+    searchNamespace: namespaceOption(options.searchNamespace),
     maxRetryBodyBytes,
     requestTimeoutMs: positive("requestTimeoutMs", options.requestTimeoutMs, undefined),
     perTryTimeoutMs: positive("perTryTimeoutMs", options.perTryTimeoutMs, undefined),

@@ -296,12 +296,24 @@ export class LogicalTarget {
   readonly #policy: Watch<OutboundPolicyState> | undefined;
   #ready = false;
 
-  constructor(authority: string, group: EndpointGroup, discovery: MeshDiscovery, useRouting: boolean) {
+  constructor(
+    authority: string,
+    group: EndpointGroup,
+    discovery: MeshDiscovery,
+    watches: { readonly profile: boolean; readonly policy: boolean },
+  ) {
     this.authority = authority;
     this.group = group;
     this.budget = createRetryBudget();
-    this.#profile = useRouting ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
-    this.#policy = useRouting ? optionalWatch(() => discovery.watchOutboundPolicy?.(authority)) : undefined;
+    this.#profile = watches.profile ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
+    this.#policy = watches.policy
+      ? optionalWatch(() => discovery.watchOutboundPolicy?.(authority))
+      : undefined;
+  }
+
+  /** The OutboundPolicy answer, once it arrived (undefined without a policy watch). */
+  outboundPolicy(): OutboundPolicyState | undefined {
+    return this.#policy?.current();
   }
 
   /**
@@ -330,6 +342,18 @@ export class LogicalTarget {
   async close(): Promise<void> {
     await Promise.allSettled([this.#profile?.close(), this.#policy?.close()]);
   }
+}
+
+/** An address with nothing known about it: plaintext, no protocol hint. */
+function originalDestination(address: string, ip: string, port: number): Endpoint {
+  return Object.freeze({
+    address,
+    host: ip,
+    port,
+    weight: 1,
+    metricLabels: Object.freeze({}),
+    protocolHint: undefined,
+  });
 }
 
 function optionalWatch<T>(open: () => Watch<T> | undefined): Watch<T> | undefined {
@@ -382,11 +406,42 @@ export class TargetRegistry {
       return existing;
     }
     this.#makeRoom(this.#targets.size + this.#groups.size);
+    const routing = this.#options.useRouting;
     const target = Object.assign(
-      new LogicalTarget(authority, this.group(authority), this.#options.discovery, this.#options.useRouting),
+      new LogicalTarget(authority, this.group(authority), this.#options.discovery, {
+        profile: routing,
+        policy: routing,
+      }),
       { lastUsedMs: performance.now() },
     );
     this.#targets.set(authority, target);
+    return target;
+  }
+
+  /** The target of `authority` if one is open, without opening one. */
+  peek(authority: string): LogicalTarget | undefined {
+    return this.#targets.get(authority);
+  }
+
+  /**
+   * The target of an `ip:port` the application addressed (a cluster IP, a pod IP, an external address):
+   * what it is comes from the OutboundPolicy looked up by address, as the proxy does for intercepted
+   * traffic; until a route says otherwise it is the address itself, unmeshed.
+   */
+  addressTarget(address: string, ip: string, port: number): LogicalTarget {
+    this.#checkOpen();
+    const existing = this.#targets.get(address);
+    if (existing) {
+      existing.lastUsedMs = performance.now();
+      return existing;
+    }
+    this.#makeRoom(this.#targets.size + this.#groups.size);
+    const group = this.forwardGroup(originalDestination(address, ip, port));
+    const target = Object.assign(
+      new LogicalTarget(address, group, this.#options.discovery, { profile: false, policy: true }),
+      { lastUsedMs: performance.now() },
+    );
+    this.#targets.set(address, target);
     return target;
   }
 
