@@ -308,6 +308,13 @@ describe("what gets meshed", () => {
     );
     expect(hasMeshErrorCode(fetchError, MeshErrorCode.EGRESS_DENIED)).toBe(true);
     expect(String((fetchError as Error).message)).toMatch(/EgressNetwork bookshop\/blocked/);
+    // Metrics carry the egress labels, as Linkerd labels traffic governed by an EgressNetwork.
+    const series = (web.metrics?.render() ?? "")
+      .split("\n")
+      .filter((line) => line.startsWith("request_total{") && line.includes('authority="203.0.113.9:80"'));
+    expect(series.join("\n")).toMatch(
+      /parent_kind="EgressNetwork",parent_name="blocked",parent_namespace="bookshop"/,
+    );
 
     const tlsError = await web.fetch("https://203.0.113.9/").then(
       () => undefined,

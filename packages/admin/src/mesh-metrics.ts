@@ -455,10 +455,24 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     family.inc([authority(call.authority), resource("route", call.route)]);
   };
 
+  // Egress calls only (a handful of EgressNetworks), so the cache stays small.
+  const parents = boundedCache<LabelPart>(64);
+  const parent = (value: OutboundCallMessage["parent"]) =>
+    value
+      ? parents(`${value.group}|${value.kind}|${value.namespace}|${value.name}`, () =>
+          part([
+            ["parent_group", value.group],
+            ["parent_kind", value.kind],
+            ["parent_name", value.name],
+            ["parent_namespace", value.namespace],
+          ]),
+        )
+      : EMPTY;
+
   const attemptEnd = (message: OutboundAttemptMessage) => {
     callsWithAttempts.add(message.call);
     recordCall(
-      [OUTBOUND, authority(message.call.authority), endpoint(message)],
+      [OUTBOUND, authority(message.call.authority), parent(message.call.parent), endpoint(message)],
       message.call.protocol,
       message,
     );
@@ -467,7 +481,7 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
   const outboundEnd = (message: OutboundCallMessage) => {
     // Calls that failed before any attempt (no endpoints, closed client) would otherwise be invisible.
     if (callsWithAttempts.has(message)) return;
-    recordCall([OUTBOUND, authority(message.authority)], message.protocol, message);
+    recordCall([OUTBOUND, authority(message.authority), parent(message.parent)], message.protocol, message);
   };
 
   /** Parts shared by the tcp_* families; the inbound TCP authorization counters drop the first one. */

@@ -79,3 +79,12 @@ export function opaqueDecision(
       : undefined;
   return { backend: first?.backend.target };
 }
+
+/** The EgressNetwork an address's policy comes from, as metric labels; undefined for anything else. */
+export function egressParent(
+  state: OutboundPolicyState | undefined,
+): { group: string; kind: string; name: string; namespace: string } | undefined {
+  const parent = parentOf(state);
+  if (!parent || parent.isDefault || parent.kind !== "EgressNetwork") return undefined;
+  return { group: parent.group, kind: parent.kind, name: parent.name, namespace: parent.namespace };
+}

@@ -17,7 +17,7 @@ import {
   type ResponseHeaders,
   respondSynthetic,
 } from "../controller.js";
-import { httpEgressDenial } from "../egress.js";
+import { egressParent, httpEgressDenial } from "../egress.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
 import { type CallState, callOf } from "../state.js";
 import type { EndpointGroup, TargetRegistry } from "../targets.js";
@@ -230,6 +230,8 @@ class RoutingCall {
       this.#respond(noRouteResponse(call));
       return;
     }
+    const egress = call.address ? egressParent(target.outboundPolicy()) : undefined;
+    if (egress && call.telemetry) call.telemetry.parent = egress;
     const denial = call.address
       ? httpEgressDenial(call.authority, target.outboundPolicy(), selected)
       : undefined;
