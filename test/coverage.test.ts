@@ -9,12 +9,18 @@ import { createServer as createTlsServer, type TLSSocket, type Server as TlsServ
 import * as grpc from "@grpc/grpc-js";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { hasMeshErrorCode, MeshErrorCode } from "@inmesh/core";
-import { createMeshClientOptions, createMeshConnectionInjector, meshPeer } from "@inmesh/grpc";
+import { createMeshConnectionInjector, meshPeer } from "@inmesh/grpc";
 import { createMesh, type Mesh } from "@inmesh/mesh";
 import { parseTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
 import axios from "axios";
 import { getGlobalDispatcher } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  askDb,
+  callBooksEveryWay,
+  callGrpc,
+  egressAllowed,
+} from "../packages/mesh/test/readme-outbound-example.js";
 
 const WEB_ID = "web.bookshop.serviceaccount.identity.linkerd.cluster.local";
 const DB_ID = "db.bookshop.serviceaccount.identity.linkerd.cluster.local";
@@ -337,26 +343,23 @@ describe("what gets meshed", () => {
   });
 
   it("gRPC from several workloads on one host: the policy admits web and denies stranger", async () => {
-    const call = async (mesh: Mesh) => {
-      const channel = await mesh.grpcChannel("authors:50051");
-      const client = new WhoClient(
-        channel.authority,
-        grpc.credentials.createInsecure(),
-        createMeshClientOptions(channel),
-      );
-      try {
-        return await new Promise<string>((resolve, reject) =>
-          client.whoAmI(Buffer.from("?"), (error, value) => (error ? reject(error) : resolve(String(value)))),
-        );
-      } finally {
-        client.close();
-      }
-    };
-    expect(await call(web)).toBe(WEB_ID);
-    const denied = await call(stranger).then(
+    expect(await callGrpc(web, WhoClient)).toBe(WEB_ID);
+    const denied = await callGrpc(stranger, WhoClient).then(
       () => undefined,
       (error: grpc.ServiceError) => error,
     );
     expect(denied?.code).toBe(grpc.status.PERMISSION_DENIED);
+  });
+
+  it("the mesh README's outbound example runs as written", async () => {
+    expect(await callBooksEveryWay(web)).toEqual({
+      viaFetch: expect.stringContaining(WEB_ID),
+      viaAgent: expect.stringContaining(WEB_ID),
+      viaGlobalFetch: expect.stringContaining(WEB_ID),
+    });
+    expect(await askDb(web, "select 1")).toBe(
+      `${ports.db}|none|${TRANSPORT_HEADER_ALPN}|${WEB_ID}|select 1\n`,
+    );
+    expect(await egressAllowed(web, "http://203.0.113.7/")).toBe(false);
   });
 });
