@@ -307,6 +307,16 @@ describe("what gets meshed", () => {
     expect((socket as TLSSocket).getPeerX509Certificate?.()?.subjectAltName).toBe(`DNS:${DB_ID}`);
   });
 
+  it("a short name that names no Service is then the external name it would be in a pod", async () => {
+    // books.invalid → no Service invalid/books → DNS for books.invalid itself (RFC 2606), which has no answer.
+    const error = await web.fetch("http://books.invalid/").then(
+      () => undefined,
+      (failure: Error) => failure.cause ?? failure,
+    );
+    expect(hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NOT_FOUND)).toBe(true);
+    expect(String((error as Error).message)).toMatch(/cannot resolve books\.invalid/);
+  });
+
   it("a denied egress target is refused with MESH_ERR_EGRESS_DENIED, whatever the client", async () => {
     const fetchError = await web.fetch("http://203.0.113.9/").then(
       () => undefined,

@@ -25,19 +25,30 @@ export class AddressCache {
     return undefined;
   }
 
-  resolve(host: string): Promise<string> {
+  /** Resolves within `timeoutMs` (the system resolver's own retries can take much longer). */
+  resolve(host: string, timeoutMs: number): Promise<string> {
     const cached = this.cached(host);
     if (cached) return Promise.resolve(cached);
     let pending = this.#pending.get(host);
     if (!pending) {
-      pending = lookup(host, { verbatim: true }).then(
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(
+          () => reject(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: "ETIMEOUT" })),
+          timeoutMs,
+        );
+        timer.unref();
+      });
+      pending = Promise.race([lookup(host, { verbatim: true }), timeout]).then(
         ({ address }) => {
+          clearTimeout(timer);
           this.#pending.delete(host);
           if (this.#entries.size >= this.#max) this.#entries.clear();
           this.#entries.set(host, { ip: address, expiresAtMs: performance.now() + this.#ttlMs });
           return address;
         },
         (error: NodeJS.ErrnoException) => {
+          clearTimeout(timer);
           this.#pending.delete(host);
           throw new DestinationError(
             MeshErrorCode.DESTINATION_NOT_FOUND,

@@ -83,7 +83,7 @@ export class OutboundResolver {
       return this.resolve(absolute, originalHost);
     }
     if (name.kind === "external") {
-      const ip = await this.#dns.resolve(name.host);
+      const ip = await this.#dns.resolve(name.host, this.#options.discoveryTimeoutMs);
       return this.#addressOf(name.authority, ip, name.port);
     }
     return PASSTHROUGH;
