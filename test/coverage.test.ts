@@ -207,8 +207,21 @@ describe("what gets meshed", () => {
     const books = await meshFor("books-0");
     const booksServer = books.createServer(
       (req, res) => {
-        res.setHeader("content-type", "application/json");
-        res.end(JSON.stringify({ clientId: req.headers["l5d-client-id"] ?? null, host: req.headers.host }));
+        let bytes = 0;
+        req.on("data", (chunk: Buffer) => {
+          bytes += chunk.length;
+        });
+        req.on("end", () => {
+          res.setHeader("content-type", "application/json");
+          res.end(
+            JSON.stringify({
+              clientId: req.headers["l5d-client-id"] ?? null,
+              host: req.headers.host,
+              method: req.method,
+              bytes,
+            }),
+          );
+        });
       },
       { port: ports.books },
     );
@@ -286,6 +299,9 @@ describe("what gets meshed", () => {
       const response = await globalThis.fetch("http://books.bookshop/");
       expect(response.status).toBe(200);
       expect(((await response.json()) as { clientId: string }).clientId).toBe(WEB_ID);
+      // A body through Node's bundled fetch (its own handler style) arrives whole.
+      const posted = await globalThis.fetch("http://books/", { method: "POST", body: "x".repeat(100_000) });
+      expect(await posted.json()).toMatchObject({ clientId: WEB_ID, method: "POST", bytes: 100_000 });
     } finally {
       undo();
     }
