@@ -76,7 +76,8 @@ async function groupFor(
   const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
   if (verdict.denied) throw verdict.denied;
   const backend = verdict.backend;
-  let group = target.group;
+  const original = decision.kind === "address" ? target.meshedOriginalDestination() : undefined;
+  let group = original ? registry.forwardGroup(original) : target.group;
   if (backend?.kind === "forward") group = registry.forwardGroup(backend.endpoint);
   else if (backend?.kind === "balancer") group = registry.group(backend.path.toLowerCase());
   const set = await group.ready(signal, options.discoveryTimeoutMs);

@@ -294,16 +294,23 @@ export class LogicalTarget {
   readonly budget: RetryBudget;
   readonly #profile: Watch<ProfileState> | undefined;
   readonly #policy: Watch<OutboundPolicyState> | undefined;
+  readonly #profileRoutes: boolean;
   #ready = false;
 
   constructor(
     authority: string,
     group: EndpointGroup,
     discovery: MeshDiscovery,
-    watches: { readonly profile: boolean; readonly policy: boolean },
+    watches: {
+      readonly profile: boolean;
+      readonly policy: boolean;
+      /** Use only the profile's `endpoint` (address targets), never its routes. */
+      readonly profileEndpointOnly?: boolean;
+    },
   ) {
     this.authority = authority;
     this.group = group;
+    this.#profileRoutes = watches.profileEndpointOnly !== true;
     this.budget = createRetryBudget();
     this.#profile = watches.profile ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
     this.#policy = watches.policy
@@ -336,7 +343,21 @@ export class LogicalTarget {
   }
 
   routingModel(): RoutingModel {
-    return chooseRoutingModel({ profile: this.#profile?.current(), policy: this.#policy?.current() });
+    return chooseRoutingModel({
+      profile: this.#profileRoutes ? this.#profile?.current() : undefined,
+      policy: this.#policy?.current(),
+    });
+  }
+
+  /**
+   * For an address the policy controller does not know (a pod IP), the endpoint its profile describes,
+   * when meshed: the proxy forwards to the original destination with that identity (mTLS).
+   */
+  meshedOriginalDestination(): Endpoint | undefined {
+    if (this.#policy?.current()?.kind === "policy") return undefined;
+    const profile = this.#profile?.current();
+    const endpoint = profile?.kind === "profile" ? profile.endpoint : undefined;
+    return endpoint?.tlsIdentity ? endpoint : undefined;
   }
 
   async close(): Promise<void> {
@@ -438,7 +459,11 @@ export class TargetRegistry {
     this.#makeRoom(this.#targets.size + this.#groups.size);
     const group = this.forwardGroup(originalDestination(address, ip, port));
     const target = Object.assign(
-      new LogicalTarget(address, group, this.#options.discovery, { profile: false, policy: true }),
+      new LogicalTarget(address, group, this.#options.discovery, {
+        profile: true,
+        policy: true,
+        profileEndpointOnly: true,
+      }),
       { lastUsedMs: performance.now() },
     );
     this.#targets.set(address, target);

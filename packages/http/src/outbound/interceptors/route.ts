@@ -247,6 +247,8 @@ class RoutingCall {
     call.budget = policy.retry.kind === "budget" ? policy.retry.budget : target.budget;
     let filters: readonly AnyFilter[] = policy.filters;
     let group: EndpointGroup = target.group;
+    const original = call.address ? target.meshedOriginalDestination() : undefined;
+    if (original) group = this.#registry.forwardGroup(original);
     const backend = policy.backends ? selectBackend<AnyFilter>(policy.backends) : undefined;
     if (backend) {
       if (backend.filters.length > 0) filters = [...filters, ...backend.filters];
