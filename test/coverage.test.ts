@@ -321,6 +321,12 @@ describe("what gets meshed", () => {
     expect(peer).toBe(WEB_ID);
     expect(data).toBe("select 1\n");
     expect((socket as TLSSocket).getPeerX509Certificate?.()?.subjectAltName).toBe(`DNS:${DB_ID}`);
+
+    // The Service's cluster IP leads to the same endpoint, through the policy looked up by address.
+    const clusterIp = controlPlane.state.services.find((s) => s.name === "db")?.clusterIP;
+    const byIp = await web.connect(`${clusterIp}:5432`);
+    byIp.write("by ip\n");
+    expect(await readAll(byIp)).toBe(`${ports.db}|none|${TRANSPORT_HEADER_ALPN}|${WEB_ID}|by ip\n`);
   });
 
   it("a short name that names no Service is then the external name it would be in a pod", async () => {
