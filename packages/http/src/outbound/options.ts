@@ -22,8 +22,9 @@ export interface MeshDispatcherOptions {
    */
   searchNamespace?: string;
   /**
-   * Where requests go that are not meshed (loopback, https to cluster names, non-http) and those the
-   * outbound policy forwards as addressed (egress). @default a plain undici `Agent`
+   * Where requests go that are not meshed: loopback, non-HTTP, and `https:` (the application's own TLS,
+   * after the outbound policy of its address allowed it). Plain-HTTP egress the policy forwards as
+   * addressed goes through the mesh's own pools, with its metrics. @default a plain undici `Agent`
    */
   fallbackDispatcher?: Dispatcher;
   /**
