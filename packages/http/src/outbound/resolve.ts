@@ -44,7 +44,6 @@ export class OutboundResolver {
   readonly #options: ResolverOptions;
   readonly #dns: AddressCache;
   readonly #absent = new Map<string, number>();
-  readonly #never = new AbortController().signal;
 
   constructor(registry: TargetRegistry, options: ResolverOptions, dns: AddressCache) {
     this.#registry = registry;
@@ -98,7 +97,8 @@ export class OutboundResolver {
   async #serviceExists(authority: string): Promise<boolean> {
     const target = this.#registry.target(authority);
     try {
-      await target.ready(this.#never, this.#options.discoveryTimeoutMs);
+      // A fresh signal: AbortSignal.any over one long-lived signal would pile up dependants on it.
+      await target.ready(new AbortController().signal, this.#options.discoveryTimeoutMs);
     } catch (error) {
       if (!hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NOT_FOUND)) throw error;
       this.#remember(authority);
