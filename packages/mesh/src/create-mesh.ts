@@ -13,7 +13,7 @@ import {
 } from "@inmesh/http";
 import { createOtelBridge } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
-import { attachOutbound, type MeshOutbound, searchContext } from "./outbound.js";
+import { attachOutbound, type MeshOutbound, profileNetworks, searchContext } from "./outbound.js";
 
 /** Everything `createMeshServer` takes except what the mesh supplies (identity and policy). */
 export type MeshServeOptions = Omit<MeshServerOptions, "identity" | "policy" | "handler">;
@@ -80,6 +80,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   const dispatcher = createMeshDispatcher({
     ...(core.config.outboundLocalAddress ? { localAddress: core.config.outboundLocalAddress } : {}),
     clusterDomain: names.clusterDomain,
+    profileNetworks: profileNetworks(options.env ?? process.env, core),
     ...(names.namespace ? { searchNamespace: names.namespace } : {}),
     ...options.outbound,
     identity: core.identity,

@@ -1,5 +1,5 @@
 import type { Socket } from "node:net";
-import { ConfigError, type Env, readEnv } from "@inmesh/core";
+import { type Cidr, ConfigError, type Env, parseCidrList, readEnv } from "@inmesh/core";
 import type { MeshGrpcChannel, MeshGrpcChannelOptions } from "@inmesh/grpc";
 import {
   classifyHost,
@@ -43,6 +43,13 @@ export interface MeshOutbound {
     target: string,
     options?: Omit<MeshGrpcChannelOptions, "target" | "identity" | "discovery">,
   ): Promise<MeshGrpcChannel>;
+}
+
+/** Addresses whose profile is looked up: `LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS`, else the cluster's. */
+export function profileNetworks(env: Env, core: Pick<MeshCore, "config">): readonly Cidr[] {
+  const variable = "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS";
+  const text = readEnv(env, variable);
+  return text ? parseCidrList(variable, text) : core.config.clusterNetworks;
 }
 
 /** The pod's namespace and cluster domain, for short names (the resolv.conf search path). */

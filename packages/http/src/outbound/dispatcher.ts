@@ -104,6 +104,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       http2PriorKnowledge: resolved.http2PriorKnowledge,
     },
     useRouting: resolved.useRoutes,
+    profileNetworks: resolved.profileNetworks,
     maxTargets: resolved.maxTargets,
     idleTimeoutMs: resolved.targetIdleTimeoutMs,
   });

@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import { ConfigError, isDnsName } from "@inmesh/core";
+import { type Cidr, ConfigError, isDnsName } from "@inmesh/core";
 import { DEFAULT_MAX_REQUEST_BYTES } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
 import type { Dispatcher } from "undici";
@@ -21,6 +21,12 @@ export interface MeshDispatcherOptions {
    * only full names are meshed. `createMesh` sets it from the workload.
    */
   searchNamespace?: string;
+  /**
+   * IP addresses whose ServiceProfile is looked up, as `LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS`
+   * (a pod IP's identity comes from its profile); `createMesh` passes the cluster networks.
+   * @default every address
+   */
+  profileNetworks?: readonly Cidr[];
   /**
    * Where requests go that are not meshed: loopback, non-HTTP, and `https:` (the application's own TLS,
    * after the outbound policy of its address allowed it). Plain-HTTP egress the policy forwards as
@@ -81,6 +87,7 @@ export interface ResolvedDispatcherOptions {
   readonly clusterSuffix: string;
   readonly clusterDomain: string;
   readonly searchNamespace: string | undefined;
+  readonly profileNetworks: readonly Cidr[] | undefined;
   readonly maxRetryBodyBytes: number;
   readonly requestTimeoutMs: number | undefined;
   readonly perTryTimeoutMs: number | undefined;
@@ -181,6 +188,7 @@ export function resolveDispatcherOptions(options: MeshDispatcherOptions): Resolv
     clusterSuffix: `.svc.${clusterDomain}`,
     clusterDomain,
     searchNamespace: namespaceOption(options.searchNamespace),
+    profileNetworks: options.profileNetworks ? Object.freeze([...options.profileNetworks]) : undefined,
     maxRetryBodyBytes,
     requestTimeoutMs: positive("requestTimeoutMs", options.requestTimeoutMs, undefined),
     perTryTimeoutMs: positive("perTryTimeoutMs", options.perTryTimeoutMs, undefined),

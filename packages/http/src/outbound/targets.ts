@@ -1,10 +1,13 @@
 import { debuglog } from "node:util";
 import {
+  type Cidr,
+  cidrContains,
   DestinationError,
   MeshChannel,
   MeshError,
   MeshErrorCode,
   meshChannel,
+  parseIpAddress,
   secureRandom,
 } from "@inmesh/core";
 import {
@@ -365,6 +368,12 @@ export class LogicalTarget {
   }
 }
 
+function inNetworks(networks: readonly Cidr[] | undefined, ip: string): boolean {
+  if (networks === undefined) return true;
+  const parsed = parseIpAddress(ip);
+  return parsed !== undefined && networks.some((cidr) => cidrContains(cidr, parsed.family, parsed.value));
+}
+
 /** An address with nothing known about it: plaintext, no protocol hint. */
 function originalDestination(address: string, ip: string, port: number): Endpoint {
   return Object.freeze({
@@ -392,6 +401,11 @@ export interface TargetRegistryOptions {
   readonly settings: PoolSettings;
   /** Watch ServiceProfiles and OutboundPolicies for routes, retries and timeouts. */
   readonly useRouting: boolean;
+  /**
+   * Addresses whose ServiceProfile is looked up (for a pod IP's identity), as the proxy's
+   * `LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS`; others get only their OutboundPolicy. undefined: all.
+   */
+  readonly profileNetworks?: readonly Cidr[] | undefined;
   /** Most distinct authorities and discovery paths kept open at once. */
   readonly maxTargets: number;
   /** A target unused this long is closed (its watches and pools). */
@@ -460,7 +474,7 @@ export class TargetRegistry {
     const group = this.forwardGroup(originalDestination(address, ip, port));
     const target = Object.assign(
       new LogicalTarget(address, group, this.#options.discovery, {
-        profile: true,
+        profile: inNetworks(this.#options.profileNetworks, ip),
         policy: true,
         profileEndpointOnly: true,
       }),
