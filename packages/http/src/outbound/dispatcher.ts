@@ -194,9 +194,13 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
           decision.address.port,
         );
         const check = (): void => {
-          const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
-          if (verdict.denied) fail(handler, verdict.denied);
-          else fallback.dispatch(opts, handler);
+          try {
+            const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
+            if (verdict.denied) fail(handler, verdict.denied);
+            else fallback.dispatch(opts, handler);
+          } catch (error) {
+            fail(handler, error);
+          }
         };
         if (target.isReady) check();
         else
@@ -228,8 +232,8 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     const pairs = headerPairs(opts.headers);
     const call: CallState = {
       authority: decision.authority,
-      ...(decision.kind === "address" ? { address: decision.address } : {}),
-      ...(decision.kind === "service" && decision.hostHeader ? { hostHeader: decision.hostHeader } : {}),
+      address: decision.kind === "address" ? decision.address : undefined,
+      hostHeader: decision.kind === "service" ? decision.hostHeader : undefined,
       method: (opts.method ?? "GET").toUpperCase(),
       path: opts.path,
       protocol: isGrpcContentType(getHeader(pairs, "content-type")) ? "grpc" : "http",

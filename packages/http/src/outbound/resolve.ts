@@ -12,7 +12,7 @@ export type OutboundDecision =
       readonly kind: "service";
       readonly authority: string;
       /** The Host the application wrote, when a short name was completed. */
-      readonly hostHeader?: string;
+      readonly hostHeader?: string | undefined;
     }
   /** An address (typed, or an external name resolved): its OutboundPolicy, looked up by address, decides. */
   | {
@@ -55,7 +55,7 @@ export class OutboundResolver {
   now(name: OutboundName): OutboundDecision | undefined {
     switch (name.kind) {
       case "service":
-        if (!name.searched) return { kind: "service", authority: name.authority };
+        if (!name.searched) return this.#fullName(name);
         return this.#isAbsent(name.authority) ? undefined : this.#knownService(name);
       case "address":
         return this.#options.policyByAddress
@@ -86,6 +86,18 @@ export class OutboundResolver {
       return this.#addressOf(name.authority, ip, name.port);
     }
     return PASSTHROUGH;
+  }
+
+  // Names come from a bounded per-origin cache, so their decisions can be kept with them.
+  readonly #decisions = new WeakMap<OutboundName, OutboundDecision>();
+
+  #fullName(name: Extract<OutboundName, { kind: "service" }>): OutboundDecision {
+    let decision = this.#decisions.get(name);
+    if (!decision) {
+      decision = Object.freeze({ kind: "service", authority: name.authority });
+      this.#decisions.set(name, decision);
+    }
+    return decision;
   }
 
   #knownService(name: Extract<OutboundName, { kind: "service" }>): OutboundDecision | undefined {
