@@ -298,6 +298,7 @@ export class LogicalTarget {
   readonly #profile: Watch<ProfileState> | undefined;
   readonly #policy: Watch<OutboundPolicyState> | undefined;
   readonly #profileRoutes: boolean;
+  readonly #policyRequired: boolean;
   #ready = false;
 
   constructor(
@@ -307,13 +308,17 @@ export class LogicalTarget {
     watches: {
       readonly profile: boolean;
       readonly policy: boolean;
-      /** Use only the profile's `endpoint` (address targets), never its routes. */
+      /**
+       * An address target: use only the profile's `endpoint`, never its routes, and require the
+       * policy's answer.
+       */
       readonly profileEndpointOnly?: boolean;
     },
   ) {
     this.authority = authority;
     this.group = group;
     this.#profileRoutes = watches.profileEndpointOnly !== true;
+    this.#policyRequired = watches.profileEndpointOnly === true;
     this.budget = createRetryBudget();
     this.#profile = watches.profile ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
     this.#policy = watches.policy
@@ -335,9 +340,31 @@ export class LogicalTarget {
     const routing = Promise.allSettled(
       [this.#profile, this.#policy].map((watch) => watch?.ready({ signal, timeoutMs })),
     );
-    await Promise.all([this.group.ready(signal, timeoutMs), routing]);
+    await Promise.all([
+      this.group.ready(signal, timeoutMs),
+      routing,
+      this.#requiredPolicy(signal, timeoutMs),
+    ]);
     // Each caller waits with its own signal; once answered, later requests do not wait at all.
     this.#ready = true;
+  }
+
+  /**
+   * An address is only what its OutboundPolicy says (a Service, an allowed or denied EgressNetwork):
+   * without an answer the call fails rather than going out unchecked, as the proxy holds it too.
+   */
+  async #requiredPolicy(signal: AbortSignal, timeoutMs: number): Promise<void> {
+    if (!this.#policyRequired || !this.#policy) return;
+    try {
+      await this.#policy.ready({ signal, timeoutMs });
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      throw new DestinationError(
+        MeshErrorCode.DESTINATION_UNREACHABLE,
+        `no outbound policy for ${this.authority} within ${timeoutMs} ms: ${(error as Error)?.message}`,
+        { cause: error, details: { target: this.authority } },
+      );
+    }
   }
 
   /** True once the first answers arrived (requests then route synchronously). */
