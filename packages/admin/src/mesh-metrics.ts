@@ -627,10 +627,28 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     routeFamiliesFor(call.protocol).retries.inc([routeOf(call).withHost]);
   };
 
+  // Egress calls only (a handful of EgressNetworks), so the cache stays small.
+  const egressParents = boundedCache<LabelPart>(64);
+  const egressParent = (value: OutboundCallMessage["parent"]) =>
+    value
+      ? egressParents(`${value.group}|${value.kind}|${value.namespace}|${value.name}`, () =>
+          part([
+            ["parent_group", value.group],
+            ["parent_kind", value.kind],
+            ["parent_name", value.name],
+            ["parent_namespace", value.namespace],
+          ]),
+        )
+      : EMPTY;
+
   const attemptEnd = (message: OutboundAttemptMessage) => {
     const call = message.call;
     callsWithAttempts.add(call);
-    recordCall([OUTBOUND, authority(call.authority), endpoint(message)], call.protocol, message);
+    recordCall(
+      [OUTBOUND, authority(call.authority), egressParent(call.parent), endpoint(message)],
+      call.protocol,
+      message,
+    );
     const route = routeOf(call);
     const backend = backendOf(message, route.parent);
     const routeFamilySet = routeFamiliesFor(call.protocol);
@@ -648,7 +666,11 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     if (duration !== undefined) routeFamilySet.requestDuration.observe([route.withHost], duration);
     // Calls that failed before any attempt (no endpoints, closed client) would otherwise be invisible.
     if (callsWithAttempts.has(message)) return;
-    recordCall([OUTBOUND, authority(message.authority)], message.protocol, message);
+    recordCall(
+      [OUTBOUND, authority(message.authority), egressParent(message.parent)],
+      message.protocol,
+      message,
+    );
   };
 
   /** Parts shared by the tcp_* families. */

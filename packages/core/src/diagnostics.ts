@@ -85,6 +85,11 @@ export interface OutboundCallMessage {
   /** Sets a request header on every attempt; used to inject trace context. */
   setHeader(name: string, value: string): void;
   route: ResourceLabels | undefined;
+  /**
+   * The EgressNetwork whose policy the call went by, when it left the cluster (metrics label it
+   * `parent_*`, as Linkerd labels egress traffic); undefined for calls inside the cluster.
+   */
+  parent?: (ResourceLabels & { readonly namespace: string }) | undefined;
   statusCode: number | undefined;
   grpcStatus: number | undefined;
   error: unknown;

@@ -34,12 +34,17 @@ export type {
 export { createTransportHeaderListener } from "./inbound/transport-header-listener.js";
 // END inbound exports
 // BEGIN outbound exports
+export { MeshHttpAgent } from "./outbound/agent.js";
 export type { MeshInterceptor } from "./outbound/compose.js";
 export { composeInterceptors } from "./outbound/compose.js";
+export type { MeshConnect, MeshConnectOptions } from "./outbound/connect.js";
 export { EndpointConnectError } from "./outbound/connector.js";
 export type { MeshDispatcher } from "./outbound/dispatcher.js";
 export { createMeshDispatcher } from "./outbound/dispatcher.js";
 export type { MeshFetch } from "./outbound/fetch.js";
 export { createMeshFetch } from "./outbound/fetch.js";
+export { installGlobalDispatcher } from "./outbound/global.js";
+export type { NameContext, OutboundName } from "./outbound/names.js";
+export { classifyHost } from "./outbound/names.js";
 export type { MeshDispatcherOptions } from "./outbound/options.js";
 export type { MeshDiscovery } from "./outbound/targets.js";

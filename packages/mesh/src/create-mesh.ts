@@ -16,6 +16,7 @@ import {
 } from "@inmesh/http";
 import { createOtelBridge, isOtelApiInstalled } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
+import { attachOutbound, type MeshOutbound, profileNetworks, searchContext } from "./outbound.js";
 
 /** Everything `createMeshServer` takes except what the mesh supplies (identity and policy). */
 export type MeshServeOptions = Omit<MeshServerOptions, "identity" | "policy" | "handler">;
@@ -48,7 +49,7 @@ export interface CreateMeshOptions extends MeshOptions {
   outbound?: Omit<MeshDispatcherOptions, "identity" | "discovery">;
 }
 
-export interface Mesh extends MeshCore {
+export interface Mesh extends MeshCore, MeshOutbound {
   /**
    * Serves `handler` (a `(req, res)` listener, an Express app…) on `port` with mesh TLS, plaintext, the
    * port's Linkerd policy, and `l5d-client-id`. Call `listen()` on the result. The port must be one of
@@ -91,8 +92,12 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   const otel = options.tracing === false || !isOtelApiInstalled() ? undefined : createOtelBridge();
   otel?.register();
 
+  const names = searchContext(options.env ?? process.env, core);
   const dispatcher = createMeshDispatcher({
     ...(core.config.outboundLocalAddress ? { localAddress: core.config.outboundLocalAddress } : {}),
+    clusterDomain: names.clusterDomain,
+    profileNetworks: profileNetworks(options.env ?? process.env, core),
+    ...(names.namespace ? { searchNamespace: names.namespace } : {}),
     ...options.outbound,
     identity: core.identity,
     discovery: core.discovery ?? noDiscovery(),
@@ -198,13 +203,13 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     await core.ready(readyOptions);
   };
 
-  return {
+  const mesh: Omit<Mesh, keyof MeshOutbound> = {
     ...core,
     ready,
     createServer,
     // Fastify types its serverFactory result as an http.Server; the mesh listener is a net.Server that
     // feeds one, and offers what Fastify calls on it (listen, close, address, closeIdleConnections).
-    serverFactory: (serveOptions) => (handler) =>
+    serverFactory: (serveOptions: MeshServeOptions) => (handler: NonNullable<MeshServerOptions["handler"]>) =>
       createServer(handler, serveOptions).server as unknown as HttpServer,
     dispatcher,
     fetch,
@@ -214,6 +219,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     close: core.close,
     [Symbol.asyncDispose]: core.close,
   };
+  return attachOutbound(mesh, core, dispatcher, names);
 }
 
 /** Without a destination controller, calls to cluster names fail each with a typed error. */

@@ -17,4 +17,5 @@ export type {
   MeshStatus,
 } from "./mesh.js";
 export { createMeshCore } from "./mesh.js";
+export type { MeshOutbound } from "./outbound.js";
 export type { MeshWarningHandler, MissingDependency } from "./readiness.js";

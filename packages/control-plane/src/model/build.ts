@@ -4,13 +4,14 @@ import {
   outbound as outboundProto,
 } from "@inmesh/proto";
 import { endpoints, podInboundPort, profile } from "./destination.js";
+import { assignClusterIp } from "./egress.js";
 import { effectiveDefaultPolicy, inboundServer, podOpaquePorts } from "./inbound.js";
 import { loadResources } from "./load.js";
 import { buildModel, key, type Model } from "./model.js";
 import { type ClusterOptions, resolveClusterOptions } from "./options.js";
 import { outboundPolicy, parseOutboundAnnotations } from "./outbound.js";
 import { joinField, Problems } from "./reader.js";
-import type { Meta } from "./resources.js";
+import type { Meta, ServiceRes } from "./resources.js";
 import {
   type ClusterState,
   ManifestError,
@@ -69,6 +70,7 @@ export function buildState(files: ManifestFile[], options: ClusterOptions): Clus
     }
   }
   const resources = loadResources(files, problems);
+  assignMissingClusterIps(resources.services);
   const model = buildModel(resources, resolved, problems);
   checkOutboundAnnotations(model, problems);
   if (problems.list.length > 0) throw new ManifestError(sortProblems(problems.list, files));
@@ -146,5 +148,15 @@ export function buildState(files: ManifestFile[], options: ClusterOptions): Clus
         ? { ok: true as const, profile: destinationProto.DestinationProfile.fromPartial(result.profile) }
         : result;
     },
+  });
+}
+
+/** Pods address Services by cluster IP too; a dev manifest rarely sets one, so give each its own. */
+function assignMissingClusterIps(services: ServiceRes[]): void {
+  const taken = new Set(services.flatMap((service) => service.clusterIPs));
+  services.forEach((service, index) => {
+    if (service.clusterIPs.length > 0 || service.headless || service.type === "ExternalName") return;
+    const clusterIP = assignClusterIp(taken, service.meta.namespace, service.meta.name);
+    services[index] = { ...service, clusterIPs: [clusterIP] };
   });
 }

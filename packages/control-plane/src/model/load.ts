@@ -1,5 +1,6 @@
 /** YAML files → typed resources (or problems), one document at a time. */
 import { parseAllDocuments } from "yaml";
+import { type EgressNetworkRes, parseEgressNetwork } from "./egress.js";
 import {
   describe,
   isObject,
@@ -52,6 +53,7 @@ export interface Resources {
   readonly grpcRoutes: GrpcRouteRes[];
   readonly serviceProfiles: ServiceProfileRes[];
   readonly rateLimitPolicies: RateLimitPolicyRes[];
+  readonly egressNetworks: EgressNetworkRes[];
 }
 
 type Handler = (r: Reader, doc: JsonObject, out: Resources) => void;
@@ -100,6 +102,10 @@ const KINDS: Readonly<Record<string, Readonly<Record<string, KindSpec>>>> = {
     HTTPLocalRateLimitPolicy: {
       versions: ["v1alpha1"],
       handle: (r, d, o) => push(o.rateLimitPolicies, parseRateLimitPolicy(r, d)),
+    },
+    EgressNetwork: {
+      versions: ["v1alpha1"],
+      handle: (r, d, o) => push(o.egressNetworks, parseEgressNetwork(r, d)),
     },
     HTTPRoute: {
       versions: ["v1alpha1", "v1beta1", "v1beta2", "v1beta3"],
@@ -218,6 +224,7 @@ export function loadResources(files: readonly ManifestFile[], problems: Problems
     grpcRoutes: [],
     serviceProfiles: [],
     rateLimitPolicies: [],
+    egressNetworks: [],
   };
   for (const file of files) {
     const documents = parseAllDocuments(file.text, { uniqueKeys: true });

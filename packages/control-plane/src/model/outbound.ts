@@ -3,8 +3,16 @@
  * (`policy-controller/grpc/src/outbound.rs`, `outbound/http.rs`, `outbound/grpc.rs`,
  * `k8s/index/src/outbound/index.rs`; linkerd-contract.md §7.2, §8.4).
  */
+
+import { parseCidr } from "@inmesh/core";
 import { durationFromMs, type grpcRoute, ipAddressToString, type meta, type outbound } from "@inmesh/proto";
 import { parseLinkerdDurationMs } from "./durations.js";
+import {
+  egressFallbackPolicy,
+  egressNetworkPolicy,
+  isInClusterNetworks,
+  resolveEgressNetwork,
+} from "./egress.js";
 import { DEFAULT_OPAQUE_PORTS, OPAQUE_PORTS_ANNOTATION, parsePortAnnotation } from "./inbound.js";
 import { isServiceParent, key, type Model } from "./model.js";
 import type { BackendRef, GrpcRouteRes, HttpRouteRes, RouteFilter, ServiceRes } from "./resources.js";
@@ -660,6 +668,12 @@ export function outboundPolicy(
   // Only cluster IPs name a Service. Anything else gets NotFound, on which the proxy forwards to the
   // original destination (using the profile endpoint for identity), which is what a pod IP needs.
   const service = model.resources.services.find((s) => s.clusterIPs.includes(ip));
-  if (!service) return { ok: false, code: "NotFound", message: "No such service" };
-  return { ok: true, policy: servicePolicy(model, service, port, sourceNamespace) };
+  if (service) return { ok: true, policy: servicePolicy(model, service, port, sourceNamespace) };
+  // Not a Service: an EgressNetwork's, else outside the cluster (forwarded as addressed), else a pod IP
+  // (NotFound, the proxy then forwards to it with the identity its profile endpoint gives).
+  const clusterNetworks = model.options.clusterNetworks.map((text) => parseCidr(text));
+  const network = resolveEgressNetwork(model.resources.egressNetworks, clusterNetworks, ip, sourceNamespace);
+  if (network) return { ok: true, policy: egressNetworkPolicy(network, ip, port) };
+  if (!isInClusterNetworks(clusterNetworks, ip)) return { ok: true, policy: egressFallbackPolicy(ip, port) };
+  return { ok: false, code: "NotFound", message: "No such service" };
 }

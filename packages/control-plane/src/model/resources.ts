@@ -290,7 +290,10 @@ export interface ServiceRes {
   readonly meta: Meta;
   readonly selector: Readonly<Record<string, string>> | undefined;
   readonly ports: readonly ServicePortRes[];
+  /** Declared, or assigned by the dev control plane when the manifest leaves it out. */
   readonly clusterIPs: readonly string[];
+  /** `clusterIP: None`. */
+  readonly headless: boolean;
   readonly type: string;
 }
 
@@ -343,7 +346,7 @@ export function parseService(r: Reader, doc: JsonObject): ServiceRes | undefined
     );
   }
   if (!meta) return undefined;
-  return { meta, selector, ports, clusterIPs, type };
+  return { meta, selector, ports, clusterIPs, headless: clusterIP === "None", type };
 }
 
 export interface NamespaceRes {

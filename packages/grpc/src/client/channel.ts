@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { debuglog } from "node:util";
 import {
   type CallCredentials,
@@ -44,6 +45,7 @@ import {
 } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
 import { createMeshChannelCredentials } from "./credentials.js";
+import { sourceAddressTarget } from "./local-address.js";
 
 const debug = debuglog("mesh");
 const attemptStart = meshChannel(MeshChannel.outboundAttemptStart);
@@ -72,6 +74,12 @@ export interface MeshGrpcChannelOptions {
   useRoutes?: boolean;
   /** Longest wait for a ready endpoint before a call fails with UNAVAILABLE (Linkerd's fail-fast). @default 3000 */
   failFastTimeoutMs?: number;
+  /**
+   * Source address of connections to endpoints (the mesh's outbound address, as for the HTTP
+   * dispatcher): where several workloads share a host, calls from 127.0.0.1 would pass any policy.
+   * @default the operating system's choice
+   */
+  localAddress?: string;
 }
 
 /** A grpc-js Channel over Linkerd discovery; give it to a client as `channelOverride`. */
@@ -187,6 +195,12 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
   }
   const useTransportHeader = options.useTransportHeader ?? true;
   const useRoutes = options.useRoutes ?? true;
+  if (options.localAddress !== undefined && isIP(options.localAddress) === 0) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_CONFIG,
+      `localAddress must be an IP address, got ${JSON.stringify(options.localAddress)}`,
+    );
+  }
   const identity = options.identity;
   const discovery = options.discovery;
 
@@ -271,7 +285,10 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       tls !== undefined && useTransportHeader && endpoint.opaqueTransportPort !== undefined;
     const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
     const port = viaTransportHeader ? (endpoint.opaqueTransportPort as number) : endpoint.port;
-    const target = `${endpoint.host.includes(":") ? "ipv6" : "ipv4"}:${host}:${port}`;
+    const target =
+      options.localAddress !== undefined
+        ? sourceAddressTarget(options.localAddress, endpoint.host, port)
+        : `${endpoint.host.includes(":") ? "ipv6" : "ipv4"}:${host}:${port}`;
     let credentials: ChannelCredentials;
     if (tls) {
       if (!identity)

@@ -122,6 +122,11 @@ export interface ConnectorOptions {
   readonly identity: IdentityProvider | undefined;
   readonly connectTimeoutMs: number;
   readonly localAddress: string | undefined;
+  /**
+   * What the connection carries, for the transport header: `opaque` bytes (no session protocol, as
+   * for opaque ports) or `http1`. @default from the route (HTTP/2 when hinted, else HTTP/1)
+   */
+  readonly session?: "opaque" | "http1";
 }
 
 /**
@@ -192,7 +197,12 @@ export function createEndpointConnector(options: ConnectorOptions): Connector {
           const header = encodeTransportHeader({
             port: endpoint.port,
             name: "",
-            sessionProtocol: endpoint.protocolHint === "opaque" ? undefined : route.http2 ? "http2" : "http1",
+            sessionProtocol:
+              options.session === "opaque" || endpoint.protocolHint === "opaque"
+                ? undefined
+                : route.http2
+                  ? "http2"
+                  : "http1",
           });
           // Flushed before the socket is handed over: an HTTP/2 session must not inherit a pending write.
           tlsSocket.write(header, (error) => {

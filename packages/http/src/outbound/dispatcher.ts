@@ -1,7 +1,11 @@
+import type { Socket } from "node:net";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import { Agent, Dispatcher } from "undici";
 import { composeInterceptors } from "./compose.js";
+import { createMeshConnect, type MeshConnectOptions } from "./connect.js";
 import { syntheticController } from "./controller.js";
+import { AddressCache } from "./dns.js";
+import { opaqueDecision } from "./egress.js";
 import { getHeader, headerPairs, isGrpcContentType } from "./headers.js";
 import { balanceInterceptor } from "./interceptors/balance.js";
 import { identityHeadersInterceptor } from "./interceptors/identity-headers.js";
@@ -9,7 +13,9 @@ import { retryInterceptor } from "./interceptors/retry.js";
 import { routeInterceptor } from "./interceptors/route.js";
 import { telemetryInterceptor } from "./interceptors/telemetry.js";
 import { timeoutInterceptor } from "./interceptors/timeout.js";
-import { type MeshDispatcherOptions, meshAuthority, resolveDispatcherOptions } from "./options.js";
+import { classifyOrigin } from "./names.js";
+import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
+import { type OutboundDecision, OutboundResolver } from "./resolve.js";
 import { attemptOf, type CallState, kCall } from "./state.js";
 import { TargetRegistry } from "./targets.js";
 
@@ -60,6 +66,11 @@ export interface MeshDispatcher extends Dispatcher, AsyncDisposable {
   destroy(err: Error | null, callback: () => void): void;
   /** Authorities and discovery paths currently tracked (for diagnostics and tests). */
   targetCount(): { readonly targets: number; readonly groups: number };
+  /**
+   * One connection to `host:port` through the mesh (see `createMeshConnect`): mTLS to a balanced
+   * endpoint of a Service, the outbound policy for addresses and external names.
+   */
+  openConnection(target: string, options?: MeshConnectOptions): Promise<Socket>;
 }
 
 /**
@@ -93,6 +104,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       http2PriorKnowledge: resolved.http2PriorKnowledge,
     },
     useRouting: resolved.useRoutes,
+    profileNetworks: resolved.profileNetworks,
     maxTargets: resolved.maxTargets,
     idleTimeoutMs: resolved.targetIdleTimeoutMs,
   });
@@ -110,30 +122,118 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
   ]);
 
   let closed = false;
+  const resolver = new OutboundResolver(
+    registry,
+    {
+      names: resolved,
+      discoveryTimeoutMs: resolved.discoveryTimeoutMs,
+      policyByAddress: typeof resolved.discovery.watchOutboundPolicy === "function",
+    },
+    new AddressCache(),
+  );
   // Parsing the origin is a visible share of the per-request cost; applications use few origins.
-  const authorities = new Map<string, string | undefined>();
-  const authorityOf = (origin: unknown): string | undefined => {
-    if (typeof origin !== "string") return meshAuthority(origin, resolved.clusterSuffix);
-    if (authorities.has(origin)) return authorities.get(origin);
-    const authority = meshAuthority(origin, resolved.clusterSuffix);
-    if (authorities.size >= 1024) authorities.clear();
-    authorities.set(origin, authority);
-    return authority;
+  const origins = new Map<string, ReturnType<typeof classifyOrigin>>();
+  const classify = (origin: unknown): ReturnType<typeof classifyOrigin> => {
+    if (typeof origin !== "string") return classifyOrigin(origin, resolved);
+    if (origins.has(origin)) return origins.get(origin);
+    const classified = classifyOrigin(origin, resolved);
+    if (origins.size >= 1024) origins.clear();
+    origins.set(origin, classified);
+    return classified;
+  };
+
+  const fail = (handler: Dispatcher.DispatchHandler, error: unknown): void => {
+    const meshError = MeshError.from(error);
+    if (handler.onResponseError) handler.onResponseError(syntheticController(), meshError);
+    else handler.onError?.(meshError);
+  };
+
+  /** After a bounded wait (discovery of a short name, DNS of an external one), the request goes on. */
+  const later = (
+    decided: Promise<OutboundDecision>,
+    handler: Dispatcher.DispatchHandler,
+    go: (decision: OutboundDecision) => void,
+  ): boolean => {
+    decided.then(
+      (decision) => {
+        if (closed) {
+          fail(handler, new MeshError(MeshErrorCode.CLOSED, "the mesh dispatcher is closed"));
+          return;
+        }
+        try {
+          go(decision);
+        } catch (error) {
+          fail(handler, error);
+        }
+      },
+      (error: unknown) => fail(handler, error),
+    );
+    return true;
   };
 
   const route: DispatchFn = (opts, handler) => {
     if (closed) {
-      const error = new MeshError(MeshErrorCode.CLOSED, "the mesh dispatcher is closed");
-      const wrapped = handler as Dispatcher.DispatchHandler;
-      if (wrapped.onResponseError) wrapped.onResponseError(syntheticController(), error);
-      else wrapped.onError?.(error);
+      fail(handler, new MeshError(MeshErrorCode.CLOSED, "the mesh dispatcher is closed"));
       return false;
     }
-    const authority = authorityOf(opts.origin);
-    if (authority === undefined) return fallback.dispatch(opts, handler);
+    const classified = classify(opts.origin);
+    if (classified === undefined) return fallback.dispatch(opts, handler);
+    const { name, secure } = classified;
+    const originalHost = (): string => new URL(String(opts.origin)).hostname;
+    if (secure) {
+      // The application's own TLS: a Service name goes as is; an address can still be refused by policy.
+      if (name.kind === "service") return fallback.dispatch(opts, handler);
+      const gate = (decision: OutboundDecision): void => {
+        if (decision.kind !== "address") {
+          fallback.dispatch(opts, handler);
+          return;
+        }
+        const target = registry.addressTarget(
+          decision.address.key,
+          decision.address.ip,
+          decision.address.port,
+        );
+        const check = (): void => {
+          try {
+            const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
+            if (verdict.denied) fail(handler, verdict.denied);
+            else fallback.dispatch(opts, handler);
+          } catch (error) {
+            fail(handler, error);
+          }
+        };
+        if (target.isReady) check();
+        else
+          target
+            .ready(new AbortController().signal, resolved.discoveryTimeoutMs)
+            .then(check, (error: unknown) => fail(handler, error));
+      };
+      const now = resolver.now(name);
+      if (now) {
+        gate(now);
+        return true;
+      }
+      return later(resolver.resolve(name, originalHost()), handler, gate);
+    }
+    const go = (decision: OutboundDecision): boolean =>
+      decision.kind === "passthrough"
+        ? fallback.dispatch(opts, handler)
+        : dispatchMesh(opts, handler, decision);
+    const now = resolver.now(name);
+    if (now) return go(now);
+    return later(resolver.resolve(name, originalHost()), handler, go);
+  };
+
+  const dispatchMesh = (
+    opts: Dispatcher.DispatchOptions,
+    handler: Dispatcher.DispatchHandler,
+    decision: Exclude<OutboundDecision, { kind: "passthrough" }>,
+  ): boolean => {
     const pairs = headerPairs(opts.headers);
     const call: CallState = {
-      authority,
+      authority: decision.authority,
+      address: decision.kind === "address" ? decision.address : undefined,
+      hostHeader: decision.kind === "service" ? decision.hostHeader : undefined,
       method: (opts.method ?? "GET").toUpperCase(),
       path: opts.path,
       protocol: isGrpcContentType(getHeader(pairs, "content-type")) ? "grpc" : "http",
@@ -160,6 +260,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     }
   }
   const dispatcher = new MeshDispatcherImpl() as unknown as MeshDispatcher;
+  const connect = createMeshConnect(registry, resolver, resolved);
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
@@ -198,6 +299,10 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       return done;
     },
     targetCount: () => registry.size(),
+    openConnection: (target: string, connectOptions?: MeshConnectOptions) => {
+      if (closed) return Promise.reject(new MeshError(MeshErrorCode.CLOSED, "the mesh dispatcher is closed"));
+      return connect(target, connectOptions);
+    },
     [Symbol.asyncDispose]: () => close(),
   });
   return dispatcher;

@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import { ConfigError, isDnsName } from "@inmesh/core";
+import { type Cidr, ConfigError, isDnsName } from "@inmesh/core";
 import { DEFAULT_MAX_REQUEST_BYTES } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
 import type { Dispatcher } from "undici";
@@ -15,7 +15,23 @@ export interface MeshDispatcherOptions {
   discovery: MeshDiscovery;
   /** Requests to `http://<name>.svc.<clusterDomain>[:port]` go through discovery. @default "cluster.local" */
   clusterDomain?: string;
-  /** Where every other request goes (other hosts, https, IP addresses). @default a plain undici `Agent` */
+  /**
+   * The caller's namespace: short names resolve as a pod's resolver would (`books` →
+   * `books.<ns>.svc.<clusterDomain>`, `books.bookshop` → `books.bookshop.svc.<clusterDomain>`). Without it
+   * only full names are meshed. `createMesh` sets it from the workload.
+   */
+  searchNamespace?: string;
+  /**
+   * IP addresses whose ServiceProfile is looked up, as `LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS`
+   * (a pod IP's identity comes from its profile); `createMesh` passes the cluster networks.
+   * @default every address
+   */
+  profileNetworks?: readonly Cidr[];
+  /**
+   * Where requests go that are not meshed: loopback, non-HTTP, and `https:` (the application's own TLS,
+   * after the outbound policy of its address allowed it). Plain-HTTP egress the policy forwards as
+   * addressed goes through the mesh's own pools, with its metrics. @default a plain undici `Agent`
+   */
   fallbackDispatcher?: Dispatcher;
   /**
    * Request bodies up to this size are buffered so a retry can replay them; larger or still-streaming
@@ -69,6 +85,9 @@ export interface ResolvedDispatcherOptions {
   readonly identity: IdentityProvider | undefined;
   readonly discovery: MeshDiscovery;
   readonly clusterSuffix: string;
+  readonly clusterDomain: string;
+  readonly searchNamespace: string | undefined;
+  readonly profileNetworks: readonly Cidr[] | undefined;
   readonly maxRetryBodyBytes: number;
   readonly requestTimeoutMs: number | undefined;
   readonly perTryTimeoutMs: number | undefined;
@@ -118,6 +137,16 @@ function integer(name: string, value: number | undefined, fallback: number | und
   return checked;
 }
 
+function namespaceOption(value: string | undefined): string | undefined {
+  if (value === undefined || value === "") return undefined;
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(value)) {
+    throw new ConfigError(`searchNamespace ${JSON.stringify(value)} is not a namespace name`, {
+      details: { variable: "searchNamespace" },
+    });
+  }
+  return value;
+}
+
 export function resolveDispatcherOptions(options: MeshDispatcherOptions): ResolvedDispatcherOptions {
   if (!options || typeof options !== "object")
     throw new ConfigError("createMeshDispatcher needs an options object", {
@@ -157,6 +186,9 @@ export function resolveDispatcherOptions(options: MeshDispatcherOptions): Resolv
     identity: options.identity,
     discovery,
     clusterSuffix: `.svc.${clusterDomain}`,
+    clusterDomain,
+    searchNamespace: namespaceOption(options.searchNamespace),
+    profileNetworks: options.profileNetworks ? Object.freeze([...options.profileNetworks]) : undefined,
     maxRetryBodyBytes,
     requestTimeoutMs: positive("requestTimeoutMs", options.requestTimeoutMs, undefined),
     perTryTimeoutMs: positive("perTryTimeoutMs", options.perTryTimeoutMs, undefined),

@@ -11,6 +11,16 @@ export const kAttempt: unique symbol = Symbol("inmesh.outbound.attempt");
 export interface CallState {
   /** `host:port` the application addressed, lower-case. */
   readonly authority: string;
+  /**
+   * Set when the application addressed an IP, or an external name resolved to one: the target is looked
+   * up by this address (`ip:port`) while `authority` stays the Host the application sent.
+   */
+  readonly address: { readonly key: string; readonly ip: string; readonly port: number } | undefined;
+  /**
+   * The Host the application sent when it differs from `authority` (a short name completed by the
+   * search path): sent upstream and matched by routes' hostnames, as the proxy leaves Host alone.
+   */
+  readonly hostHeader: string | undefined;
   readonly method: string;
   /** Path with query, as sent. */
   readonly path: string;

@@ -1,10 +1,13 @@
 import { debuglog } from "node:util";
 import {
+  type Cidr,
+  cidrContains,
   DestinationError,
   MeshChannel,
   MeshError,
   MeshErrorCode,
   meshChannel,
+  parseIpAddress,
   secureRandom,
 } from "@inmesh/core";
 import {
@@ -294,14 +297,38 @@ export class LogicalTarget {
   readonly budget: RetryBudget;
   readonly #profile: Watch<ProfileState> | undefined;
   readonly #policy: Watch<OutboundPolicyState> | undefined;
+  readonly #profileRoutes: boolean;
+  readonly #policyRequired: boolean;
   #ready = false;
 
-  constructor(authority: string, group: EndpointGroup, discovery: MeshDiscovery, useRouting: boolean) {
+  constructor(
+    authority: string,
+    group: EndpointGroup,
+    discovery: MeshDiscovery,
+    watches: {
+      readonly profile: boolean;
+      readonly policy: boolean;
+      /**
+       * An address target: use only the profile's `endpoint`, never its routes, and require the
+       * policy's answer.
+       */
+      readonly profileEndpointOnly?: boolean;
+    },
+  ) {
     this.authority = authority;
     this.group = group;
+    this.#profileRoutes = watches.profileEndpointOnly !== true;
+    this.#policyRequired = watches.profileEndpointOnly === true;
     this.budget = createRetryBudget();
-    this.#profile = useRouting ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
-    this.#policy = useRouting ? optionalWatch(() => discovery.watchOutboundPolicy?.(authority)) : undefined;
+    this.#profile = watches.profile ? optionalWatch(() => discovery.watchProfile?.(authority)) : undefined;
+    this.#policy = watches.policy
+      ? optionalWatch(() => discovery.watchOutboundPolicy?.(authority))
+      : undefined;
+  }
+
+  /** The OutboundPolicy answer, once it arrived (undefined without a policy watch). */
+  outboundPolicy(): OutboundPolicyState | undefined {
+    return this.#policy?.current();
   }
 
   /**
@@ -313,9 +340,31 @@ export class LogicalTarget {
     const routing = Promise.allSettled(
       [this.#profile, this.#policy].map((watch) => watch?.ready({ signal, timeoutMs })),
     );
-    await Promise.all([this.group.ready(signal, timeoutMs), routing]);
+    await Promise.all([
+      this.group.ready(signal, timeoutMs),
+      routing,
+      this.#requiredPolicy(signal, timeoutMs),
+    ]);
     // Each caller waits with its own signal; once answered, later requests do not wait at all.
     this.#ready = true;
+  }
+
+  /**
+   * An address is only what its OutboundPolicy says (a Service, an allowed or denied EgressNetwork):
+   * without an answer the call fails rather than going out unchecked, as the proxy holds it too.
+   */
+  async #requiredPolicy(signal: AbortSignal, timeoutMs: number): Promise<void> {
+    if (!this.#policyRequired || !this.#policy) return;
+    try {
+      await this.#policy.ready({ signal, timeoutMs });
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      throw new DestinationError(
+        MeshErrorCode.DESTINATION_UNREACHABLE,
+        `no outbound policy for ${this.authority} within ${timeoutMs} ms: ${(error as Error)?.message}`,
+        { cause: error, details: { target: this.authority } },
+      );
+    }
   }
 
   /** True once the first answers arrived (requests then route synchronously). */
@@ -324,12 +373,44 @@ export class LogicalTarget {
   }
 
   routingModel(): RoutingModel {
-    return chooseRoutingModel({ profile: this.#profile?.current(), policy: this.#policy?.current() });
+    return chooseRoutingModel({
+      profile: this.#profileRoutes ? this.#profile?.current() : undefined,
+      policy: this.#policy?.current(),
+    });
+  }
+
+  /**
+   * For an address the policy controller does not know (a pod IP), the endpoint its profile describes,
+   * when meshed: the proxy forwards to the original destination with that identity (mTLS).
+   */
+  meshedOriginalDestination(): Endpoint | undefined {
+    if (this.#policy?.current()?.kind === "policy") return undefined;
+    const profile = this.#profile?.current();
+    const endpoint = profile?.kind === "profile" ? profile.endpoint : undefined;
+    return endpoint?.tlsIdentity ? endpoint : undefined;
   }
 
   async close(): Promise<void> {
     await Promise.allSettled([this.#profile?.close(), this.#policy?.close()]);
   }
+}
+
+function inNetworks(networks: readonly Cidr[] | undefined, ip: string): boolean {
+  if (networks === undefined) return true;
+  const parsed = parseIpAddress(ip);
+  return parsed !== undefined && networks.some((cidr) => cidrContains(cidr, parsed.family, parsed.value));
+}
+
+/** An address with nothing known about it: plaintext, no protocol hint. */
+function originalDestination(address: string, ip: string, port: number): Endpoint {
+  return Object.freeze({
+    address,
+    host: ip,
+    port,
+    weight: 1,
+    metricLabels: Object.freeze({}),
+    protocolHint: undefined,
+  });
 }
 
 function optionalWatch<T>(open: () => Watch<T> | undefined): Watch<T> | undefined {
@@ -347,6 +428,11 @@ export interface TargetRegistryOptions {
   readonly settings: PoolSettings;
   /** Watch ServiceProfiles and OutboundPolicies for routes, retries and timeouts. */
   readonly useRouting: boolean;
+  /**
+   * Addresses whose ServiceProfile is looked up (for a pod IP's identity), as the proxy's
+   * `LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS`; others get only their OutboundPolicy. undefined: all.
+   */
+  readonly profileNetworks?: readonly Cidr[] | undefined;
   /** Most distinct authorities and discovery paths kept open at once. */
   readonly maxTargets: number;
   /** A target unused this long is closed (its watches and pools). */
@@ -382,11 +468,46 @@ export class TargetRegistry {
       return existing;
     }
     this.#makeRoom(this.#targets.size + this.#groups.size);
+    const routing = this.#options.useRouting;
     const target = Object.assign(
-      new LogicalTarget(authority, this.group(authority), this.#options.discovery, this.#options.useRouting),
+      new LogicalTarget(authority, this.group(authority), this.#options.discovery, {
+        profile: routing,
+        policy: routing,
+      }),
       { lastUsedMs: performance.now() },
     );
     this.#targets.set(authority, target);
+    return target;
+  }
+
+  /** The target of `authority` if one is open, without opening one. */
+  peek(authority: string): LogicalTarget | undefined {
+    return this.#targets.get(authority);
+  }
+
+  /**
+   * The target of an `ip:port` the application addressed (a cluster IP, a pod IP, an external address):
+   * what it is comes from the OutboundPolicy looked up by address, as the proxy does for intercepted
+   * traffic; until a route says otherwise it is the address itself, unmeshed.
+   */
+  addressTarget(address: string, ip: string, port: number): LogicalTarget {
+    this.#checkOpen();
+    const existing = this.#targets.get(address);
+    if (existing) {
+      existing.lastUsedMs = performance.now();
+      return existing;
+    }
+    this.#makeRoom(this.#targets.size + this.#groups.size);
+    const group = this.forwardGroup(originalDestination(address, ip, port));
+    const target = Object.assign(
+      new LogicalTarget(address, group, this.#options.discovery, {
+        profile: inNetworks(this.#options.profileNetworks, ip),
+        policy: true,
+        profileEndpointOnly: true,
+      }),
+      { lastUsedMs: performance.now() },
+    );
+    this.#targets.set(address, target);
     return target;
   }
 

@@ -101,14 +101,14 @@ export function identityHeadersInterceptor(): MeshInterceptor {
         !(call.protocol === "grpc" && call.deadlineAtMs !== undefined);
       if (simple) {
         // The common case, in one pass and one allocation.
-        flat = ["host", call.authority];
+        flat = ["host", call.hostHeader ?? call.authority];
         for (const [name, value] of pairs) if (!skip(name)) flat.push(name, value);
         if (http2 && call.protocol !== "grpc") flat.push("l5d-orig-proto", "HTTP/1.1");
       } else {
         let list: HeaderPairs = pairs.filter(([name]) => !skip(name));
         list = applyModifiers(list, call.headerFilters);
         for (const [name, value] of call.extraHeaders) setHeader(list, name, value);
-        list.unshift(["host", call.authority]);
+        list.unshift(["host", call.hostHeader ?? call.authority]);
         if (call.policy?.source === "profile") setHeader(list, "l5d-dst-canonical", call.authority);
         if (call.protocol === "grpc" && call.deadlineAtMs !== undefined) {
           setHeader(list, "grpc-timeout", encodeGrpcTimeout(call.deadlineAtMs - performance.now()));

@@ -17,6 +17,7 @@ import {
   type ResponseHeaders,
   respondSynthetic,
 } from "../controller.js";
+import { egressParent, httpEgressDenial } from "../egress.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
 import { type CallState, callOf } from "../state.js";
 import type { EndpointGroup, TargetRegistry } from "../targets.js";
@@ -163,7 +164,10 @@ class RoutingCall {
       return;
     }
     try {
-      const target = this.#registry.target(this.#call.authority);
+      const address = this.#call.address;
+      const target = address
+        ? this.#registry.addressTarget(address.key, address.ip, address.port)
+        : this.#registry.target(this.#call.authority);
       this.#call.target = target;
       this.#call.group = target.group;
       if (target.isReady) this.#route();
@@ -214,10 +218,25 @@ class RoutingCall {
       return found;
     };
     const { path, query } = splitPath(call.path);
-    const request: OutboundRequest = { method: call.method, host: call.authority, path, query, getHeader };
+    const request: OutboundRequest = {
+      method: call.method,
+      host: call.hostHeader ?? call.authority,
+      path,
+      query,
+      getHeader,
+    };
     const selected = selectRoute(target.routingModel(), request, SELECT_OPTIONS);
     if (!selected) {
       this.#respond(noRouteResponse(call));
+      return;
+    }
+    const egress = call.address ? egressParent(target.outboundPolicy()) : undefined;
+    if (egress && call.telemetry) call.telemetry.parent = egress;
+    const denial = call.address
+      ? httpEgressDenial(call.authority, target.outboundPolicy(), selected)
+      : undefined;
+    if (denial) {
+      this.#fail(denial);
       return;
     }
     const { policy, stripHeaders } = selected.allowL5dRequestHeaders
@@ -228,6 +247,8 @@ class RoutingCall {
     call.budget = policy.retry.kind === "budget" ? policy.retry.budget : target.budget;
     let filters: readonly AnyFilter[] = policy.filters;
     let group: EndpointGroup = target.group;
+    const original = call.address ? target.meshedOriginalDestination() : undefined;
+    if (original) group = this.#registry.forwardGroup(original);
     const backend = policy.backends ? selectBackend<AnyFilter>(policy.backends) : undefined;
     if (backend) {
       if (backend.filters.length > 0) filters = [...filters, ...backend.filters];

@@ -76,6 +76,7 @@ export function telemetryInterceptor(): MeshInterceptor {
           setHeader(extra, name, value);
         },
         route: undefined,
+        parent: undefined,
         statusCode: undefined,
         grpcStatus: undefined,
         error: undefined,
