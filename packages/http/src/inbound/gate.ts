@@ -79,7 +79,7 @@ export interface RequestParts {
   readonly rawHeaders: string[] | undefined;
   readonly h2: boolean;
   /** An HTTP/1 request: its lazily built `headersDistinct` must see the same edits. */
-  readonly message?: { readonly headersDistinct: Record<string, string[] | undefined> } | undefined;
+  readonly message?: object | undefined;
 }
 
 export interface GateConfig {
@@ -136,12 +136,7 @@ export function authorizeWithPolicy(
 ): MeshAuthorization {
   const headers = request.headers;
   const message = request.message;
-  setClientIdHeader(
-    headers,
-    request.rawHeaders,
-    connection.facts.identity,
-    message === undefined ? undefined : () => message.headersDistinct,
-  );
+  setClientIdHeader(headers, request.rawHeaders, connection.facts.identity, message);
   let origProto: OrigProto | undefined;
   if (request.h2 && headers[L5D_ORIG_PROTO] !== undefined) {
     origProto = takeOrigProto(headers, request.rawHeaders)?.version;

@@ -44,6 +44,7 @@ import {
 } from "./gate.js";
 import { L5D_ORIG_PROTO } from "./headers.js";
 import { bridgeToHttp1 } from "./http1-bridge.js";
+import { Http1Drain, MeshIncomingMessage } from "./message.js";
 import {
   checkDuration,
   checkPort,
@@ -269,7 +270,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   const http1Connections = new WeakMap<object, ConnectionState>();
   const bridged = new WeakMap<object, { readonly context: MeshRequestContext }>();
   const sessions = new Map<ServerHttp2Session, ConnectionState>();
-  const activeResponses = new Set<ServerResponse>();
+  const http1Drain = new Http1Drain();
   const opaqueConnections = new Set<{ readonly socket: Duplex; readonly state: ConnectionState }>();
   let pendingSession: ConnectionState | undefined;
   let drainWaiter: (() => void) | undefined;
@@ -277,6 +278,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   // ---- protocol servers fed with sockets we accepted; none of them listens itself ----
 
   const http1 = createHttpServer({
+    IncomingMessage: MeshIncomingMessage,
     maxHeaderSize,
     headersTimeout: headersTimeoutMs,
     requestTimeout: requestTimeoutMs,
@@ -565,6 +567,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
         return;
       }
       http1Connections.set(socket, state);
+      http1Drain.track(socket);
       http1.emit("connection", socket);
       // Detection left the socket paused with its first bytes pushed back; node:http only listens.
       socket.resume();
@@ -648,11 +651,6 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
       res.destroy();
       return;
     }
-    activeResponses.add(res);
-    res.once("close", () => {
-      activeResponses.delete(res);
-      if (closing) setImmediate(() => http1.closeIdleConnections());
-    });
     if (closing) res.setHeader("connection", "close");
     const result = authorizeRequest(gate, state, {
       method: req.method ?? "GET",
@@ -889,8 +887,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     if (closing) return;
     closing = true;
     for (const socket of unclassified) socket.destroy();
-    for (const res of activeResponses) if (!res.headersSent) res.setHeader("connection", "close");
-    http1.closeIdleConnections();
+    http1Drain.start(() => http1.closeIdleConnections());
     for (const session of sessions.keys()) session.close();
   }
 
