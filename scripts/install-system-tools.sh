@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tests talk to real peers: openssl (s_client, verify), curl, and nginx (a stand-in for a sidecar inbound). Install them from Debian when missing.
+# Tests talk to real peers: openssl (s_client, verify), curl, and nginx (a stand-in for a sidecar inbound);
+# the performance gates count instructions with valgrind (callgrind). Install them from Debian when missing.
 set -euo pipefail
 missing=()
-for tool in openssl curl nginx; do
+for tool in openssl curl nginx valgrind; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

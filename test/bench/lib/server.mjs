@@ -14,7 +14,14 @@ const [kind, setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
 
 const body = Buffer.from("ok");
-function app(_req, res) {
+function app(req, res) {
+  // The heap gate's probe (only with --expose-gc): heap used after full collections, in bytes.
+  if (req.url === "/__heap" && typeof globalThis.gc === "function") {
+    globalThis.gc();
+    globalThis.gc();
+    res.end(String(process.memoryUsage().heapUsed));
+    return;
+  }
   res.setHeader("content-length", body.byteLength);
   res.end(body);
 }
