@@ -10,7 +10,7 @@
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CLIENT_IDENTITY, identityOf, startCluster } from "./lib/cluster.mjs";
@@ -100,6 +100,8 @@ writeFileSync(path.join(outDir, "latest.json"), `${JSON.stringify(report, null, 
 writeFileSync(path.join(outDir, "latest.md"), renderMarkdown(report));
 writeFileSync(path.join(outDir, "latest.svg"), renderSvg(report));
 process.stdout.write(`\n${renderMarkdown(report)}`);
+// A full run of every scenario is what the README shows.
+if (!QUICK && ONLY === undefined) updateReadme(renderMarkdown(report));
 log(`wrote ${path.relative(process.cwd(), outDir)}/latest.{md,json,svg}`);
 process.exit(0);
 
@@ -488,6 +490,17 @@ function fmtK(value) {
 
 function log(message) {
   process.stderr.write(`${message}\n`);
+}
+
+function updateReadme(markdown) {
+  const file = path.join(ROOT, "README.md");
+  const text = readFileSync(file, "utf8");
+  const start = "<!-- bench-results:start -->";
+  const end = "<!-- bench-results:end -->";
+  const from = text.indexOf(start);
+  const to = text.indexOf(end);
+  if (from < 0 || to < from) return;
+  writeFileSync(file, `${text.slice(0, from + start.length)}\n${markdown}${text.slice(to)}`);
 }
 
 function ensureBuilt() {
