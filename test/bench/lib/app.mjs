@@ -7,7 +7,14 @@ import http from "node:http";
 import { distOf } from "./env.mjs";
 
 const body = Buffer.from("ok");
-function app(_req, res) {
+function app(req, res) {
+  // Heap probe for leak hunting (only with --expose-gc): heap used after full collections, in bytes.
+  if (req.url === "/__heap" && typeof globalThis.gc === "function") {
+    globalThis.gc();
+    globalThis.gc();
+    res.end(String(process.memoryUsage().heapUsed));
+    return;
+  }
   res.setHeader("content-length", body.byteLength);
   res.end(body);
 }

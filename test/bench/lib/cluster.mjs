@@ -182,10 +182,10 @@ http {
    * Starts `lib/app.mjs <kind>` (the S8/S11 service) as pod `srv` from its LINKERD2_PROXY_* environment;
    * resolves with the time from spawn to its first served port.
    */
-  async function startApp(kind, { core } = {}) {
+  async function startApp(kind, { core, nodeFlags = [] } = {}) {
     const env = kind === "mesh" ? (await cp.writeEnv("srv", { tokenDir: dir })).variables : {};
     const started = performance.now();
-    const child = spawn(process.execPath, [path.join(ROOT, "test/bench/lib/app.mjs"), kind], {
+    const child = spawn(process.execPath, [...nodeFlags, path.join(ROOT, "test/bench/lib/app.mjs"), kind], {
       stdio: ["ignore", "pipe", "pipe"],
       env: {
         ...process.env,
