@@ -82,6 +82,12 @@ log(
 const rows = [];
 const raw = {};
 const cluster = await startCluster();
+// Ctrl-C (or a kill) stops the servers, valgrind and nginx it started, not only this process.
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    cluster.close().finally(() => process.exit(130));
+  });
+}
 try {
   if (wanted("instructions")) await instructions();
   if (wanted("inbound")) await inbound();
@@ -446,27 +452,39 @@ async function memory() {
 
 async function startup() {
   log("S11: process start → identity issued → policy loaded → listening (interleaved with node:http)…");
-  const results = { mesh: [], http: [] };
+  const results = { mesh: [], http: [], meshCpu: [], httpCpu: [] };
   for (let pair = 0; pair < CONFIG.startPairs; pair += 1) {
     for (const kind of ["mesh", "http"]) {
       const app = await cluster.startApp(kind, { core: SERVER_CORE });
       results[kind].push(app.startMs);
+      results[`${kind}Cpu`].push(app.cpuMs);
       await app.stop();
     }
     log(
-      `  pair ${pair + 1}: mesh ${results.mesh.at(-1).toFixed(0)} ms, http ${results.http.at(-1).toFixed(0)} ms`,
+      `  pair ${pair + 1}: mesh ${results.mesh.at(-1).toFixed(0)} ms (${results.meshCpu.at(-1)} ms CPU), http ${results.http.at(-1).toFixed(0)} ms (${results.httpCpu.at(-1)} ms CPU)`,
     );
   }
   raw.startup = results;
   rows.push(
     row(
       "S11",
-      "start → ready (identity + policy), SDK app",
+      "start → ready (identity + policy), SDK app, wall clock",
       summary(results.mesh),
       "ms",
       "≤ 300",
       (v) => v <= 300,
       `node:http listening: ${median(results.http).toFixed(0)} ms`,
+    ),
+  );
+  rows.push(
+    row(
+      "S11'",
+      "start → ready, CPU used by the SDK app (boot included)",
+      summary(results.meshCpu),
+      "ms",
+      "≤ 300",
+      (v) => v <= 300,
+      `node:http: ${median(results.httpCpu).toFixed(0)} ms CPU`,
     ),
   );
 }

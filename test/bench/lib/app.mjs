@@ -1,7 +1,7 @@
 /**
  * The service of S8 and S11, as a user writes it: `node app.mjs mesh` is a meshed app (createMesh from
  * the LINKERD2_PROXY_* environment, ready once identity is issued and policy loaded, then listening);
- * `node app.mjs http` is the same app on plain node:http. Prints `READY <port>` once it serves.
+ * `node app.mjs http` is the same app on plain node:http. Prints `READY <port> <cpu ms>` once it serves.
  */
 import http from "node:http";
 import { distOf } from "./env.mjs";
@@ -19,6 +19,12 @@ function app(req, res) {
   res.end(body);
 }
 
+/** CPU this process used since it started (boot included): the start-up cost a loaded machine cannot inflate. */
+function cpuMs() {
+  const { user, system } = process.cpuUsage();
+  return Math.round((user + system) / 1000);
+}
+
 const kind = process.argv[2];
 const port = Number(process.env.APP_PORT ?? 0);
 let close;
@@ -28,12 +34,12 @@ if (kind === "mesh") {
   await mesh.ready();
   const server = mesh.createServer(app, { port, keepAliveTimeoutMs: 60_000 });
   const address = await server.listen(port, "127.0.0.1");
-  process.stdout.write(`READY ${address.port}\n`);
+  process.stdout.write(`READY ${address.port} ${cpuMs()}\n`);
   close = () => mesh.close();
 } else {
   const server = http.createServer({ keepAliveTimeout: 60_000 }, app);
   await new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
-  process.stdout.write(`READY ${server.address().port}\n`);
+  process.stdout.write(`READY ${server.address().port} ${cpuMs()}\n`);
   close = async () => {
     server.closeAllConnections();
     server.close();

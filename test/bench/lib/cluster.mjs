@@ -201,18 +201,18 @@ http {
     child.stderr.on("data", (chunk) => {
       stderr = (stderr + chunk).slice(-4000);
     });
-    const port = await new Promise((resolve, reject) => {
+    const { port, cpuMs } = await new Promise((resolve, reject) => {
       let out = "";
       child.stdout.on("data", (chunk) => {
         out += chunk;
-        const match = /READY (\d+)/.exec(out);
-        if (match) resolve(Number(match[1]));
+        const match = /READY (\d+) (\d+)/.exec(out);
+        if (match) resolve({ port: Number(match[1]), cpuMs: Number(match[2]) });
       });
       child.once("exit", (code) => reject(new Error(`${kind} app exited (${code}): ${stderr}`)));
     });
     const startMs = performance.now() - started;
     if (core !== undefined) pin(child.pid, core);
-    return { kind, pid: child.pid, pids: [child.pid], port, startMs, stop: () => stopChild(child) };
+    return { kind, pid: child.pid, pids: [child.pid], port, startMs, cpuMs, stop: () => stopChild(child) };
   }
 
   return {
