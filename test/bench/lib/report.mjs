@@ -15,7 +15,7 @@ function formatValue(value, unit) {
   return `${format(value.median, unit)} (${iqr})`;
 }
 
-export function renderMarkdown({ machine, rows }) {
+export function renderMarkdown({ machine, rows, notes }) {
   const lines = [
     `Latest \`pnpm bench\` (${machine.mode} mode), ${machine.date.slice(0, 16).replace("T", " ")} UTC, on ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.node}, ${machine.os}; CPU pinning ${machine.pinned ? "on (load generator core 0, servers core 1)" : "off"}; load average at start ${machine.loadAverage}.`,
     "",
@@ -27,6 +27,7 @@ export function renderMarkdown({ machine, rows }) {
       `| ${row.id} | ${row.what} | ${formatValue(row.value, row.unit)} | ${row.target} | ${row.met ? "yes" : "**no**"} | ${row.detail} |`,
     );
   }
+  for (const note of notes ?? []) lines.push("", note);
   return `${lines.join("\n")}\n`;
 }
 
@@ -40,14 +41,16 @@ export function renderSvg({ machine, rows }) {
   const charted = rows
     .map((row) => ({ row, target: Number(/-?[\d.]+/.exec(row.target.replace(/,/g, ""))?.[0]) }))
     .filter(({ target }) => Number.isFinite(target) && target > 0);
-  const width = 760;
-  const left = 300;
+  const width = 800;
+  const left = 340;
   const barArea = width - left - 120;
   const rowHeight = 26;
   const top = 48;
   const height = top + charted.length * rowHeight + 40;
-  const maxScale = Math.max(2, ...charted.map(({ row, target }) => central(row.value) / target));
-  const x = (ratio) => left + (Math.max(0, ratio) / maxScale) * barArea;
+  // A fixed scale (0 to 2.5 × target) keeps one far-off result from flattening every other bar; bars
+  // beyond it are clipped and their label carries the value.
+  const maxScale = 2.5;
+  const x = (ratio) => left + (Math.min(maxScale, Math.max(0, ratio)) / maxScale) * barArea;
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12" role="img">`,
     "<title>inmesh benchmark results, each divided by its target</title>",
@@ -59,7 +62,7 @@ export function renderSvg({ machine, rows }) {
     const y = top + index * rowHeight;
     const ratio = central(row.value) / target;
     const color = row.met ? "#2e7d32" : "#c62828";
-    parts.push(`<text x="10" y="${y + 15}">${escapeXml(`${row.id} ${row.what}`.slice(0, 46))}</text>`);
+    parts.push(`<text x="10" y="${y + 15}">${escapeXml(`${row.id} ${row.what}`.slice(0, 52))}</text>`);
     parts.push(
       `<rect x="${left}" y="${y + 4}" width="${(x(ratio) - left).toFixed(1)}" height="14" fill="${color}" opacity="0.8"/>`,
     );
