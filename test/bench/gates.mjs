@@ -73,9 +73,21 @@ try {
   if (!hasCallgrind()) {
     failures.push("valgrind (callgrind) is not installed: run scripts/install-system-tools.sh");
   } else {
-    const [mesh, https, http] = await Promise.all(
-      ["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)),
-    );
+    const measure = () =>
+      Promise.all(["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)));
+    let [mesh, https, http] = await measure();
+    const overLimit = (baseline) =>
+      ["s1a", "s1c"].some(
+        (id) =>
+          (id === "s1a" ? mesh.perRequest / http.perRequest : mesh.perRequest / https.perRequest) >
+          baseline[id] * TOLERANCE,
+      );
+    const existing = existsSync(baselineFile) ? JSON.parse(readFileSync(baselineFile, "utf8")) : undefined;
+    if (!UPDATE && existing && major(existing.node) === major(process.version) && overLimit(existing)) {
+      // A regression must show twice: one unlucky GC placement should not fail CI.
+      log("over the limit: measuring once more");
+      [mesh, https, http] = await measure();
+    }
     const measured = {
       node: process.version,
       meshInstructions: Math.round(mesh.perRequest),

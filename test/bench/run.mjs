@@ -53,7 +53,7 @@ const CONFIG = QUICK
       rate: 1000,
       memorySeconds: 60,
       startPairs: 7,
-      cg: { warmup: 4000, small: 500, large: 2000, pairs: 3 },
+      cg: { warmup: 4000, small: 300, large: 1200, pairs: 5 },
     };
 const LOAD_CORE = 0;
 const SERVER_CORE = os.availableParallelism() > 1 ? 1 : 0;
