@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Tests talk to real peers: openssl (s_client, verify), curl, nginx (a stand-in for a sidecar inbound), and
-# Prometheus' promtool (checks /metrics). Install them from Debian when missing.
+# Prometheus' promtool (checks /metrics); the performance gates count instructions with valgrind (callgrind).
+# Install them from Debian when missing.
 set -euo pipefail
 missing=()
-for tool in openssl curl nginx; do
+for tool in openssl curl nginx valgrind; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 # promtool ships in Debian's prometheus package.

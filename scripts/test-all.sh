@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: installs pnpm and the locked dependencies, builds, lints,
-# type-checks, checks generated code, and runs every test. This is the README's test command.
+# type-checks, checks generated code, runs every test and the performance gates. This is the README's
+# test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ pnpm run lint
 pnpm run typecheck
 pnpm run check:gen
 pnpm run test
+# Deterministic performance gates (callgrind instructions per request, allocations, heap growth).
+pnpm run bench:gates

@@ -1,16 +1,42 @@
-import { generateKeyPairSync, webcrypto } from "node:crypto";
+import { generateKeyPairSync, sign } from "node:crypto";
 import { isDnsName, MeshError, MeshErrorCode } from "@inmesh/core";
-import * as x509 from "@peculiar/x509";
+import { oidHex } from "./der.js";
 
-const EC_P256 = { name: "ECDSA", namedCurve: "P-256" } as const;
-const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" } as const;
+// The CSR is a fixed shape (one CN, one DNS SAN, P-256, ECDSA-SHA256), encoded here in DER directly:
+// loading a general X.509 library for it cost ~100 ms of CPU at every process start (S11), and
+// `openssl req -verify` plus the CA's checkCSR rules are the tests that judge the encoding.
 
-let providerInstalled = false;
-/** @peculiar/x509 needs a WebCrypto implementation on Node; it only builds the CSR, it never verifies. */
-function ensureCryptoProvider(): void {
-  if (providerInstalled) return;
-  x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-  providerInstalled = true;
+function tlv(tag: number, content: Buffer): Buffer {
+  const length = content.byteLength;
+  let header: Buffer;
+  if (length < 0x80) header = Buffer.from([tag, length]);
+  else if (length < 0x100) header = Buffer.from([tag, 0x81, length]);
+  else header = Buffer.from([tag, 0x82, length >> 8, length & 0xff]);
+  return Buffer.concat([header, content]);
+}
+const sequence = (...items: Buffer[]) => tlv(0x30, Buffer.concat(items));
+const set = (...items: Buffer[]) => tlv(0x31, Buffer.concat(items));
+const oid = (dotted: string) => tlv(0x06, Buffer.from(oidHex(dotted), "hex"));
+
+const OID_COMMON_NAME = "2.5.4.3";
+const OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14";
+const OID_SUBJECT_ALT_NAME = "2.5.29.17";
+const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
+
+/** DER PKCS#10 (RFC 2986): subject CN=identity, extensionRequest with one DNS SAN, ECDSA-SHA256. */
+function encodeCsr(identity: string, spki: Buffer, sign256: (data: Buffer) => Buffer): Buffer {
+  const name = Buffer.from(identity, "utf8");
+  const subject = sequence(set(sequence(oid(OID_COMMON_NAME), tlv(0x0c, name))));
+  // GeneralNames with one dNSName ([2] IMPLICIT IA5String); the extension is not critical.
+  const san = sequence(oid(OID_SUBJECT_ALT_NAME), tlv(0x04, sequence(tlv(0x82, name))));
+  const attributes = tlv(0xa0, sequence(oid(OID_EXTENSION_REQUEST), set(sequence(san))));
+  const info = sequence(tlv(0x02, Buffer.from([0])), subject, spki, attributes);
+  const signature = sign256(info);
+  return sequence(
+    info,
+    sequence(oid(OID_ECDSA_SHA256)),
+    tlv(0x03, Buffer.concat([Buffer.from([0]), signature])),
+  );
 }
 
 /** A workload key and its CSR. The private key exists only in this process's memory. */
@@ -35,28 +61,14 @@ export async function createIdentityKey(identity: string): Promise<IdentityKey> 
       `identity ${JSON.stringify(identity)} is not a lower-case DNS name`,
     );
   }
-  ensureCryptoProvider();
   const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const pkcs8 = privateKey.export({ format: "der", type: "pkcs8" });
   const spki = publicKey.export({ format: "der", type: "spki" });
-  let signingKey: webcrypto.CryptoKey;
-  try {
-    signingKey = await webcrypto.subtle.importKey("pkcs8", pkcs8, EC_P256, false, ["sign"]);
-  } finally {
-    pkcs8.fill(0);
-  }
-  const verifyKey = await webcrypto.subtle.importKey("spki", spki, EC_P256, true, ["verify"]);
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    // isDnsName admits only [a-z0-9.-], so the name cannot inject RDN syntax.
-    name: `CN=${identity}`,
-    keys: { privateKey: signingKey, publicKey: verifyKey } as never,
-    signingAlgorithm: ECDSA_SHA256,
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "dns", value: identity }], false)],
-  });
+  // node:crypto signs ECDSA as a DER Ecdsa-Sig-Value, the form X.509 signatures carry.
+  const csrDer = encodeCsr(identity, spki, (data) => sign("sha256", data, privateKey));
   return {
     identity,
     privateKeyPem: privateKey.export({ format: "pem", type: "pkcs8" }) as string,
     publicKeySpkiDer: spki,
-    csrDer: Buffer.from(csr.rawData),
+    csrDer,
   };
 }

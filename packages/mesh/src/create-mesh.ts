@@ -14,7 +14,7 @@ import {
   type MeshServerOptions,
   type TransportHeaderListener,
 } from "@inmesh/http";
-import { createOtelBridge, isOtelApiInstalled } from "@inmesh/otel";
+import type { OtelBridge } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
 import { attachOutbound, type MeshOutbound, profileNetworks, searchContext } from "./outbound.js";
 
@@ -88,9 +88,22 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   const core = createMeshCore(options);
   const metrics = options.metrics === false ? undefined : createMeshMetrics();
   metrics?.subscribe();
-  // Without @opentelemetry/api (an optional peer) there is nothing to record into: no bridge at all.
-  const otel = options.tracing === false || !isOtelApiInstalled() ? undefined : createOtelBridge();
-  otel?.register();
+  // OpenTelemetry is loaded after start-up work began, not at import: most services never register an
+  // SDK, and loading the API and the bridge was ~10% of the time to import the mesh (S11). `ready()`
+  // waits for it, so calls served after ready are traced.
+  let otel: OtelBridge | undefined;
+  let closed = false;
+  const otelLoading =
+    options.tracing === false
+      ? Promise.resolve()
+      : import("@inmesh/otel").then(({ createOtelBridge, isOtelApiInstalled }) => {
+          // Without @opentelemetry/api (an optional peer) there is nothing to record into: no bridge.
+          if (closed || !isOtelApiInstalled()) return;
+          otel = createOtelBridge();
+          otel.register();
+        });
+  // A failed load surfaces from ready(); it must not also be an unhandled rejection.
+  otelLoading.catch(() => {});
 
   const names = searchContext(options.env ?? process.env, core);
   const dispatcher = createMeshDispatcher({
@@ -194,10 +207,12 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     await dispatcher.close();
     await admin?.close();
     metrics?.unsubscribe();
+    closed = true;
     otel?.unregister();
   });
 
   const ready: Mesh["ready"] = async (readyOptions) => {
+    await otelLoading;
     await startAdmin();
     await startTransportHeader();
     await core.ready(readyOptions);

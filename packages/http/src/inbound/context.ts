@@ -51,20 +51,28 @@ export interface MeshConnectionInfo {
   readonly policy: CompiledServerPolicy;
 }
 
-const contexts = new WeakMap<object, MeshRequestContext>();
+/**
+ * The context lives on the request itself under a module-private symbol: it dies with the request, and
+ * unlike a WeakMap entry (an ephemeron the collector must trace specially) costs one property.
+ */
+const kMeshContext = Symbol("inmesh.context");
 
 /**
  * The mesh context of a request served through `createMeshServer` or `createMeshRequestListener`
  * (an `http.IncomingMessage` or `http2.Http2ServerRequest`), or undefined when no mesh authorized it.
  */
 export function meshContext(request: object): MeshRequestContext | undefined {
-  return contexts.get(request);
+  return (request as { [kMeshContext]?: MeshRequestContext })[kMeshContext];
 }
 
 /** @internal */
 export function attachMeshContext(request: object, context: MeshRequestContext): void {
-  contexts.set(request, context);
-  const target = request as { mesh?: MeshRequestContext; meshPeer?: PeerIdentity };
+  const target = request as {
+    [kMeshContext]?: MeshRequestContext;
+    mesh?: MeshRequestContext;
+    meshPeer?: PeerIdentity;
+  };
+  target[kMeshContext] = context;
   target.mesh = context;
   target.meshPeer = context.peer;
 }

@@ -1,4 +1,4 @@
-import type { ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerResponse, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import { debuglog } from "node:util";
 import type { PeerIdentity } from "@inmesh/core";
@@ -94,7 +94,7 @@ export interface RequestParts {
   readonly rawHeaders: string[] | undefined;
   readonly h2: boolean;
   /** An HTTP/1 request: its lazily built `headersDistinct` must see the same edits. */
-  readonly message?: { readonly headersDistinct: Record<string, string[] | undefined> } | undefined;
+  readonly message?: object | undefined;
 }
 
 export interface GateConfig {
@@ -177,12 +177,7 @@ export function authorizeWithPolicy(
 ): MeshAuthorization {
   const headers = request.headers;
   const message = request.message;
-  setClientIdHeader(
-    headers,
-    request.rawHeaders,
-    connection.facts.identity,
-    message === undefined ? undefined : () => message.headersDistinct,
-  );
+  setClientIdHeader(headers, request.rawHeaders, connection.facts.identity, message);
   let origProto: OrigProto | undefined;
   if (request.h2 && headers[L5D_ORIG_PROTO] !== undefined) {
     origProto = takeOrigProto(headers, request.rawHeaders)?.version;
@@ -231,7 +226,7 @@ export function authorizeWithPolicy(
       requestHeaderMutator(
         headers,
         request.rawHeaders,
-        message === undefined ? undefined : () => message.headersDistinct,
+        message === undefined ? undefined : () => (message as IncomingMessage).headersDistinct,
       ),
     );
     if (outcome.kind === "respond") {

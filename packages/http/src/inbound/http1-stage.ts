@@ -21,6 +21,7 @@ import {
   type MeshAuthorization,
   sendSynthetic,
 } from "./gate.js";
+import { MeshIncomingMessage } from "./message.js";
 import { debug, type ShutdownFlag } from "./pipeline.js";
 import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
 
@@ -66,6 +67,8 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   const activeResponses = new Set<ServerResponse>();
 
   const server = createHttpServer({
+    // headersDistinct is built only if the app reads it (see message.ts).
+    IncomingMessage: MeshIncomingMessage,
     maxHeaderSize: options.maxHeaderSize,
     headersTimeout: options.headersTimeoutMs,
     requestTimeout: options.requestTimeoutMs,

@@ -42,11 +42,73 @@ export function callsObserved(): boolean {
 }
 
 type MutableCallMessage = { -readonly [K in keyof InboundCallMessage]: InboundCallMessage[K] };
+type HeaderObject = Record<string, string | string[] | undefined>;
 
-export interface CallTelemetry {
-  readonly message: MutableCallMessage;
-  readonly startedAt: number;
+/**
+ * One observed call: the message subscribers receive, with `getHeader` on the prototype rather than a
+ * closure per call (metrics are on by default, so this runs for every request).
+ */
+class InboundCall implements MutableCallMessage {
+  protocol: "http" | "grpc";
+  httpVersion: "1.1" | "2";
+  method: string;
+  path: string;
+  authority: string;
+  port: number;
+  targetAddress: string;
+  clientAddress: string;
+  peer: PeerIdentity;
+  decision: HttpDecision | HttpRateLimitedDecision | undefined;
+  statusCode: number | undefined = undefined;
+  grpcStatus: number | undefined = undefined;
+  error: unknown = undefined;
+  durationMs: number | undefined = undefined;
+  runInScope: InboundCallMessage["runInScope"] = undefined;
+  readonly #headers: HeaderObject;
+  readonly #startedAt = performance.now();
+
+  constructor(
+    connection: ConnectionState,
+    port: number,
+    request: {
+      readonly method: string;
+      readonly path: string;
+      readonly authority: string | undefined;
+      readonly h2: boolean;
+      readonly grpc: boolean;
+      readonly headers: HeaderObject;
+    },
+    decision: HttpDecision | HttpRateLimitedDecision | undefined,
+  ) {
+    this.protocol = request.grpc ? "grpc" : "http";
+    this.httpVersion = request.h2 ? "2" : "1.1";
+    this.method = request.method;
+    this.path = request.path;
+    this.authority = request.authority ?? "";
+    this.port = port;
+    this.targetAddress = connection.targetAddress;
+    this.clientAddress = connection.facts.address;
+    this.peer = connection.peer;
+    this.decision = decision;
+    this.#headers = request.headers;
+  }
+
+  getHeader(name: string): string | undefined {
+    const value = this.#headers[name];
+    return Array.isArray(value) ? value[0] : value;
+  }
+
+  get startedAt(): number {
+    return this.#startedAt;
+  }
+
+  /** The call is its own message (one object per call); kept for callers written against the pair. */
+  get message(): this {
+    return this;
+  }
 }
+
+export type CallTelemetry = InboundCall;
 
 export function startCall(
   connection: ConnectionState,
@@ -57,47 +119,24 @@ export function startCall(
     readonly authority: string | undefined;
     readonly h2: boolean;
     readonly grpc: boolean;
-    readonly headers: Record<string, string | string[] | undefined>;
+    readonly headers: HeaderObject;
   },
   decision: HttpDecision | HttpRateLimitedDecision | undefined,
 ): CallTelemetry {
-  const headers = request.headers;
-  const message: MutableCallMessage = {
-    protocol: request.grpc ? "grpc" : "http",
-    httpVersion: request.h2 ? "2" : "1.1",
-    method: request.method,
-    path: request.path,
-    authority: request.authority ?? "",
-    port,
-    targetAddress: connection.targetAddress,
-    clientAddress: connection.facts.address,
-    peer: connection.peer,
-    getHeader(name: string) {
-      const value = headers[name];
-      return Array.isArray(value) ? value[0] : value;
-    },
-    decision,
-    statusCode: undefined,
-    grpcStatus: undefined,
-    error: undefined,
-    durationMs: undefined,
-    runInScope: undefined,
-  };
-  const telemetry = { message, startedAt: performance.now() };
-  if (callStart.hasSubscribers) callStart.publish(message);
-  return telemetry;
+  const call = new InboundCall(connection, port, request, decision);
+  if (callStart.hasSubscribers) callStart.publish(call);
+  return call;
 }
 
 export function endCall(
-  telemetry: CallTelemetry,
+  call: CallTelemetry,
   outcome: { statusCode: number | undefined; grpcStatus: number | undefined; error: unknown },
 ): void {
-  const message = telemetry.message;
-  message.statusCode = outcome.statusCode;
-  message.grpcStatus = outcome.grpcStatus;
-  message.error = outcome.error;
-  message.durationMs = performance.now() - telemetry.startedAt;
-  if (callEnd.hasSubscribers) callEnd.publish(message);
+  call.statusCode = outcome.statusCode;
+  call.grpcStatus = outcome.grpcStatus;
+  call.error = outcome.error;
+  call.durationMs = performance.now() - call.startedAt;
+  if (callEnd.hasSubscribers) callEnd.publish(call);
 }
 
 /**

@@ -83,11 +83,15 @@ describe("header handling", () => {
   it("replaces every client-sent l5d-client-id with the verified one, or removes it", () => {
     const headers: Record<string, string | string[] | undefined> = { "l5d-client-id": "a, b", host: "x" };
     const raw = ["Host", "x", "L5D-Client-ID", "a", "l5d-client-id", "b"];
-    const distinct: Record<string, string[] | undefined> = { "l5d-client-id": ["a", "b"], host: ["x"] };
-    setClientIdHeader(headers, raw, "bar.id", () => distinct);
+    // A message whose headersDistinct node:http already built from the unedited raw list.
+    const message = {
+      rawHeaders: raw,
+      headersDistinct: { "l5d-client-id": ["a", "b"], host: ["x"] } as Record<string, string[] | undefined>,
+    };
+    setClientIdHeader(headers, raw, "bar.id", message);
     expect(headers["l5d-client-id"]).toBe("bar.id");
     expect(raw).toEqual(["Host", "x", "l5d-client-id", "bar.id"]);
-    expect(distinct["l5d-client-id"]).toEqual(["bar.id"]);
+    expect(message.headersDistinct).toEqual({ host: ["x"], "l5d-client-id": ["bar.id"] });
     const plain: Record<string, string | string[] | undefined> = { "l5d-client-id": "spoof" };
     const plainRaw = ["l5d-CLIENT-id", "spoof"];
     setClientIdHeader(plain, plainRaw, undefined);

@@ -1,0 +1,144 @@
+/**
+ * The deterministic performance gates CI runs (`pnpm bench:gates`, from scripts/test-all.sh):
+ *   - S1a / S1c: instructions per request (callgrind slope, see lib/instructions.mjs) of the SDK server
+ *     over node:http and over node:https with the same mTLS context must not exceed the committed
+ *     baseline (test/bench/baseline.json) by more than 5%;
+ *   - S4: the policy evaluator allocates nothing per decision (policy-alloc.mjs --gate);
+ *   - heap: the SDK server's heap after full GCs does not grow with the number of requests served
+ *     (nothing per request outlives the request).
+ * Throughput and latency stay out of CI (too noisy on shared machines): see `pnpm bench`.
+ *
+ *   node test/bench/gates.mjs                     check
+ *   node test/bench/gates.mjs --update-baseline   re-measure and write the baseline (commit it)
+ * The instruction baseline holds for the Node major it was measured on; on another major the
+ * instruction gate reports and does not fail.
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { startCluster } from "./lib/cluster.mjs";
+import { ROOT } from "./lib/env.mjs";
+import { hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
+import { createPool, sequential } from "./lib/load.mjs";
+
+const UPDATE = process.argv.includes("--update-baseline");
+const TOLERANCE = 1.05;
+/** Heap after GC may move by a few pages (code, feedback); anything per request would be ≥ 8 B × N. */
+const HEAP_BYTES_PER_REQUEST = 4;
+const baselineFile = path.join(ROOT, "test/bench/baseline.json");
+const failures = [];
+const log = (message) => process.stdout.write(`${message}\n`);
+
+// S4: zero allocations per policy decision.
+const s4 = spawnSync(
+  process.execPath,
+  [
+    "--expose-gc",
+    "--max-semi-space-size=64",
+    "--import",
+    "./test/bench/policy-ts-loader.mjs",
+    "test/bench/policy-alloc.mjs",
+    "--gate",
+  ],
+  { cwd: ROOT, encoding: "utf8" },
+);
+log(s4.stdout.trim());
+if (s4.status !== 0)
+  failures.push(`S4: the policy evaluator allocates per decision (exit ${s4.status}) ${s4.stderr}`);
+
+const cluster = await startCluster();
+try {
+  // Heap growth over N requests, after full GCs.
+  const server = await cluster.startServer("mesh", { nodeFlags: ["--expose-gc"] });
+  const pool = createPool(server.port, cluster.clientTls, 8);
+  const heap = async () => {
+    const { body } = await pool.request({ path: "/__heap", method: "GET" });
+    return Number(await body.text());
+  };
+  const burst = (n) => Promise.all(Array.from({ length: 8 }, () => sequential(pool, n / 8)));
+  await burst(4000);
+  const before = await heap();
+  const requests = 40_000;
+  await burst(requests);
+  const after = await heap();
+  const perRequest = (after - before) / requests;
+  log(
+    `heap: ${(before / 2 ** 20).toFixed(2)} MiB → ${(after / 2 ** 20).toFixed(2)} MiB after ${requests} more requests (${perRequest.toFixed(2)} B/request; gate ≤ ${HEAP_BYTES_PER_REQUEST})`,
+  );
+  if (perRequest > HEAP_BYTES_PER_REQUEST) failures.push(`heap grows ${perRequest.toFixed(2)} B per request`);
+  await pool.close();
+  await server.stop();
+
+  // S1a / S1c instructions per request.
+  if (!hasCallgrind()) {
+    failures.push("valgrind (callgrind) is not installed: run scripts/install-system-tools.sh");
+  } else {
+    const measure = () =>
+      Promise.all(["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)));
+    let [mesh, https, http] = await measure();
+    const overLimit = (baseline) =>
+      ["s1a", "s1c"].some(
+        (id) =>
+          (id === "s1a" ? mesh.perRequest / http.perRequest : mesh.perRequest / https.perRequest) >
+          baseline[id] * TOLERANCE,
+      );
+    const existing = existsSync(baselineFile) ? JSON.parse(readFileSync(baselineFile, "utf8")) : undefined;
+    if (!UPDATE && existing && major(existing.node) === major(process.version) && overLimit(existing)) {
+      // A regression must show twice: one unlucky GC placement should not fail CI.
+      log("over the limit: measuring once more");
+      [mesh, https, http] = await measure();
+    }
+    const measured = {
+      node: process.version,
+      meshInstructions: Math.round(mesh.perRequest),
+      httpsInstructions: Math.round(https.perRequest),
+      httpInstructions: Math.round(http.perRequest),
+      s1a: round(mesh.perRequest / http.perRequest),
+      s1c: round(mesh.perRequest / https.perRequest),
+    };
+    log(
+      `instructions/request: SDK ${measured.meshInstructions}, node:https ${measured.httpsInstructions}, node:http ${measured.httpInstructions}; S1a ${measured.s1a}×, S1c ${measured.s1c}×`,
+    );
+    if (UPDATE) {
+      writeFileSync(
+        baselineFile,
+        `${JSON.stringify({ ...measured, measuredAt: new Date().toISOString() }, null, 2)}\n`,
+      );
+      log(`wrote ${path.relative(ROOT, baselineFile)}`);
+    } else if (!existsSync(baselineFile)) {
+      failures.push("no baseline: run node test/bench/gates.mjs --update-baseline and commit it");
+    } else {
+      const baseline = JSON.parse(readFileSync(baselineFile, "utf8"));
+      if (major(baseline.node) !== major(process.version)) {
+        log(
+          `instruction gate skipped: the baseline is for Node ${major(baseline.node)}, this is ${process.version}`,
+        );
+      } else {
+        for (const id of ["s1a", "s1c"]) {
+          const limit = baseline[id] * TOLERANCE;
+          log(`${id.toUpperCase()}: ${measured[id]}× (baseline ${baseline[id]}×, limit ${round(limit)}×)`);
+          if (measured[id] > limit)
+            failures.push(
+              `${id.toUpperCase()} regressed: ${measured[id]}× > ${round(limit)}× (baseline ${baseline[id]}× + 5%)`,
+            );
+        }
+      }
+    }
+  }
+} finally {
+  await cluster.close();
+}
+
+if (failures.length > 0) {
+  for (const failure of failures) process.stderr.write(`GATE FAILED: ${failure}\n`);
+  process.exit(1);
+}
+log("performance gates passed");
+process.exit(0);
+
+function round(value) {
+  return Math.round(value * 1000) / 1000;
+}
+function major(version) {
+  return String(version).replace(/^v/, "").split(".")[0];
+}

@@ -1,0 +1,75 @@
+/**
+ * Instructions per request, counted by callgrind (deterministic, unlike time on a shared machine): the
+ * server runs under `valgrind --tool=callgrind` with V8's `--predictable` (no background threads, no
+ * timing-driven heuristics); the load generator sends keep-alive requests one at a time on one
+ * connection; after a warm-up, `callgrind_control --dump` closes a segment after `small` and after
+ * `large` requests, repeatedly. Per-request cost is the slope (large − small) / (large − small count), so
+ * whatever a segment pays once (a timer, the dump) cancels out. The first pair is left out (the JIT is
+ * still settling); the result is the median of the other pairs (forcing a GC at segment ends instead
+ * was tried: its cost grows with the segment and swamps the slope).
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { median } from "./env.mjs";
+import { createPool, sequential } from "./load.mjs";
+
+export function hasCallgrind() {
+  try {
+    execFileSync("valgrind", ["--version"], { stdio: "ignore" });
+    execFileSync("which", ["callgrind_control"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * @param cluster from startCluster()
+ * @param kind `mesh`, `https` or `http`
+ */
+export async function instructionsPerRequest(cluster, kind, options = {}) {
+  // Five short pairs rather than three long ones: a major GC lands in one pair's large segment now and
+  // then (+5-20% for that pair), and the median of five shrugs off two such pairs.
+  const { warmup = 4000, small = 300, large = 1200, pairs = 5, core } = options;
+  const dir = mkdtempSync(path.join(tmpdir(), "inmesh-callgrind-"));
+  const server = await cluster.startServer(kind, {
+    core,
+    wrap: ["valgrind", "--tool=callgrind", `--callgrind-out-file=${dir}/cg.%p`, "--dump-instr=no"],
+    nodeFlags: ["--predictable"],
+  });
+  const pool = createPool(server.port, kind === "http" ? undefined : cluster.clientTls, 1);
+  let dumps = 0;
+  const dump = () => {
+    execFileSync("callgrind_control", ["--dump", String(server.pid)], { stdio: "ignore" });
+    dumps += 1;
+  };
+  const segment = (n) => {
+    const file = path.join(dir, `cg.${server.pid}.${n}`);
+    const match = /^summary: (\d+)/m.exec(readFileSync(file, "utf8"));
+    if (!match) throw new Error(`no summary in ${file}`);
+    return Number(match[1]);
+  };
+  try {
+    await sequential(pool, warmup);
+    dump();
+    const slopes = [];
+    for (let pair = 0; pair < pairs + 1; pair += 1) {
+      await sequential(pool, small);
+      dump();
+      const smallCost = segment(dumps);
+      await sequential(pool, large);
+      dump();
+      const largeCost = segment(dumps);
+      if (pair > 0) slopes.push((largeCost - smallCost) / (large - small));
+    }
+    return { perRequest: median(slopes), slopes };
+  } finally {
+    await pool.close();
+    await server.stop();
+    // Files are listed first: valgrind may still be writing its final dump.
+    readdirSync(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * One benchmark server per process, so each is pinned and measured on its own:
+ *   node server.mjs <kind> <setup.json>
+ * kind: `mesh` (createMeshServer: mTLS + policy + l5d-client-id), `https` (node:https with the same mTLS
+ * context as the mesh server, no policy), `http` (plain node:http: S1a/S1b's baseline, and the app behind
+ * nginx). Every kind serves the same app. Prints `LISTENING <port>` once it serves; SIGTERM stops it.
+ */
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import { distOf } from "./env.mjs";
+
+const [kind, setupFile] = process.argv.slice(2);
+const setup = JSON.parse(readFileSync(setupFile, "utf8"));
+
+const body = Buffer.from("ok");
+function app(req, res) {
+  // The heap gate's probe (only with --expose-gc): heap used after full collections, in bytes.
+  if (req.url === "/__heap" && typeof globalThis.gc === "function") {
+    globalThis.gc();
+    globalThis.gc();
+    res.end(String(process.memoryUsage().heapUsed));
+    return;
+  }
+  res.setHeader("content-length", body.byteLength);
+  res.end(body);
+}
+
+let close = async () => {};
+let port;
+if (kind === "http") {
+  const server = http.createServer({ keepAliveTimeout: 60_000 }, app);
+  port = await listen(server, setup.port ?? 0);
+  close = async () => {
+    server.closeAllConnections();
+    server.close();
+  };
+} else {
+  const { createIdentityProvider } = await import(distOf("identity"));
+  const identity = createIdentityProvider({
+    localName: setup.serverIdentity,
+    trustAnchorsPem: setup.anchors,
+    identityServiceAddress: setup.identityAddress,
+    identityServiceName: setup.identityName,
+    readToken: () => setup.token,
+  });
+  await identity.ready();
+  if (kind === "https") {
+    const server = https.createServer({ ...identity.tlsServerOptions(), keepAliveTimeout: 60_000 }, app);
+    port = await listen(server, setup.port ?? 0);
+    close = async () => {
+      server.closeAllConnections();
+      server.close();
+      await identity.close();
+    };
+  } else if (kind === "mesh") {
+    const { createMeshServer } = await import(distOf("http"));
+    const policy = await admitOne(setup.clientIdentity);
+    const mesh = createMeshServer({
+      identity,
+      policy,
+      port: 8080,
+      handler: app,
+      keepAliveTimeoutMs: 60_000,
+    });
+    port = (await mesh.listen(setup.port ?? 0, "127.0.0.1")).port;
+    close = async () => {
+      await mesh.close();
+      await identity.close();
+    };
+  } else {
+    throw new Error(`unknown server kind ${kind}`);
+  }
+}
+process.stdout.write(`LISTENING ${port}\n`);
+process.once("SIGTERM", () => {
+  close().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
+});
+
+function listen(server, wanted) {
+  return new Promise((resolve) => server.listen(wanted, "127.0.0.1", () => resolve(server.address().port)));
+}
+
+/** A Server that admits one mesh identity on the default route: the common case. */
+async function admitOne(clientIdentity) {
+  const { compileServerPolicy } = await import(distOf("policy"));
+  const { inbound, ipNetworkFromString } = await import(distOf("proto"));
+  return compileServerPolicy(
+    inbound.Server.fromPartial({
+      protocol: { kind: { $case: "detect", value: { timeout: { seconds: 10n, nanos: 0 }, httpRoutes: [] } } },
+      authorizations: [
+        {
+          networks: [{ net: ipNetworkFromString("0.0.0.0/0"), except: [] }],
+          authentication: {
+            permit: {
+              $case: "meshTLS",
+              value: {
+                clients: {
+                  $case: "identities",
+                  value: { identities: [{ name: clientIdentity }], suffixes: [] },
+                },
+              },
+            },
+          },
+          metadata: {
+            kind: {
+              $case: "resource",
+              value: { group: "policy.linkerd.io", kind: "authorizationpolicy", name: "bench-client" },
+            },
+          },
+        },
+      ],
+      labels: { group: "policy.linkerd.io", kind: "server", name: "bench" },
+    }),
+    { port: 8080 },
+  );
+}
