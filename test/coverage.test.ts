@@ -182,9 +182,9 @@ describe("what gets meshed", () => {
   let web: Mesh;
   let stranger: Mesh;
 
-  async function meshFor(pod: string): Promise<Mesh> {
+  async function meshFor(pod: string, transportHeader = true): Promise<Mesh> {
     const { variables } = await controlPlane.writeEnv(pod, { namespace: "bookshop" });
-    const mesh = createMesh({ env: variables, admin: false, tracing: false });
+    const mesh = createMesh({ env: variables, admin: false, tracing: false, transportHeader });
     meshes.push(mesh);
     return mesh;
   }
@@ -247,7 +247,8 @@ describe("what gets meshed", () => {
     await authorsServer.listen(ports.authors, "127.0.0.4");
     cleanups.push(() => injector.destroy());
 
-    const db = await meshFor("db-0");
+    // The test serves db's inbound (transport-header) port itself, to see the header a client writes.
+    const db = await meshFor("db-0", false);
     web = await meshFor("web-0");
     stranger = await meshFor("stranger-0");
     await Promise.all(meshes.map((mesh) => mesh.ready({ signal: AbortSignal.timeout(20_000) })));

@@ -27,7 +27,7 @@ export interface LatencySummary {
 
 /** The client pod's mesh, in the test process: discovery, mTLS and balancing like any meshed service. */
 export async function startClientMesh(env: Record<string, string>): Promise<Mesh> {
-  const mesh = createMesh({ env, admin: false, metrics: false, tracing: false });
+  const mesh = createMesh({ env, transportHeader: false, admin: false, metrics: false, tracing: false });
   await mesh.ready({ signal: AbortSignal.timeout(30_000) });
   return mesh;
 }

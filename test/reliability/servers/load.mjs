@@ -18,6 +18,8 @@ const kind = process.env.LOAD_KIND ?? "http";
 
 const mesh = createMesh({
   env: JSON.parse(process.env.LOAD_CLIENT_ENV ?? "{}"),
+  // A client only: it serves nothing, and its pod's inbound port may be bound by another test's client.
+  transportHeader: false,
   admin: false,
   metrics: false,
   tracing: false,
