@@ -85,8 +85,11 @@ try {
     const existing = existsSync(baselineFile) ? JSON.parse(readFileSync(baselineFile, "utf8")) : undefined;
     if (!UPDATE && existing && major(existing.node) === major(process.version) && overLimit(existing)) {
       // A regression must show twice: one unlucky GC placement should not fail CI.
+      // Noise only adds instructions (a GC, a JIT pass), so the lower of two runs per server is kept.
       log("over the limit: measuring once more");
-      [mesh, https, http] = await measure();
+      const again = await measure();
+      const lower = (a, b) => (b.perRequest < a.perRequest ? b : a);
+      [mesh, https, http] = [lower(mesh, again[0]), lower(https, again[1]), lower(http, again[2])];
     }
     const measured = {
       node: process.version,

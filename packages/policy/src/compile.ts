@@ -205,6 +205,13 @@ export function metaFromLabels(
   return resourceMeta(group, head, rest);
 }
 
+/**
+ * A host score is kind (1 suffix, 2 exact) × this unit + the matched length. The unit keeps every score a
+ * small integer (below 2^30) so it is never boxed on the evaluator's hot path; a control-plane message is
+ * capped far below 2^28 bytes, so lengths cannot reach it.
+ */
+const HOST_KIND_UNIT = 2 ** 28;
+
 function convertHost(pb: httpRoute.HostMatch, what: string): IrHost {
   const match = pb.match;
   if (match === undefined) invalid(`${what}: host match must contain a match`);
@@ -215,7 +222,7 @@ function convertHost(pb: httpRoute.HostMatch, what: string): IrHost {
       value,
       patternEndsWithDot: value.endsWith("."),
       labels: Object.freeze([]),
-      score: 2 * 2 ** 31 + utf8Length(value),
+      score: 2 * HOST_KIND_UNIT + utf8Length(value),
     });
   }
   const labels = (match.value?.reverseLabels ?? []).map(String);
@@ -226,7 +233,7 @@ function convertHost(pb: httpRoute.HostMatch, what: string): IrHost {
     value: "",
     patternEndsWithDot: false,
     labels: Object.freeze(labels),
-    score: 2 ** 31 + length,
+    score: HOST_KIND_UNIT + length,
   });
 }
 

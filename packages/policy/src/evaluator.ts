@@ -294,7 +294,7 @@ function hostMatches(h: IrHost, authority: string, start: number, end: number): 
   return true;
 }
 
-/** Best host score of a route (kind × 2^31 + length), 0 when the route has no hosts, -1 when none match. */
+/** Best host score of a route (kind × 2^28 + length), 0 when the route has no hosts, -1 when none match. */
 function routeHostScore(
   hosts: readonly IrHost[],
   authority: string | undefined,
@@ -496,7 +496,9 @@ function segmentHash(text: string, start: number, end: number): number {
     hash ^= text.charCodeAt(i);
     hash = Math.imul(hash, 0x01000193);
   }
-  return hash;
+  // Kept within V8's small-integer range: a full int32 is boxed as a heap number about half the time it
+  // crosses a call or becomes a Map key, which would allocate on every decision.
+  return hash & 0x3fffffff;
 }
 
 /** Hash of the first segment of an absolute path (`/seg/…`), or undefined if the path is not absolute. */

@@ -51,7 +51,7 @@ export interface IrHost {
   readonly patternEndsWithDot: boolean;
   /** Suffix labels, most significant first (`*.example.com` → ["com", "example"]). */
   readonly labels: readonly string[];
-  /** Precomputed score: kind (1 suffix, 2 exact) × 2^31 + matched length in bytes. */
+  /** Precomputed score: kind (1 suffix, 2 exact) × 2^28 + matched length in bytes. */
   readonly score: number;
 }
 
