@@ -95,7 +95,11 @@ export async function startServiceChild(
   env: Record<string, string>,
   options: { exposeGc?: boolean } = {},
 ): Promise<ServiceChild> {
-  const nodeArgs = options.exposeGc ? ["--expose-gc"] : [];
+  const nodeArgs = [
+    ...(options.exposeGc ? ["--expose-gc"] : []),
+    // For looking inside an attacked child, e.g. INMESH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
+    ...(process.env.INMESH_CHILD_NODE_ARGS?.split(" ").filter((arg) => arg !== "") ?? []),
+  ];
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, path.join(ROOT, script)], {
     env: {
       ...env,

@@ -1,4 +1,5 @@
 import { constants, type Http2Server, type ServerHttp2Session, type ServerHttp2Stream } from "node:http2";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
@@ -11,6 +12,14 @@ import {
   type MeshGrpcPolicyInput,
   type MeshGrpcServerIdentity,
 } from "./authorization.js";
+import {
+  createResetBudgets,
+  createStreamAdmission,
+  ENHANCE_YOUR_CALM,
+  type ResetBudgets,
+  refuseSession,
+  type SessionResetBudget,
+} from "./http2-abuse.js";
 
 export interface MeshServerCredentialsOptions {
   /** The workload identity (an `IdentityProvider`). */
@@ -55,21 +64,33 @@ const debug = debuglog("mesh");
  * after END_STREAM…) when its 'stream' event fires. grpc-js answers some streams synchronously in that
  * event (wrong content-type, unknown method), and `respond()` on a destroyed stream throws, which would
  * take the process down. Every 'stream' listener of the server is wrapped so a stream reaches them only
- * while it is alive, and always has an error handler.
+ * while it is alive, once the bytes that opened it were all read (a stream reset in the same read never
+ * costs a call), and always has an error handler.
  */
-function guardStreams(server: Http2Server, bounds: SessionBounds): void {
+function guardStreams(server: Http2Server, bounds: SessionBounds, injecting: InjectingConnection): void {
   const listeners = server.rawListeners("stream") as ((...args: unknown[]) => void)[];
   server.removeAllListeners("stream");
+  const admission = createStreamAdmission();
   server.on(
     "stream",
     function guardedStream(this: Http2Server, stream: ServerHttp2Stream, ...rest: unknown[]) {
       stream.on("error", (error) => debug("grpc: injected stream error: %s", error.message));
       if (stream.destroyed || stream.closed) return;
       sessionStreamOpened(stream);
-      for (const listener of listeners) Reflect.apply(listener, this, [stream, ...rest]);
+      admission.admit(stream, () => {
+        for (const listener of listeners) Reflect.apply(listener, this, [stream, ...rest]);
+      });
     },
   );
-  server.on("session", (session: ServerHttp2Session) => boundSession(session, bounds));
+  const budgets = createResetBudgets(RESET_BUDGETS);
+  server.on("session", (session: ServerHttp2Session) =>
+    boundSession(session, bounds, budgets, injecting.current),
+  );
+}
+
+/** The connection being handed to grpc-js's HTTP/2 server (its 'session' event runs synchronously). */
+interface InjectingConnection {
+  current: { readonly socket: Duplex; readonly address: string | undefined } | undefined;
 }
 
 interface SessionBounds {
@@ -81,27 +102,30 @@ interface SessionIdle {
   readonly bounds: SessionBounds;
   openStreams: number;
   timer: NodeJS.Timeout;
-  resetBudget: number;
-  resetCheckedAt: number;
+  readonly resets: SessionResetBudget;
+  /** The socket given to the session, destroyed if a refused session does not close by itself. */
+  readonly socket: Duplex | undefined;
 }
 
-/** Rapid reset (CVE-2023-44487): as `createMeshServer` does, a burst of 200 streams ended by RST_STREAM,
- * refilled at 100 a second; beyond it GOAWAY ENHANCE_YOUR_CALM. */
-const RESET_BURST = 200;
-const RESET_REFILL_PER_SECOND = 100;
+/** Rapid reset (CVE-2023-44487): the budgets `createMeshServer` applies to its own sessions. */
+const RESET_BUDGETS = {
+  sessionBurst: 200,
+  sessionRefillPerSecond: 100,
+  addressBurst: 1_000,
+  addressRefillPerSecond: 500,
+  maxAddresses: 4_096,
+} as const;
+/** How long a refused session may take to close before its socket is destroyed. */
+const REFUSE_GRACE_MS = 1000;
 
 function earlyReset(session: ServerHttp2Session, state: SessionIdle): void {
-  const now = Date.now();
-  state.resetBudget = Math.min(
-    RESET_BURST,
-    state.resetBudget + ((now - state.resetCheckedAt) / 1000) * RESET_REFILL_PER_SECOND,
-  );
-  state.resetCheckedAt = now;
-  state.resetBudget -= 1;
-  if (state.resetBudget >= 0 || session.destroyed) return;
+  if (state.resets.reset() || session.destroyed) return;
   debug("grpc: injected session reset too many streams");
-  session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
-  session.destroy();
+  if (state.socket !== undefined) refuseSession(session, ENHANCE_YOUR_CALM, REFUSE_GRACE_MS, state.socket);
+  else {
+    session.goaway(ENHANCE_YOUR_CALM);
+    session.destroy();
+  }
 }
 
 const idleStates = new WeakMap<ServerHttp2Session, SessionIdle>();
@@ -121,13 +145,18 @@ function closeAfter(session: ServerHttp2Session, ms: number): NodeJS.Timeout {
  * default): the first call's headers within `headersTimeoutMs` (a client that sends only the preface
  * is closed), then GOAWAY after `idleTimeoutMs` without a call in progress.
  */
-function boundSession(session: ServerHttp2Session, bounds: SessionBounds): void {
+function boundSession(
+  session: ServerHttp2Session,
+  bounds: SessionBounds,
+  budgets: ResetBudgets,
+  injected: InjectingConnection["current"],
+): void {
   const state: SessionIdle = {
     bounds,
     openStreams: 0,
     timer: closeAfter(session, bounds.headersTimeoutMs),
-    resetBudget: RESET_BURST,
-    resetCheckedAt: Date.now(),
+    resets: budgets.forSession(injected?.address),
+    socket: injected?.socket,
   };
   idleStates.set(session, state);
   session.once("close", () => clearTimeout(state.timer));
@@ -169,6 +198,7 @@ function createGuardedInjector(
   server: Server,
   credentials: ServerCredentials,
   bounds: SessionBounds,
+  injecting: InjectingConnection,
 ): ReturnType<Server["createConnectionInjector"]> {
   const target = server as unknown as { createHttp2Server?: Http2ServerFactory };
   const factory = target.createHttp2Server;
@@ -179,7 +209,7 @@ function createGuardedInjector(
   const own = Object.hasOwn(target, "createHttp2Server");
   target.createHttp2Server = function guardedFactory(this: Server, creds: ServerCredentials) {
     const http2Server = Reflect.apply(factory, this, [creds]) as Http2Server;
-    guardStreams(http2Server, bounds);
+    guardStreams(http2Server, bounds, injecting);
     return http2Server;
   };
   try {
@@ -243,7 +273,10 @@ export function createMeshServerCredentials(options: MeshServerCredentialsOption
 
 export interface MeshConnectionInjector {
   /** Hands a connection over to the grpc-js server (fits `createMeshServer`'s `onHttp2Connection`). */
-  injectConnection(socket: Duplex, info?: { readonly peer: PeerIdentity }): void;
+  injectConnection(
+    socket: Duplex,
+    info?: { readonly peer: PeerIdentity; readonly clientAddress?: string | undefined },
+  ): void;
   /** GOAWAY on every session, then cancels what is left after `graceMs`. */
   drain(graceMs: number): void;
   /** Stops serving injected connections. */
@@ -286,10 +319,16 @@ export function createMeshConnectionInjector(
   }
   const credentials = createMeshServerCredentials({ ...options, terminateTls: false });
   const registry = registries.get(credentials) as ConnectionRegistry;
-  const injector = createGuardedInjector(server, credentials, {
-    headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
-    idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
-  });
+  const injecting: InjectingConnection = { current: undefined };
+  const injector = createGuardedInjector(
+    server,
+    credentials,
+    {
+      headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
+      idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
+    },
+    injecting,
+  );
   const { identity } = resolved;
   return {
     injectConnection(socket, info) {
@@ -297,7 +336,14 @@ export function createMeshConnectionInjector(
         socket,
         info?.peer ?? identity.peerIdentity(socket as Parameters<typeof identity.peerIdentity>[0]),
       );
-      injector.injectConnection(socket);
+      // Budgets are kept per client address: createMeshServer passes it along with the peer.
+      const address = info?.clientAddress || (socket as Partial<Socket>).remoteAddress || undefined;
+      injecting.current = { socket, address };
+      try {
+        injector.injectConnection(socket);
+      } finally {
+        injecting.current = undefined;
+      }
     },
     drain: (graceMs) => injector.drain(graceMs),
     destroy: () => injector.destroy(),

@@ -28,6 +28,13 @@ import {
 import { L5D_ORIG_PROTO } from "./headers.js";
 import { bridgeToHttp1 } from "./http1-bridge.js";
 import type { Http1Stage } from "./http1-stage.js";
+import {
+  createResetBudgets,
+  createStreamAdmission,
+  ENHANCE_YOUR_CALM,
+  refuseSession,
+  type SessionResetBudget,
+} from "./http2-abuse.js";
 import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
 
 import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
@@ -70,21 +77,25 @@ export interface Http2Stage {
 const CLOSE_GRACE_MS = 1000;
 
 /**
- * Streams that ended in RST_STREAM (reset by the client, or by nghttp2 for its protocol errors): a burst
- * of this many, refilled at RESET_REFILL_PER_SECOND. Beyond it the session is closed with GOAWAY
- * ENHANCE_YOUR_CALM, as hyper (Linkerd's HTTP stack) bounds reset streams against rapid reset
- * (CVE-2023-44487): each such stream costs the server a request and frees the client's stream slot.
+ * Streams that ended in RST_STREAM (reset by the client, or by nghttp2 for its protocol errors): per
+ * session a burst of 200 refilled at 100 a second, per client address (all its sessions together) a
+ * burst of 1,000 refilled at 500 a second. Beyond either the session gets GOAWAY ENHANCE_YOUR_CALM, as
+ * hyper (Linkerd's HTTP stack) bounds reset streams against rapid reset (CVE-2023-44487).
  */
-const RESET_BURST = 200;
-const RESET_REFILL_PER_SECOND = 100;
+const RESET_BUDGETS = {
+  sessionBurst: 200,
+  sessionRefillPerSecond: 100,
+  addressBurst: 1_000,
+  addressRefillPerSecond: 500,
+  maxAddresses: 4_096,
+} as const;
 
 interface SessionEntry {
   readonly session: ServerHttp2Session;
   readonly state: ConnectionState;
   readonly raw: Socket;
   openStreams: number;
-  resetBudget: number;
-  resetCheckedAt: number;
+  readonly resets: SessionResetBudget;
   /** The first-request headers bound, then the idle bound whenever no stream is open. */
   timer: NodeJS.Timeout;
 }
@@ -92,6 +103,8 @@ interface SessionEntry {
 export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   const { gate, port, shutdown, http1, onStream, onHttp2Connection, compatHandler } = options;
   const sessions = new Map<ServerHttp2Session, SessionEntry>();
+  const resetBudgets = createResetBudgets(RESET_BUDGETS);
+  const admission = createStreamAdmission();
   let pendingSession: { readonly state: ConnectionState; readonly raw: Socket } | undefined;
 
   const h2 = createHttp2Server({
@@ -114,8 +127,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       state: pending.state,
       raw: pending.raw,
       openStreams: 0,
-      resetBudget: RESET_BURST,
-      resetCheckedAt: Date.now(),
+      resets: resetBudgets.forSession(pending.state.facts.address || undefined),
       timer: boundedWait(session, options.headersTimeoutMs, "no request headers"),
     };
     sessions.set(session, entry);
@@ -131,18 +143,24 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     });
     if (shutdown.closing) session.close();
   });
-  // Registered before every other 'stream' listener (node's compat layer included). Bytes read during
-  // detection reach nghttp2 in one synchronous pass when the session starts, so a stream can be reset
-  // (content-length exceeded, DATA after END_STREAM…) before its 'stream' event runs: the listener must
-  // hold an error handler whatever happened, and nothing may be served on a stream that is already gone.
-  h2.on("stream", (stream: ServerHttp2Stream) => {
-    stream.on("error", swallow);
-  });
   if (compatHandler !== undefined && onStream === undefined) {
     h2.on("request", onCompatRequest);
   } else {
     h2.on("stream", onH2Stream);
   }
+  // Every 'stream' listener (node's compat layer included) runs through admission: nothing is served on
+  // a stream the client reset in the same read (see createStreamAdmission). A stream can also be reset
+  // (content-length exceeded, DATA after END_STREAM…) before its 'stream' event runs, so it gets an
+  // error handler first, whatever happened.
+  const streamListeners = h2.rawListeners("stream") as ((...args: unknown[]) => void)[];
+  h2.removeAllListeners("stream");
+  h2.on("stream", (stream: ServerHttp2Stream, ...rest: unknown[]) => {
+    stream.on("error", swallow);
+    if (stream.destroyed || stream.closed) return;
+    admission.admit(stream, () => {
+      for (const listener of streamListeners) Reflect.apply(listener, h2, [stream, ...rest]);
+    });
+  });
 
   /** GOAWAY once `ms` pass; a session that cannot even do that (nghttp2 stopped reading) is destroyed. */
   function boundedWait(session: ServerHttp2Session, ms: number, why: string): NodeJS.Timeout {
@@ -182,18 +200,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   }
 
   function earlyReset(entry: SessionEntry): void {
-    const now = Date.now();
-    entry.resetBudget = Math.min(
-      RESET_BURST,
-      entry.resetBudget + ((now - entry.resetCheckedAt) / 1000) * RESET_REFILL_PER_SECOND,
-    );
-    entry.resetCheckedAt = now;
-    entry.resetBudget -= 1;
-    if (entry.resetBudget >= 0 || entry.session.destroyed) return;
+    if (entry.resets.reset() || entry.session.destroyed) return;
     debug("inbound: http2 session from %s reset too many streams", entry.raw.remoteAddress);
-    // destroy(undefined, code) would send NO_ERROR (undefined takes the default first argument).
-    entry.session.goaway(h2constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    entry.session.destroy();
+    refuseSession(entry.session, ENHANCE_YOUR_CALM, CLOSE_GRACE_MS, entry.raw);
   }
 
   function expireRequest(stream: ServerHttp2Stream): void {
