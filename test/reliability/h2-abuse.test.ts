@@ -317,21 +317,9 @@ afterAll(async () => {
   await bed?.close();
 }, 60_000);
 
-/** Known open gaps (issue 11): run only with INMESH_R10_OPEN_GAPS=1 until fixed, so CI stays a signal. */
-const OPEN_GAPS = new Set<string>();
-// On Node 24 (not 20) the stream-0 WINDOW_UPDATE floods (increment 0, overflow) grow the child's RSS 46-49 MiB against
-// R10's 32 MiB, for the SDK and grpc-js servers alike: Node's HTTP/2 layer, still to be bounded (issue 11).
-if (Number(process.versions.node.split(".")[0]) >= 22) {
-  for (const server of ["sdk", "authors (grpc-js)"]) {
-    for (const attack of ["increment 0", "overflow"])
-      OPEN_GAPS.add(`${server}: stream-0 WINDOW_UPDATE ${attack}`);
-  }
-}
-
 describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
   for (const server of SERVERS) {
     for (const { name, attack, closes } of ATTACKS) {
-      if (OPEN_GAPS.has(`${server}: ${name}`) && process.env.INMESH_R10_OPEN_GAPS !== "1") continue;
       it(
         `${server}: ${name}`,
         async () => {

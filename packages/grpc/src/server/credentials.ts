@@ -105,6 +105,8 @@ interface SessionIdle {
   readonly resets: SessionResetBudget;
   /** The socket given to the session, destroyed if a refused session does not close by itself. */
   readonly socket: Duplex | undefined;
+  /** Set once a protocol error started the countdown to destroying `socket`. */
+  graceTimer?: NodeJS.Timeout;
 }
 
 /** Rapid reset (CVE-2023-44487): the budgets `createMeshServer` applies to its own sessions. */
@@ -159,7 +161,21 @@ function boundSession(
     socket: injected?.socket,
   };
   idleStates.set(session, state);
-  session.once("close", () => clearTimeout(state.timer));
+  // Node destroys a session on a protocol error and ends its socket, which waits for the peer: bounded.
+  session.on("error", () => {
+    const socket = state.socket;
+    if (socket === undefined || socket.destroyed || state.graceTimer !== undefined) return;
+    const timer = setTimeout(() => socket.destroy(), REFUSE_GRACE_MS);
+    timer.unref();
+    state.graceTimer = timer;
+    socket.once("close", () => clearTimeout(timer));
+  });
+  session.once("close", () => {
+    clearTimeout(state.timer);
+    // Node closed what it was given; the socket injected may be a wrapper (TLS) whose own socket must
+    // close too, or node keeps the closed session alive (Node 24, SETTINGS never acknowledged).
+    state.socket?.destroy();
+  });
   session.on("stream", (stream: ServerHttp2Stream) => {
     if (stream.destroyed || stream.closed) {
       earlyReset(session, state);

@@ -119,7 +119,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       session.destroy();
       return;
     }
-    session.on("error", (error) => debug("inbound: http2 session error: %s", error.message));
+    session.on("error", onSessionError);
     // Until its first request's headers are complete (preface only, HEADERS without END_HEADERS,
     // nothing after the preface), a session is held no longer than an HTTP/1 connection would be.
     const entry: SessionEntry = {
@@ -128,19 +128,13 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       raw: pending.raw,
       openStreams: 0,
       resets: resetBudgets.forSession(pending.state.facts.address || undefined),
-      timer: boundedWait(session, options.headersTimeoutMs, "no request headers"),
+      timer: boundedWait(session, pending.raw, options.headersTimeoutMs, "no request headers"),
     };
     sessions.set(session, entry);
     options.setIdle(entry.raw, true);
     // Per session, so a stream reset before its 'stream' event (it then has no session) still counts.
-    session.on("stream", (stream: ServerHttp2Stream) => {
-      if (stream.destroyed || stream.closed) earlyReset(entry);
-      else trackStream(stream, entry);
-    });
-    session.once("close", () => {
-      clearTimeout(entry.timer);
-      sessions.delete(session);
-    });
+    session.on("stream", onSessionStream);
+    session.once("close", onSessionClose);
     if (shutdown.closing) session.close();
   });
   if (compatHandler !== undefined && onStream === undefined) {
@@ -162,12 +156,54 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     });
   });
 
+  // The session's listeners are shared and find their entry in `sessions`: node may keep a destroyed
+  // session object alive for a while (on Node 24, one whose SETTINGS were never acknowledged), and it must
+  // not keep the connection's sockets and state with it.
+  function onSessionError(this: ServerHttp2Session, error: Error): void {
+    debug("inbound: http2 session error: %s", error.message);
+    // Node destroys the session and ends its socket, which waits for the peer: bounded here.
+    const entry = sessions.get(this);
+    if (entry !== undefined) destroyAfterGrace(entry.raw);
+  }
+
+  function destroyAfterGrace(raw: Socket): void {
+    if (raw.destroyed) return;
+    const timer = setTimeout(() => raw.destroy(), CLOSE_GRACE_MS);
+    timer.unref();
+    raw.once("close", () => clearTimeout(timer));
+  }
+
+  function onSessionStream(this: ServerHttp2Session, stream: ServerHttp2Stream): void {
+    const entry = sessions.get(this);
+    if (entry === undefined) return;
+    if (stream.destroyed || stream.closed) earlyReset(entry);
+    else trackStream(stream, entry);
+  }
+
+  function onSessionClose(this: ServerHttp2Session): void {
+    const entry = sessions.get(this);
+    if (entry === undefined) return;
+    clearTimeout(entry.timer);
+    sessions.delete(this);
+    // Node closed the socket it was given; the accepted one under it must close too: a TLS session
+    // whose accepted socket stays open is never freed on Node 24 (its SETTINGS still awaiting an ACK keep
+    // the native session, nghttp2's ~20 KiB and the sockets alive): +110 MiB RSS over R10's 60 s
+    // WINDOW_UPDATE flood before this.
+    entry.raw.destroy();
+  }
+
   /** GOAWAY once `ms` pass; a session that cannot even do that (nghttp2 stopped reading) is destroyed. */
-  function boundedWait(session: ServerHttp2Session, ms: number, why: string): NodeJS.Timeout {
+  function boundedWait(session: ServerHttp2Session, raw: Socket, ms: number, why: string): NodeJS.Timeout {
     const timer = setTimeout(() => {
       debug("inbound: closing http2 session from %s (%s)", session.socket?.remoteAddress, why);
       session.close();
-      const grace = setTimeout(() => session.destroy(), Math.min(ms, CLOSE_GRACE_MS));
+      const grace = setTimeout(
+        () => {
+          session.destroy();
+          raw.destroy();
+        },
+        Math.min(ms, CLOSE_GRACE_MS),
+      );
       grace.unref();
     }, ms);
     timer.unref();
@@ -194,7 +230,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       entry.openStreams -= 1;
       if (entry.openStreams === 0 && sessions.has(entry.session)) {
         options.setIdle(entry.raw, true);
-        entry.timer = boundedWait(entry.session, options.idleTimeoutMs, "idle");
+        entry.timer = boundedWait(entry.session, entry.raw, options.idleTimeoutMs, "idle");
       }
     });
   }
@@ -235,6 +271,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       (socket as TLSSocket).alpnProtocol = "h2";
     }
     if (onHttp2Connection !== undefined) {
+      // Whoever serves the connection closes the socket it was given; the accepted socket under it must
+      // close too, or (with TLS, on Node 24) node keeps the closed session and its memory alive.
+      if (socket !== raw) socket.once("close", () => raw.destroy());
       onHttp2Connection(socket, {
         peer: state.peer,
         clientAddress: state.facts.address,
