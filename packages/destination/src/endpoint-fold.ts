@@ -122,15 +122,18 @@ class PendingSet {
     this.size -= 1;
   }
 
-  /** The state becomes exactly `endpoints`, as changes over the current base where it exists. */
-  replace(endpoints: ReadonlyMap<string, Endpoint>): void {
-    if (this.base === undefined || !this.base.exists) {
-      this.resetTo(NO_ENDPOINTS);
-    } else {
-      for (const endpoint of this.base.endpoints)
+  /**
+   * The state becomes exactly `endpoints` (existing), as changes over the last published set where it
+   * exists: consumers then receive the differences, and a resync that changes nothing, nothing.
+   */
+  replace(endpoints: ReadonlyMap<string, Endpoint>, published: EndpointSet | undefined): void {
+    if (this.base === undefined || !this.base.exists)
+      this.resetTo(published?.exists ? published : NO_ENDPOINTS);
+    const base = this.base as EndpointSet;
+    if (base.size > 0)
+      for (const endpoint of base.endpoints)
         if (!endpoints.has(endpoint.address)) this.remove(endpoint.address);
-      for (const address of [...this.upserts.keys()]) if (!endpoints.has(address)) this.remove(address);
-    }
+    for (const address of [...this.upserts.keys()]) if (!endpoints.has(address)) this.remove(address);
     for (const endpoint of endpoints.values()) this.upsert(endpoint);
   }
 
@@ -359,7 +362,8 @@ export function createEndpointUpdateFold(options: {
       case "empty":
         return false;
       case "noEndpoints":
-        pending.resetTo(message.exists ? NO_ENDPOINTS : NOT_EXISTS);
+        if (message.exists) pending.replace(new Map(), published);
+        else pending.resetTo(NOT_EXISTS);
         return true;
       case "add":
         if (message.dropped > 0) onEndpointsCapped(message.dropped);
@@ -367,13 +371,13 @@ export function createEndpointUpdateFold(options: {
         if (message.valid === 0 && message.dropped === 0) return false;
         if (message.reset) {
           // Kept addresses stay as they were, so a resync that changes nothing publishes nothing.
-          pending.replace(message.upserts);
+          pending.replace(message.upserts, published);
         } else {
           for (const endpoint of message.upserts.values()) pending.upsert(endpoint);
         }
         return true;
       case "remove":
-        if (message.reset) pending.replace(new Map());
+        if (message.reset) pending.replace(new Map(), published);
         else for (const address of message.removals) pending.remove(address);
         return true;
     }
