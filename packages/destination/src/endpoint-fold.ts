@@ -126,10 +126,16 @@ class PendingSet {
    * The state becomes exactly `endpoints` (existing), as changes over the last published set where it
    * exists: consumers then receive the differences, and a resync that changes nothing, nothing.
    */
-  replace(endpoints: ReadonlyMap<string, Endpoint>, published: EndpointSet | undefined): void {
+  replace(endpoints: Map<string, Endpoint>, published: EndpointSet | undefined): void {
     if (this.base === undefined || !this.base.exists)
       this.resetTo(published?.exists ? published : NO_ENDPOINTS);
     const base = this.base as EndpointSet;
+    if (base.size === 0 && this.upserts.size === 0) {
+      // Into an empty set (the first message, mostly): the message's map is the state, not copied.
+      this.upserts = endpoints;
+      this.size = endpoints.size;
+      return;
+    }
     if (base.size > 0)
       for (const endpoint of base.endpoints)
         if (!endpoints.has(endpoint.address)) this.remove(endpoint.address);
@@ -369,7 +375,8 @@ export function createEndpointUpdateFold(options: {
         if (message.dropped > 0) onEndpointsCapped(message.dropped);
         // As linkerd2-proxy: an add with no valid address is ignored.
         if (message.valid === 0 && message.dropped === 0) return false;
-        if (message.reset) {
+        // Into an empty state, adding is replacing (and then the message's map is taken as it is).
+        if (message.reset || (pending.size === 0 && pending.exists)) {
           // Kept addresses stay as they were, so a resync that changes nothing publishes nothing.
           pending.replace(message.upserts, published);
         } else {

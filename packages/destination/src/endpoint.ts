@@ -398,6 +398,8 @@ export function deriveEndpointSet(
     upserted: Object.freeze([...upserts.values()]),
     removed: Object.freeze([...removed]),
   });
+  // Over an empty set the upserts are the whole set: kept flat, with nothing to resolve on reads.
+  if (base.size === 0 && removed.size === 0) return new Snapshot(true, upserts, undefined, delta);
   // A non-existent base (`exists: false`) is never derived from: applyEndpointUpdate starts from NO_ENDPOINTS.
   return new Snapshot(true, undefined, { base, upserts, removed }, delta);
 }

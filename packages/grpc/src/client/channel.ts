@@ -296,7 +296,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     if (changes && previous) {
       for (const address of changes.removed) retireChanged(previous.get(address), undefined);
       for (const endpoint of changes.upserted) retireChanged(previous.get(endpoint.address), endpoint);
-    } else {
+    } else if (channels.size > 0) {
       const live = new Set(set.endpoints.map((endpoint) => channelKey(endpoint, useTransportHeader)));
       for (const entry of [...channels.values()]) if (!live.has(entry.key)) retire(entry);
     }

@@ -188,7 +188,7 @@ export class EndpointGroup {
     if (changes && previous) {
       for (const address of changes.removed) this.#retirePool(previous.get(address), undefined);
       for (const endpoint of changes.upserted) this.#retirePool(previous.get(endpoint.address), endpoint);
-    } else {
+    } else if (this.#pools.size > 0) {
       const live = new Set<string>();
       for (const endpoint of set.endpoints) live.add(routeKey(endpointRoute(endpoint, this.#settings)));
       for (const [key, entry] of this.#pools) {
