@@ -74,12 +74,27 @@ interface QueuedMessage {
   size: number;
   valid: number;
   dropped: number;
+  /** Set once the message was read whole: its changes are being applied to the pending state. */
+  commit: CommitPhase[] | undefined;
+  effective: boolean;
 }
 
 function malformed(message: string, cause?: unknown): MeshError {
   return new MeshError(MeshErrorCode.PROTO_DECODE, `malformed destination.Update: ${message}`, {
     ...(cause === undefined ? {} : { cause }),
   });
+}
+
+/** Part of a commit: `apply` for each item, listed when the phase starts (after the ones before it). */
+interface CommitPhase {
+  readonly list: () => readonly unknown[];
+  readonly apply: (item: never) => void;
+  items?: readonly unknown[];
+  index: number;
+}
+
+function phase<T>(list: () => readonly T[], apply: (item: T) => void): CommitPhase {
+  return { list, apply: apply as (item: never) => void, index: 0 };
 }
 
 /**
@@ -123,10 +138,11 @@ class PendingSet {
   }
 
   /**
-   * The state becomes exactly `endpoints` (existing), as changes over the last published set where it
-   * exists: consumers then receive the differences, and a resync that changes nothing, nothing.
+   * Makes the state exactly `endpoints` (existing), as changes over the last published set where it
+   * exists: consumers then receive the differences, and a resync that changes nothing, nothing. Returns
+   * the work as phases, for the caller to run in slices.
    */
-  replace(endpoints: Map<string, Endpoint>, published: EndpointSet | undefined): void {
+  replace(endpoints: Map<string, Endpoint>, published: EndpointSet | undefined): CommitPhase[] {
     if (this.base === undefined || !this.base.exists)
       this.resetTo(published?.exists ? published : NO_ENDPOINTS);
     const base = this.base as EndpointSet;
@@ -134,13 +150,22 @@ class PendingSet {
       // Into an empty set (the first message, mostly): the message's map is the state, not copied.
       this.upserts = endpoints;
       this.size = endpoints.size;
-      return;
+      return [];
     }
-    if (base.size > 0)
-      for (const endpoint of base.endpoints)
-        if (!endpoints.has(endpoint.address)) this.remove(endpoint.address);
-    for (const address of [...this.upserts.keys()]) if (!endpoints.has(address)) this.remove(address);
-    for (const endpoint of endpoints.values()) this.upsert(endpoint);
+    const drop = (address: string) => {
+      if (!endpoints.has(address)) this.remove(address);
+    };
+    return [
+      phase(
+        () => base.endpoints,
+        (endpoint) => drop(endpoint.address),
+      ),
+      phase(() => [...this.upserts.keys()], drop),
+      phase(
+        () => [...endpoints.values()],
+        (endpoint) => this.upsert(endpoint),
+      ),
+    ];
   }
 
   resetTo(set: EndpointSet): void {
@@ -246,6 +271,8 @@ export function createEndpointUpdateFold(options: {
       size: 0,
       valid: 0,
       dropped: 0,
+      commit: undefined,
+      effective: false,
     };
   };
 
@@ -255,8 +282,12 @@ export function createEndpointUpdateFold(options: {
     for (let i = 1; i < queue.length; i += 1) backlog += (queue[i] as QueuedMessage).bytes.byteLength;
   };
 
+  /** Drops queued messages; one whose changes are being applied finishes first (never half applied). */
   const drop = (keep: (message: QueuedMessage) => boolean) => {
-    for (let i = queue.length - 1; i >= 0; i -= 1) if (!keep(queue[i] as QueuedMessage)) queue.splice(i, 1);
+    for (let i = queue.length - 1; i >= 0; i -= 1) {
+      const message = queue[i] as QueuedMessage;
+      if (!keep(message) && message.commit === undefined) queue.splice(i, 1);
+    }
     recount();
   };
 
@@ -362,32 +393,63 @@ export function createEndpointUpdateFold(options: {
     message.size = message.reset ? 0 : pending.size;
   };
 
-  /** Applies a whole message to the pending state; false when it is ignored (takes no effect). */
-  const commit = (message: QueuedMessage): boolean => {
+  /** The changes of a message read whole, as phases; `effective` false when it is ignored. */
+  const prepareCommit = (message: QueuedMessage): CommitPhase[] => {
+    message.effective = true;
     switch (message.kind) {
       case "empty":
-        return false;
+        message.effective = false;
+        return [];
       case "noEndpoints":
-        if (message.exists) pending.replace(new Map(), published);
-        else pending.resetTo(NOT_EXISTS);
-        return true;
+        if (message.exists) return pending.replace(new Map(), published);
+        pending.resetTo(NOT_EXISTS);
+        return [];
       case "add":
         if (message.dropped > 0) onEndpointsCapped(message.dropped);
         // As linkerd2-proxy: an add with no valid address is ignored.
-        if (message.valid === 0 && message.dropped === 0) return false;
-        // Into an empty state, adding is replacing (and then the message's map is taken as it is).
-        if (message.reset || (pending.size === 0 && pending.exists)) {
-          // Kept addresses stay as they were, so a resync that changes nothing publishes nothing.
-          pending.replace(message.upserts, published);
-        } else {
-          for (const endpoint of message.upserts.values()) pending.upsert(endpoint);
+        if (message.valid === 0 && message.dropped === 0) {
+          message.effective = false;
+          return [];
         }
-        return true;
+        // Into an empty state, adding is replacing (and then the message's map is taken as it is).
+        if (message.reset || (pending.size === 0 && pending.exists))
+          return pending.replace(message.upserts, published);
+        return [
+          phase(
+            () => [...message.upserts.values()],
+            (endpoint) => pending.upsert(endpoint),
+          ),
+        ];
       case "remove":
-        if (message.reset) pending.replace(new Map(), published);
-        else for (const address of message.removals) pending.remove(address);
-        return true;
+        if (message.reset) return pending.replace(new Map(), published);
+        return [
+          phase(
+            () => [...message.removals],
+            (address) => pending.remove(address),
+          ),
+        ];
     }
+  };
+
+  /** Runs the commit's phases; false when the budget ran out first. */
+  const commitSlice = (
+    message: QueuedMessage,
+    outOfTime: () => boolean,
+    entries: { left: number },
+  ): boolean => {
+    const phases = message.commit as CommitPhase[];
+    for (const current of phases) {
+      current.items ??= current.list();
+      const items = current.items;
+      while (current.index < items.length) {
+        if (entries.left <= 0) return false;
+        if (current.index % CHECK_EVERY === 0 && current.index > 0 && outOfTime()) return false;
+        entries.left -= 1;
+        current.apply(items[current.index] as never);
+        current.index += 1;
+      }
+    }
+    return true;
   };
 
   return {
@@ -409,10 +471,13 @@ export function createEndpointUpdateFold(options: {
         const message = queue[0] as QueuedMessage;
         if (!message.started) start(message);
         try {
-          if ((message.kind === "add" || message.kind === "remove") && !message.scanned) {
-            if (!scan(message, outOfTime)) break;
+          if (message.commit === undefined) {
+            if ((message.kind === "add" || message.kind === "remove") && !message.scanned) {
+              if (!scan(message, outOfTime)) break;
+            }
+            if (!applyEntries(message, outOfTime, entries)) break;
+            message.commit = prepareCommit(message);
           }
-          if (!applyEntries(message, outOfTime, entries)) break;
         } catch (error) {
           // Refused whole, with the rest of its stream: the watch restarts that stream.
           const stream = message.stream;
@@ -423,12 +488,14 @@ export function createEndpointUpdateFold(options: {
           };
           break;
         }
+        if (!commitSlice(message, outOfTime, entries)) break;
         queue.shift();
         recount();
-        if (commit(message)) effectiveStream = message.stream;
+        if (message.effective) effectiveStream = message.stream;
         if (entries.left <= 0 || outOfTime()) break;
       }
-      const value = pending.take(published);
+      // Never a state with a message half applied.
+      const value = queue[0]?.commit === undefined ? pending.take(published) : undefined;
       if (value !== undefined) published = value;
       return failure ? { value, failure } : { value };
     },

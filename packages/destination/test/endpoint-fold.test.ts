@@ -206,6 +206,30 @@ describe("createEndpointUpdateFold", () => {
     expect(changes?.upserted.map((e) => e.address).sort()).toEqual([address(100), address(50)].sort());
   });
 
+  it("applies a resync's changes in slices too, never publishing it half applied", () => {
+    const fold = createEndpointUpdateFold({ maxMessageBytes: 1 << 22 });
+    const published: EndpointSet[] = [];
+    fold.push(adds(0, 1000), 1);
+    collect(fold, 5000, published);
+    // A new stream with the same addresses relabelled: 1000 reads, then 1000 + 1000 changes to apply.
+    fold.push(adds(0, 1000, "b"), 2);
+    expect(fold.step({ maxEntries: 1500 }).value).toBeUndefined();
+    // Superseding cannot cut the commit short; it applies after it, and nothing half-done is shown.
+    fold.push(encode(noEndpoints(true)), 2);
+    let steps = 0;
+    while (fold.pending()) {
+      const step = fold.step({ maxEntries: 100 });
+      steps += 1;
+      if (step.value) published.push(step.value);
+    }
+    expect(steps).toBeGreaterThan(5);
+    for (const set of published) {
+      const labels = new Set(set.endpoints.map((e) => e.metricLabels.v));
+      expect(labels.size).toBeLessThanOrEqual(1);
+    }
+    expect(published.at(-1)?.size).toBe(0);
+  });
+
   it("drops the unfinished messages of an older stream when a newer stream's first message arrives", () => {
     const fold = createEndpointUpdateFold({ maxMessageBytes: 1 << 22 });
     const published: EndpointSet[] = [];
