@@ -92,6 +92,34 @@ describe("endpoint updates over the caps", () => {
     expect(watch.state().closed).toBe(false);
   }, 30_000);
 
+  it("applies a big add, then what came behind it, in order, publishing whole messages only", async () => {
+    const { plane, discovery } = await setup({}, 8 * 1024 * 1024);
+    const watch = discovery.watchEndpoints(AUTHORITY);
+    const values: EndpointSet[] = [];
+    watch.onUpdate((set) => values.push(set));
+    await waitFor(() => plane.getCalls.length === 1);
+    const call = plane.getCalls[0] as NonNullable<(typeof plane.getCalls)[0]>;
+    const addrs = Array.from({ length: 20_000 }, (_, i) =>
+      weightedAddr(address(i), { tlsIdentity: identity }),
+    );
+    call.write(addUpdate(addrs, { namespace: "ns" }));
+    call.write(removeUpdate([address(5), address(15_000)]));
+    call.write(addUpdate([weightedAddr("10.200.0.1:8080")]));
+    await waitFor(() => values.at(-1)?.get("10.200.0.1:8080") !== undefined, 20_000, "the last update");
+    const states = values.map((set) => [set.size, set.get(address(5)) !== undefined]);
+    // Each publication is the state after whole messages: the capped add (10,000 with address 5),
+    // then without address 5 (address 15,000 was never in), then with the new address.
+    for (const [size, hasFive] of states) {
+      expect([
+        [10_000, true],
+        [9_999, false],
+        [10_000, false],
+      ]).toContainEqual([size, hasFive]);
+    }
+    expect(states.at(-1)).toEqual([10_000, false]);
+    expect(values.every((set) => set.get(address(9_999)) !== undefined)).toBe(true);
+  }, 30_000);
+
   it("refuses a message over the byte cap and keeps the last good set", async () => {
     const { plane, discovery } = await setup({}, 64 * 1024);
     const watch = discovery.watchEndpoints(AUTHORITY);
