@@ -191,6 +191,7 @@ export function createSharedWatch<TMessage, TValue>(
   const abandonCall = () => {
     const current = call;
     call = undefined;
+    paused = undefined;
     connected = false;
     clearCallTimers();
     if (current) {
