@@ -5,8 +5,8 @@
  * would), then through @inmesh/destination and both its consumers (the HTTP outbound EndpointGroup and
  * the gRPC mesh channel). The test process sends one legitimate request after another meanwhile; the
  * slowest of them during the meshed update must stay within 1.5 × the slowest during the raw decode,
- * medians over alternating rounds of the same run. Before the update was applied in slices, the meshed
- * side stalled 2–4 × the raw decode.
+ * the least over alternating rounds of the same run. Before the update was applied in slices, the
+ * meshed side stalled 2–4 × the raw decode.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
@@ -18,7 +18,7 @@ import { printFigures, scaled } from "./harness/figures.js";
 const ROOT = new URL("../../", import.meta.url);
 const LOADER = new URL("test/bench/policy-ts-loader.mjs", ROOT).pathname;
 const ENDPOINTS = 50_000;
-const ROUNDS = scaled(3, 7);
+const ROUNDS = scaled(5, 9);
 const BOUND = 1.5;
 
 /** A child on the sources (through the TypeScript loader) that prints one JSON line when ready. */
@@ -154,10 +154,20 @@ describe("a 50,000-endpoint Destination update (issue 11)", () => {
     expect(rounds.filter((r) => r.mode === "raw").every((r) => r.outcome.endpoints === ENDPOINTS)).toBe(true);
     // The cap: the mesh keeps 10,000 of them, in both consumers.
     expect(rounds.filter((r) => r.mode === "mesh").every((r) => r.outcome.endpoints === 10_000)).toBe(true);
-    const raw = median(rounds.filter((r) => r.mode === "raw").map((r) => r.maxMs));
-    const mesh = median(rounds.filter((r) => r.mode === "mesh").map((r) => r.maxMs));
-    printFigures("big update: medians", [
-      { "raw max ms": raw, "mesh max ms": mesh, ratio: mesh / raw, bound: BOUND },
+    const maxima = (mode: Round["mode"]) => rounds.filter((r) => r.mode === mode).map((r) => r.maxMs);
+    // The least of the rounds' slowest requests: another process taking the CPU only ever adds to a
+    // round (and more to the longer meshed rounds), so the least is the stall the update itself causes.
+    const raw = Math.min(...maxima("raw"));
+    const mesh = Math.min(...maxima("mesh"));
+    printFigures("big update: slowest legitimate request", [
+      {
+        "raw least ms": raw,
+        "mesh least ms": mesh,
+        ratio: mesh / raw,
+        bound: BOUND,
+        "raw median ms": median(maxima("raw")),
+        "mesh median ms": median(maxima("mesh")),
+      },
     ]);
     expect(mesh).toBeLessThanOrEqual(raw * BOUND);
   }, 180_000);

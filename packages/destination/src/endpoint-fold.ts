@@ -34,7 +34,7 @@ export interface FoldStep<TValue> {
 export interface MessageFold<TValue> {
   push(bytes: Uint8Array, stream: number): void;
   step(budget: FoldBudget): FoldStep<TValue>;
-  /** Queued or unfinished messages remain. */
+  /** Queued or unfinished messages remain, or a publication. */
   pending(): boolean;
   /** Bytes of the messages waiting behind the one being applied (for backpressure). */
   backlogBytes(): number;
@@ -212,6 +212,8 @@ export function createEndpointUpdateFold(options: {
   /** The stream of the last message that took effect; a message of another stream starts afresh. */
   let effectiveStream: number | undefined;
   let backlog = 0;
+  /** Whole messages are committed but not yet published: the next step publishes first. */
+  let publishDue = false;
 
   const parse = (bytes: Uint8Array, stream: number): QueuedMessage => {
     if (bytes.byteLength > options.maxMessageBytes) {
@@ -465,8 +467,16 @@ export function createEndpointUpdateFold(options: {
     step(budget) {
       const deadline = budget.deadline;
       const outOfTime = deadline === undefined ? () => false : () => performance.now() >= deadline;
+      if (publishDue) {
+        // A turn of its own for the publication: consumers apply it with the whole slice to spare.
+        publishDue = false;
+        const value = pending.take(published);
+        if (value !== undefined) published = value;
+        return { value };
+      }
       const entries = { left: budget.maxEntries ?? Number.POSITIVE_INFINITY };
       let failure: FoldStep<EndpointSet>["failure"];
+      let committed = false;
       while (queue.length > 0) {
         const message = queue[0] as QueuedMessage;
         if (!message.started) start(message);
@@ -492,18 +502,24 @@ export function createEndpointUpdateFold(options: {
         queue.shift();
         recount();
         if (message.effective) effectiveStream = message.stream;
+        committed = true;
         if (entries.left <= 0 || outOfTime()) break;
       }
-      // Never a state with a message half applied.
-      const value = queue[0]?.commit === undefined ? pending.take(published) : undefined;
+      // Never a state with a message half applied; and not in a turn whose slice is spent already.
+      let value: EndpointSet | undefined;
+      if (queue[0]?.commit === undefined) {
+        if (committed && failure === undefined && outOfTime()) publishDue = true;
+        else value = pending.take(published);
+      }
       if (value !== undefined) published = value;
       return failure ? { value, failure } : { value };
     },
 
-    pending: () => queue.length > 0,
+    pending: () => queue.length > 0 || publishDue,
     backlogBytes: () => backlog,
     clear() {
       queue.length = 0;
+      publishDue = false;
       backlog = 0;
     },
   };
