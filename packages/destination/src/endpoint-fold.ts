@@ -467,6 +467,10 @@ export function createEndpointUpdateFold(options: {
     step(budget) {
       const deadline = budget.deadline;
       const outOfTime = deadline === undefined ? () => false : () => performance.now() >= deadline;
+      const began = deadline === undefined ? 0 : performance.now();
+      /** Consumers apply a publication in the same turn: past half the slice, it gets a turn of its own. */
+      const halfSpent =
+        deadline === undefined ? () => false : () => performance.now() - began > (deadline - began) / 2;
       if (publishDue) {
         // A turn of its own for the publication: consumers apply it with the whole slice to spare.
         publishDue = false;
@@ -508,7 +512,7 @@ export function createEndpointUpdateFold(options: {
       // Never a state with a message half applied; and not in a turn whose slice is spent already.
       let value: EndpointSet | undefined;
       if (queue[0]?.commit === undefined) {
-        if (committed && failure === undefined && outOfTime()) publishDue = true;
+        if (committed && failure === undefined && halfSpent()) publishDue = true;
         else value = pending.take(published);
       }
       if (value !== undefined) published = value;
