@@ -190,6 +190,8 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
 
   const update = (input: readonly TEndpoint[] | EndpointSet) => {
     if (isEndpointSet(input)) {
+      // The same set again (a consumer re-balancing after a connect backoff) changes nothing.
+      if (appliedSetId !== undefined && snapshotId(input) === appliedSetId) return;
       const delta = endpointSetDelta(input, appliedSetId);
       appliedSetId = snapshotId(input);
       if (delta !== undefined) {

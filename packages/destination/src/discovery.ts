@@ -12,6 +12,7 @@ import {
 import { destination, outbound, tcpAddressFromString } from "@inmesh/proto";
 import { type Clock, defaultRandom, type RandomSource, systemClock } from "./clock.js";
 import { applyEndpointUpdate, type EndpointSet } from "./endpoint.js";
+import { createEndpointUpdateFold } from "./endpoint-fold.js";
 import { LIMITS } from "./limits.js";
 import { compileOutboundPolicy, type NoOutboundPolicy, type OutboundPolicy } from "./outbound-policy.js";
 import { compileProfile, type NoServiceProfile, type ServiceProfile } from "./profile.js";
@@ -48,6 +49,11 @@ export interface DiscoveryOptions {
   maxStreamLifetimeMs?: number;
   /** Largest message decoded; larger ones restart the stream. @default 4 MiB */
   maxMessageBytes?: number;
+  /**
+   * Longest an endpoint update may hold the event loop in one turn; a bigger update is applied over
+   * several turns, other I/O running in between. @default 4
+   */
+  updateSliceMs?: number;
   /** Distinct watched targets (each is one gRPC stream). @default 1024 */
   maxWatches?: number;
   /** Clock for the profiles' retry budgets. @default performance.now */
@@ -149,6 +155,7 @@ export function createDiscovery(options: DiscoveryOptions): Discovery {
   };
   const maxMessageBytes = positive("maxMessageBytes", options.maxMessageBytes, LIMITS.maxMessageBytes);
   const maxWatches = positive("maxWatches", options.maxWatches, 1024);
+  const updateSliceMs = positive("updateSliceMs", options.updateSliceMs, 4);
   const backoff: BackoffOptions = { minMs: 100, maxMs: 60_000, jitterRatio: 0.1, ...options.backoff };
   const contextToken = options.contextToken ?? "";
   const clock = options.clock ?? systemClock;
@@ -212,6 +219,8 @@ export function createDiscovery(options: DiscoveryOptions): Discovery {
           codec: destination.Update,
           messageName: "destination.Update",
           apply: applyEndpointUpdate,
+          fold: createEndpointUpdateFold({ maxMessageBytes }),
+          sliceMs: updateSliceMs,
           onStatus(status): StatusOutcome<EndpointSet> {
             if (status.code === GrpcCode.NOT_FOUND || status.code === GrpcCode.INVALID_ARGUMENT) {
               return {

@@ -54,6 +54,8 @@ export interface Endpoint {
 export interface EndpointSet {
   readonly exists: boolean;
   readonly endpoints: readonly Endpoint[];
+  /** `endpoints.length`, without building the list (a derived set builds it on first read). */
+  readonly size: number;
   get(address: string): Endpoint | undefined;
 }
 
@@ -173,6 +175,18 @@ export function endpointSetDelta(
 ): EndpointSetDelta | undefined {
   if (!(set instanceof Snapshot) || set.delta === undefined || previousId === undefined) return undefined;
   return set.delta.fromId === previousId ? set.delta : undefined;
+}
+
+/**
+ * What changed from `previous` to `next` when `next` was derived from it by one published update (the
+ * watch publishes every set this way, except after a reset); undefined otherwise: rebuild from `next`.
+ * For consumers that keep per-endpoint state, so that an update costs what it changed.
+ */
+export function endpointSetChanges(
+  previous: EndpointSet | undefined,
+  next: EndpointSet,
+): EndpointSetDelta | undefined {
+  return previous === undefined ? undefined : endpointSetDelta(next, snapshotId(previous));
 }
 
 export function snapshotId(set: EndpointSet): number | undefined {
@@ -311,7 +325,7 @@ function sameRecord(a: object | undefined, b: object | undefined): boolean {
 }
 
 /** Field by field (a resync re-adds every endpoint: no serialisation per endpoint). */
-function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+export function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
   return (
     a === b ||
     (a.address === b.address &&
@@ -340,7 +354,7 @@ function hostOf(ip: Parameters<typeof ipAddressToString>[0]): string | undefined
   return ipAddressToString(ip);
 }
 
-function addressKey(tcp: { ip?: Parameters<typeof ipAddressToString>[0]; port: number } | undefined) {
+export function addressKey(tcp: { ip?: Parameters<typeof ipAddressToString>[0]; port: number } | undefined) {
   const host = hostOf(tcp?.ip);
   if (host === undefined || tcp === undefined) return undefined;
   return host.includes(":") ? `[${host}]:${tcp.port}` : `${host}:${tcp.port}`;
@@ -353,7 +367,7 @@ function addressKey(tcp: { ip?: Parameters<typeof ipAddressToString>[0]; port: n
  * warning with a stable code, so that it is visible without flooding the log on every resync.
  */
 let cappedWarned = false;
-function onEndpointsCapped(dropped: number): void {
+export function onEndpointsCapped(dropped: number): void {
   if (cappedWarned) return;
   cappedWarned = true;
   process.emitWarning(
@@ -363,8 +377,15 @@ function onEndpointsCapped(dropped: number): void {
   );
 }
 
-/** A snapshot over `base` changed by one update; `base` may be any EndpointSet (then copied flat). */
-function derive(base: EndpointSet, upserts: Map<string, Endpoint>, removed: Set<string>): EndpointSet {
+/**
+ * A snapshot over `base` changed by one update; `base` may be any EndpointSet (then copied flat). The
+ * snapshot keeps `upserts` and `removed`: the caller must not change them afterwards.
+ */
+export function deriveEndpointSet(
+  base: EndpointSet,
+  upserts: Map<string, Endpoint>,
+  removed: Set<string>,
+): EndpointSet {
   if (!(base instanceof Snapshot)) {
     const flat = new Map<string, Endpoint>();
     for (const endpoint of base.endpoints)
@@ -377,6 +398,8 @@ function derive(base: EndpointSet, upserts: Map<string, Endpoint>, removed: Set<
     upserted: Object.freeze([...upserts.values()]),
     removed: Object.freeze([...removed]),
   });
+  // Over an empty set the upserts are the whole set: kept flat, with nothing to resolve on reads.
+  if (base.size === 0 && removed.size === 0) return new Snapshot(true, upserts, undefined, delta);
   // A non-existent base (`exists: false`) is never derived from: applyEndpointUpdate starts from NO_ENDPOINTS.
   return new Snapshot(true, undefined, { base, upserts, removed }, delta);
 }
@@ -425,7 +448,7 @@ export function applyEndpointUpdate(
       if (dropped > 0) onEndpointsCapped(dropped);
       if (valid === 0 && dropped === 0) return undefined;
       if (upserts.size === 0 && base === previous) return previous;
-      return derive(base, upserts, new Set());
+      return deriveEndpointSet(base, upserts, new Set());
     }
     case "remove": {
       const removed = new Set<string>();
@@ -434,7 +457,7 @@ export function applyEndpointUpdate(
         if (key !== undefined && base.get(key) !== undefined) removed.add(key);
       }
       if (base === previous && removed.size === 0) return previous;
-      return derive(base, new Map(), removed);
+      return deriveEndpointSet(base, new Map(), removed);
     }
   }
 }

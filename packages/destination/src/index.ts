@@ -29,8 +29,19 @@ export type {
   StreamingClient,
 } from "./discovery.js";
 export { createContextToken, createDiscovery } from "./discovery.js";
-export type { Endpoint, EndpointHttp2Params, EndpointSet, EndpointTlsIdentity } from "./endpoint.js";
-export { applyEndpointUpdate, createEndpointSet, endpointFromProto } from "./endpoint.js";
+export type {
+  Endpoint,
+  EndpointHttp2Params,
+  EndpointSet,
+  EndpointSetDelta,
+  EndpointTlsIdentity,
+} from "./endpoint.js";
+export {
+  applyEndpointUpdate,
+  createEndpointSet,
+  endpointFromProto,
+  endpointSetChanges,
+} from "./endpoint.js";
 export type {
   FailureAccrualConfig,
   FailureAccrualGate,

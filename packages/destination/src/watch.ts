@@ -11,6 +11,7 @@ import {
   MeshErrorCode,
 } from "@inmesh/core";
 import { decodeMessage } from "@inmesh/proto";
+import type { MessageFold } from "./endpoint-fold.js";
 
 const debug = debuglog("mesh");
 const updateChannel = channel("mesh:destination:update");
@@ -98,6 +99,13 @@ export interface StreamWatchSpec<TMessage, TValue> {
   readonly random: () => number;
   /** Folds one message into the value. Undefined ignores it; throwing rejects it and restarts the stream. */
   apply(previous: TValue | undefined, message: TMessage, fresh: boolean): TValue | undefined;
+  /**
+   * When set, messages are folded by this instead of `apply`, a slice of at most `sliceMs` per event-loop
+   * turn, so that one huge message does not hold the loop: the first slice runs in the turn that
+   * received the message, the rest in later turns (setImmediate, after pending I/O).
+   */
+  readonly fold?: MessageFold<TValue>;
+  readonly sliceMs?: number;
   onStatus(status: { code: number; details: string }): StatusOutcome<TValue>;
 }
 
@@ -151,6 +159,10 @@ export function createSharedWatch<TMessage, TValue>(
   let closed = false;
   let lastError: MeshError | undefined;
   let terminalError: MeshError | undefined;
+  const fold = spec.fold;
+  let foldTurn: NodeJS.Immediate | undefined;
+  /** The call paused while the fold has more than a message's worth of bytes queued. */
+  let paused: ClientReadableStream<Buffer> | undefined;
 
   const publishError = (error: MeshError) => {
     lastError = error;
@@ -179,6 +191,7 @@ export function createSharedWatch<TMessage, TValue>(
   const abandonCall = () => {
     const current = call;
     call = undefined;
+    paused = undefined;
     connected = false;
     clearCallTimers();
     if (current) {
@@ -190,8 +203,36 @@ export function createSharedWatch<TMessage, TValue>(
     }
   };
 
+  const stopFold = () => {
+    fold?.clear();
+    if (foldTurn) clearImmediate(foldTurn);
+    foldTurn = undefined;
+  };
+
+  /** One slice of queued messages; reschedules itself while work remains. */
+  const foldSlice = () => {
+    foldTurn = undefined;
+    if (!fold || closed || terminated) return;
+    const step = fold.step({ deadline: performance.now() + (spec.sliceMs ?? 4) });
+    if (step.value !== undefined && step.value !== value) publishValue(step.value);
+    if (step.failure) {
+      const error = MeshError.from(step.failure.error, MeshErrorCode.DESTINATION_INVALID_UPDATE);
+      if (step.failure.stream === streams && call !== undefined) restart(error);
+      else publishError(error);
+    }
+    if (fold.pending() && !closed && !terminated) {
+      foldTurn = setImmediate(foldSlice);
+      foldTurn.unref();
+    }
+    if (paused && fold.backlogBytes() <= spec.maxMessageBytes) {
+      if (paused === call) paused.resume();
+      paused = undefined;
+    }
+  };
+
   const terminate = (error: MeshError | undefined) => {
     terminated = true;
+    stopFold();
     abandonCall();
     if (error) {
       terminalError = error;
@@ -286,6 +327,21 @@ export function createSharedWatch<TMessage, TValue>(
         backoff.reset();
       }
       armIdle(current);
+      if (fold) {
+        try {
+          fold.push(bytes, streams);
+        } catch (error) {
+          restart(MeshError.from(error, MeshErrorCode.DESTINATION_INVALID_UPDATE));
+          return;
+        }
+        // Behind an unfinished message, this one waits its turn; otherwise its first slice runs now.
+        if (foldTurn === undefined) foldSlice();
+        if (call === current && fold.backlogBytes() > spec.maxMessageBytes && paused === undefined) {
+          paused = current;
+          current.pause();
+        }
+        return;
+      }
       let next: TValue | undefined;
       try {
         const message = decodeMessage(spec.codec, bytes, {
@@ -394,6 +450,7 @@ export function createSharedWatch<TMessage, TValue>(
       closed = true;
       if (reconnectTimer) clearTimeout(reconnectTimer);
       reconnectTimer = undefined;
+      stopFold();
       abandonCall();
       const error = closedError();
       for (const waiter of [...waiters]) waiter.reject(error);

@@ -34,7 +34,11 @@ const identity = {
   serverName: undefined,
 };
 
-async function setup(handlers: Parameters<typeof startControlPlane>[0], maxMessageBytes?: number) {
+async function setup(
+  handlers: Parameters<typeof startControlPlane>[0],
+  maxMessageBytes?: number,
+  updateSliceMs?: number,
+) {
   const plane = await startControlPlane(handlers);
   cleanups.push(() => plane.kill());
   const clients = testClients(plane.address);
@@ -45,6 +49,7 @@ async function setup(handlers: Parameters<typeof startControlPlane>[0], maxMessa
     contextToken: createContextToken({ ns: "client-ns" }),
     backoff: { minMs: 10, maxMs: 100 },
     ...(maxMessageBytes ? { maxMessageBytes } : {}),
+    ...(updateSliceMs ? { updateSliceMs } : {}),
   });
   cleanups.push(() => discovery.close());
   return { plane, discovery };
@@ -90,6 +95,60 @@ describe("endpoint updates over the caps", () => {
     expect(last.get("10.200.0.1:8080")).toBeDefined();
     expect(last.get(address(0))).toBeUndefined();
     expect(watch.state().closed).toBe(false);
+  }, 30_000);
+
+  it("applies a big add, then what came behind it, in order, publishing whole messages only", async () => {
+    const { plane, discovery } = await setup({}, 8 * 1024 * 1024);
+    const watch = discovery.watchEndpoints(AUTHORITY);
+    const values: EndpointSet[] = [];
+    watch.onUpdate((set) => values.push(set));
+    await waitFor(() => plane.getCalls.length === 1);
+    const call = plane.getCalls[0] as NonNullable<(typeof plane.getCalls)[0]>;
+    const addrs = Array.from({ length: 20_000 }, (_, i) =>
+      weightedAddr(address(i), { tlsIdentity: identity }),
+    );
+    call.write(addUpdate(addrs, { namespace: "ns" }));
+    call.write(removeUpdate([address(5), address(15_000)]));
+    call.write(addUpdate([weightedAddr("10.200.0.1:8080")]));
+    await waitFor(() => values.at(-1)?.get("10.200.0.1:8080") !== undefined, 20_000, "the last update");
+    const states = values.map((set) => [set.size, set.get(address(5)) !== undefined]);
+    // Each publication is the state after whole messages: the capped add (10,000 with address 5),
+    // then without address 5 (address 15,000 was never in), then with the new address.
+    for (const [size, hasFive] of states) {
+      expect([
+        [10_000, true],
+        [9_999, false],
+        [10_000, false],
+      ]).toContainEqual([size, hasFive]);
+    }
+    expect(states.at(-1)).toEqual([10_000, false]);
+    expect(values.every((set) => set.get(address(9_999)) !== undefined)).toBe(true);
+  }, 30_000);
+
+  it("pauses the stream while more than a message's worth waits, and applies every message in order", async () => {
+    // Slices of 0.2 ms: the messages arrive faster than they are applied.
+    const { plane, discovery } = await setup({}, 512 * 1024, 0.2);
+    const watch = discovery.watchEndpoints(AUTHORITY);
+    const values: EndpointSet[] = [];
+    watch.onUpdate((set) => values.push(set));
+    await waitFor(() => plane.getCalls.length === 1);
+    const call = plane.getCalls[0] as NonNullable<(typeof plane.getCalls)[0]>;
+    // Four messages of ~380 KiB written at once: behind the first, more than 512 KiB waits.
+    for (let m = 0; m < 4; m += 1) {
+      const addrs = Array.from({ length: 5_000 }, (_, i) =>
+        weightedAddr(address(m * 5_000 + i), { tlsIdentity: identity }),
+      );
+      call.write(addUpdate(addrs, { batch: String(m) }));
+    }
+    call.write(removeUpdate([address(0), address(19_999)]));
+    await waitFor(() => values.length > 0 && values.at(-1)?.get(address(0)) === undefined, 20_000);
+    const last = values.at(-1) as EndpointSet;
+    expect(last.size).toBe(9_999);
+    // The cap took the first 10,000 addresses in order: batches 0 and 1, nothing of 2 and 3.
+    expect(last.get(address(1))?.metricLabels.batch).toBe("0");
+    expect(last.get(address(9_999))?.metricLabels.batch).toBe("1");
+    expect(last.get(address(10_000))).toBeUndefined();
+    expect(watch.state().reconnects).toBe(0);
   }, 30_000);
 
   it("refuses a message over the byte cap and keeps the last good set", async () => {

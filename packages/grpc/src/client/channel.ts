@@ -36,6 +36,7 @@ import {
   type Discovery,
   type Endpoint,
   type EndpointSet,
+  endpointSetChanges,
   type OutboundPolicyState,
   type ProfileState,
   type RequestPolicy,
@@ -232,9 +233,25 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     entry.channel.close();
   };
 
+  const wakeWaiters = () => {
+    const wake = [...waiters];
+    waiters.clear();
+    for (const fn of wake) fn();
+  };
+
   const rebalance = () => {
     if (!current) return;
     const now = performance.now();
+    let backingOff = false;
+    for (const out of excluded.values()) if (out.untilMs > now) backingOff = true;
+    if (!backingOff) {
+      // The balancer takes the set itself, and with it the update's changes, not a rebuilt list.
+      if (exclusionTimer) clearTimeout(exclusionTimer);
+      exclusionTimer = undefined;
+      balancer.update(current);
+      if (current.size > 0) wakeWaiters();
+      return;
+    }
     let nextExpiry: number | undefined;
     const ready: Endpoint[] = [];
     for (const endpoint of current.endpoints) {
@@ -252,22 +269,36 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       exclusionTimer = setTimeout(rebalance, Math.max(1, nextExpiry - now));
       exclusionTimer.unref();
     }
-    if (ready.length > 0) {
-      const wake = [...waiters];
-      waiters.clear();
-      for (const fn of wake) fn();
-    }
+    if (ready.length > 0) wakeWaiters();
+  };
+
+  const retire = (entry: EndpointChannel) => {
+    entry.removed = true;
+    // Calls in flight finish on the old channel; it closes with the last of them.
+    if (entry.inflight === 0) closeEntry(entry);
+  };
+
+  /** Retires the channel of `old` unless `next` (its replacement, if any) keeps its parameters. */
+  const retireChanged = (old: Endpoint | undefined, next: Endpoint | undefined) => {
+    if (old === undefined) return;
+    const key = channelKey(old, useTransportHeader);
+    if (next !== undefined && channelKey(next, useTransportHeader) === key) return;
+    const entry = channels.get(key);
+    if (entry) retire(entry);
   };
 
   const apply = (set: EndpointSet) => {
     if (closed) return;
+    const previous = current;
     current = set;
-    const live = new Set(set.endpoints.map((endpoint) => channelKey(endpoint, useTransportHeader)));
-    for (const entry of [...channels.values()]) {
-      if (live.has(entry.key)) continue;
-      entry.removed = true;
-      // Calls in flight finish on the old channel; it closes with the last of them.
-      if (entry.inflight === 0) closeEntry(entry);
+    // Usually one update's changes: only the endpoints it touched can have lost their channel.
+    const changes = endpointSetChanges(previous, set);
+    if (changes && previous) {
+      for (const address of changes.removed) retireChanged(previous.get(address), undefined);
+      for (const endpoint of changes.upserted) retireChanged(previous.get(endpoint.address), endpoint);
+    } else if (channels.size > 0) {
+      const live = new Set(set.endpoints.map((endpoint) => channelKey(endpoint, useTransportHeader)));
+      for (const entry of [...channels.values()]) if (!live.has(entry.key)) retire(entry);
     }
     for (const address of excluded.keys()) if (!set.get(address)) excluded.delete(address);
     rebalance();
@@ -699,7 +730,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       const routing = Promise.allSettled([profile?.ready(waitOptions), policy?.ready(waitOptions)]);
       await Promise.all([watch.ready(waitOptions), routing]);
     },
-    endpointCount: () => current?.endpoints.length ?? 0,
+    endpointCount: () => current?.size ?? 0,
     close: closeAll,
     [Symbol.asyncDispose]: async () => closeAll(),
   };

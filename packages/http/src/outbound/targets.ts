@@ -20,6 +20,7 @@ import {
   type Discovery,
   type Endpoint,
   type EndpointSet,
+  endpointSetChanges,
   type OutboundPolicyState,
   type ProfileState,
   type RetryBudget,
@@ -128,7 +129,7 @@ export class EndpointGroup {
   }
 
   endpointCount(): number {
-    return this.#set?.endpoints.length ?? 0;
+    return this.#set?.size ?? 0;
   }
 
   /** A balanced pick with its pool, or undefined when no endpoint is ready now. */
@@ -180,24 +181,53 @@ export class EndpointGroup {
 
   #apply(set: EndpointSet): void {
     if (this.#closed) return;
+    const previous = this.#set;
     this.#set = set;
-    const live = new Set<string>();
-    for (const endpoint of set.endpoints) live.add(routeKey(endpointRoute(endpoint, this.#settings)));
-    for (const [key, entry] of this.#pools) {
-      if (live.has(key)) continue;
-      this.#pools.delete(key);
-      this.#drain(entry);
+    // Usually one update's changes: only the endpoints it touched can have lost their pool.
+    const changes = endpointSetChanges(previous, set);
+    if (changes && previous) {
+      for (const address of changes.removed) this.#retirePool(previous.get(address), undefined);
+      for (const endpoint of changes.upserted) this.#retirePool(previous.get(endpoint.address), endpoint);
+    } else if (this.#pools.size > 0) {
+      const live = new Set<string>();
+      for (const endpoint of set.endpoints) live.add(routeKey(endpointRoute(endpoint, this.#settings)));
+      for (const [key, entry] of this.#pools) {
+        if (live.has(key)) continue;
+        this.#pools.delete(key);
+        this.#drain(entry);
+      }
     }
     for (const address of this.#excluded.keys()) if (!set.get(address)) this.#excluded.delete(address);
     this.#rebalance();
     if (destinationChanged.hasSubscribers)
-      destinationChanged.publish({ authority: this.path, endpointCount: set.endpoints.length });
+      destinationChanged.publish({ authority: this.path, endpointCount: set.size });
+  }
+
+  /** Drains the pool of `old` unless `next` (its replacement, if any) keeps the same connection parameters. */
+  #retirePool(old: Endpoint | undefined, next: Endpoint | undefined): void {
+    if (old === undefined) return;
+    const key = routeKey(endpointRoute(old, this.#settings));
+    if (next !== undefined && routeKey(endpointRoute(next, this.#settings)) === key) return;
+    const entry = this.#pools.get(key);
+    if (entry === undefined) return;
+    this.#pools.delete(key);
+    this.#drain(entry);
   }
 
   #rebalance(): void {
     const set = this.#set;
     if (!set) return;
     const now = performance.now();
+    let backingOff = false;
+    for (const excluded of this.#excluded.values()) if (excluded.untilMs > now) backingOff = true;
+    if (!backingOff) {
+      // The balancer takes the set itself, and with it the update's changes, not a rebuilt list.
+      if (this.#exclusionTimer) clearTimeout(this.#exclusionTimer);
+      this.#exclusionTimer = undefined;
+      this.#balancer.update(set);
+      if (set.size > 0) this.#wakeWaiters();
+      return;
+    }
     let nextExpiry: number | undefined;
     const ready: Endpoint[] = [];
     for (const endpoint of set.endpoints) {
@@ -215,11 +245,13 @@ export class EndpointGroup {
       this.#exclusionTimer = setTimeout(() => this.#rebalance(), Math.max(1, nextExpiry - now));
       this.#exclusionTimer.unref();
     }
-    if (ready.length > 0) {
-      const waiters = [...this.#waiters];
-      this.#waiters.clear();
-      for (const wake of waiters) wake();
-    }
+    if (ready.length > 0) this.#wakeWaiters();
+  }
+
+  #wakeWaiters(): void {
+    const waiters = [...this.#waiters];
+    this.#waiters.clear();
+    for (const wake of waiters) wake();
   }
 
   #poolFor(endpoint: Endpoint): PoolEntry {
