@@ -7,6 +7,7 @@ import {
   type FailureAccrualGate,
   failureAccrualConfig,
   type GateState,
+  sameFailureAccrual,
 } from "./failure-accrual.js";
 import type { FailureAccrualPolicy, LoadPolicy } from "./outbound-policy.js";
 import { DEFAULT_EWMA } from "./outbound-policy.js";
@@ -77,6 +78,12 @@ export interface Balancer<TEndpoint extends BalancerEndpoint = BalancerEndpoint>
   /** When nothing is ready: time until a breaker allows a probe (undefined if none will by itself). */
   nextReadyInMs(): number | undefined;
   loads(): readonly EndpointLoad[];
+  /**
+   * Replaces the circuit-breaking settings (an OutboundPolicy update). The same settings keep every
+   * breaker as it is; different ones start every endpoint afresh with an open gate, and undefined or
+   * `none` turns breaking off. Loads are kept either way.
+   */
+  setFailureAccrual(policy: FailureAccrualPolicy | FailureAccrualConfig | undefined): void;
 }
 
 interface Slot<TEndpoint> {
@@ -87,6 +94,19 @@ interface Slot<TEndpoint> {
   updatedAt: number;
   pending: number;
   gate: FailureAccrualGate | undefined;
+}
+
+function accrualOf(
+  input: FailureAccrualPolicy | FailureAccrualConfig | undefined,
+): FailureAccrualConfig | undefined {
+  const accrual = input && "kind" in input ? failureAccrualConfig(input) : input;
+  if (accrual && !(Number.isInteger(accrual.maxFailures) && accrual.maxFailures >= 1)) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_ARG,
+      `invalid failure accrual: maxFailures=${accrual.maxFailures}`,
+    );
+  }
+  return accrual;
 }
 
 function isEndpointSet(value: unknown): value is EndpointSet {
@@ -106,16 +126,7 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
   }
   const clock = options.clock ?? systemClock;
   const random = options.random ?? defaultRandom;
-  const accrual =
-    options.failureAccrual && "kind" in options.failureAccrual
-      ? failureAccrualConfig(options.failureAccrual)
-      : (options.failureAccrual as FailureAccrualConfig | undefined);
-  if (accrual && !(Number.isInteger(accrual.maxFailures) && accrual.maxFailures >= 1)) {
-    throw new MeshError(
-      MeshErrorCode.INVALID_ARG,
-      `invalid failure accrual: maxFailures=${accrual.maxFailures}`,
-    );
-  }
+  let accrual = accrualOf(options.failureAccrual);
 
   let slots: Slot<TEndpoint>[] = [];
   let byAddress = new Map<string, Slot<TEndpoint>>();
@@ -223,7 +234,9 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
 
   const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => {
     const startedAt = clock.now();
-    const probe = slot.gate?.begin() ?? false;
+    // The breaker the pick began on: new settings replace it, and an outcome is not carried across.
+    const gate = slot.gate;
+    const probe = gate?.begin() ?? false;
     slot.pending += 1;
     let measured = false;
     let completed = false;
@@ -242,9 +255,9 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
         completed = true;
         measure();
         // A removed endpoint's breaker is gone with it; `byAddress` no longer holds this slot.
-        if (slot.gate && byAddress.get(slot.endpoint.address) === slot) {
+        if (gate && slot.gate === gate && byAddress.get(slot.endpoint.address) === slot) {
           const minReady = accrual?.minReadyEndpoints ?? 0;
-          slot.gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+          gate.record(outcome, probe, () => openCount() - 1 >= minReady);
         }
       },
     };
@@ -318,6 +331,13 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
         if (inMs !== undefined && (soonest === undefined || inMs < soonest)) soonest = inMs;
       }
       return soonest;
+    },
+    setFailureAccrual(policy) {
+      const next = accrualOf(policy);
+      if (sameFailureAccrual(accrual, next)) return;
+      accrual = next;
+      for (const slot of slots)
+        slot.gate = accrual ? createFailureAccrualGate(accrual, { clock, random }) : undefined;
     },
     loads() {
       const now = clock.now();

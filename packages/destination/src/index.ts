@@ -40,7 +40,9 @@ export type {
 export {
   createFailureAccrualGate,
   DEFAULT_FAILURE_ACCRUAL,
+  failureAccrualByBackend,
   failureAccrualConfig,
+  sameFailureAccrual,
 } from "./failure-accrual.js";
 export type {
   GrpcRequestMatch,
