@@ -48,6 +48,11 @@ export interface BalancerOptions<TEndpoint extends BalancerEndpoint> {
   clock?: Clock;
   /** Uniform [0,1). @default secureRandom */
   random?: RandomSource;
+  /**
+   * Called when a breaker's probe got its answer (its endpoint is ready again, or ejected for longer):
+   * a caller waiting for a ready endpoint learns of it nowhere else.
+   */
+  onProbeSettled?: () => void;
 }
 
 export interface EndpointLoad {
@@ -258,6 +263,7 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
         if (gate && slot.gate === gate && byAddress.get(slot.endpoint.address) === slot) {
           const minReady = accrual?.minReadyEndpoints ?? 0;
           gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+          if (probe) options.onProbeSettled?.();
         }
       },
     };
