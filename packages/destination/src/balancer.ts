@@ -27,6 +27,14 @@ export type PickOutcome = "success" | "failure" | "canceled";
  */
 export interface Pick<TEndpoint extends BalancerEndpoint = BalancerEndpoint> {
   readonly endpoint: TEndpoint;
+  /**
+   * The request was written to a connection: the round-trip time is measured from here. Time spent
+   * connecting (a TLS handshake, a queue for a new connection) is not the endpoint's latency, and
+   * linkerd2-proxy's balancer never counts it, as it only sends to endpoints already connected; an
+   * estimate is peak-EWMA (a slow sample replaces it at once, a fast one barely moves it), so one slow
+   * connect would keep an endpoint out of rotation for tens of seconds. Optional and idempotent.
+   */
+  onSent(): void;
   /** Stops counting the request as pending and records its round-trip time. */
   onFirstByte(): void;
   /** Records the outcome for failure accrual (and the RTT, if no byte arrived first). */
@@ -238,7 +246,8 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
   };
 
   const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => {
-    const startedAt = clock.now();
+    let startedAt = clock.now();
+    let sent = false;
     // The breaker the pick began on: new settings replace it, and an outcome is not carried across.
     const gate = slot.gate;
     const probe = gate?.begin() ?? false;
@@ -254,6 +263,11 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
     };
     return {
       endpoint: slot.endpoint,
+      onSent() {
+        if (sent || measured) return;
+        sent = true;
+        startedAt = clock.now();
+      },
       onFirstByte: measure,
       onComplete(outcome) {
         if (completed) return;

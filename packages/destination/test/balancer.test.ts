@@ -96,6 +96,24 @@ describe("createBalancer (peak-EWMA P2C)", () => {
     expect(balancer.loads()[0]?.rttMs).toBeCloseTo(100 * Math.exp(-10_500 / 10_000), 5);
   });
 
+  it("measures the RTT from when the request was written, not from the pick (connect time excluded)", () => {
+    const clock = createFakeClock();
+    const balancer = createBalancer({ clock, endpoints: [ep("a:1")], defaultRttMs: 1, decayMs: 10_000 });
+    const pick = balancer.pick();
+    clock.advance(400); // a TLS handshake on a loaded machine, or a queue for a new connection
+    pick.onSent();
+    expect(balancer.loads()[0]?.pending).toBe(1); // still pending while connecting and after
+    clock.advance(3);
+    pick.onSent(); // idempotent: a second call does not move the start
+    pick.onFirstByte();
+    expect(balancer.loads()[0]?.rttMs).toBeCloseTo(3, 5);
+    // Without onSent (an error before any write) the pick's own start counts.
+    const unsent = balancer.pick();
+    clock.advance(50);
+    unsent.onComplete("failure");
+    expect(balancer.loads()[0]?.rttMs).toBeCloseTo(50, 5);
+  });
+
   it("R16: a slow endpoint's share falls below 10% within 5 s and recovers within 30 s", () => {
     const clock = createFakeClock();
     const balancer = createBalancer({
