@@ -58,10 +58,10 @@ describe("R15: retry budget through 3 layers of meshed callers", () => {
     services = await startMeshServices({
       namespace: NAMESPACE,
       pods: [
-        { name: "a-0", ip: "127.0.0.50", serves: false },
-        { name: "b-0", ip: "127.0.0.51", serves: true },
-        { name: "c-0", ip: "127.0.0.52", serves: true },
-        { name: "d-0", ip: "127.0.0.53", serves: true },
+        { name: "a-0", ip: "127.0.0.60", serves: false },
+        { name: "b-0", ip: "127.0.0.61", serves: true },
+        { name: "c-0", ip: "127.0.0.62", serves: true },
+        { name: "d-0", ip: "127.0.0.63", serves: true },
       ],
       extraManifests: () => LAYERS.map(profile).join("\n"),
     });
