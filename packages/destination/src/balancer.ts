@@ -7,6 +7,7 @@ import {
   type FailureAccrualGate,
   failureAccrualConfig,
   type GateState,
+  sameFailureAccrual,
 } from "./failure-accrual.js";
 import type { FailureAccrualPolicy, LoadPolicy } from "./outbound-policy.js";
 import { DEFAULT_EWMA } from "./outbound-policy.js";
@@ -26,6 +27,14 @@ export type PickOutcome = "success" | "failure" | "canceled";
  */
 export interface Pick<TEndpoint extends BalancerEndpoint = BalancerEndpoint> {
   readonly endpoint: TEndpoint;
+  /**
+   * The request was written to a connection: the round-trip time is measured from here. Time spent
+   * connecting (a TLS handshake, a queue for a new connection) is not the endpoint's latency, and
+   * linkerd2-proxy's balancer never counts it, as it only sends to endpoints already connected; an
+   * estimate is peak-EWMA (a slow sample replaces it at once, a fast one barely moves it), so one slow
+   * connect would keep an endpoint out of rotation for tens of seconds. Optional and idempotent.
+   */
+  onSent(): void;
   /** Stops counting the request as pending and records its round-trip time. */
   onFirstByte(): void;
   /** Records the outcome for failure accrual (and the RTT, if no byte arrived first). */
@@ -47,6 +56,11 @@ export interface BalancerOptions<TEndpoint extends BalancerEndpoint> {
   clock?: Clock;
   /** Uniform [0,1). @default secureRandom */
   random?: RandomSource;
+  /**
+   * Called when a breaker's probe got its answer (its endpoint is ready again, or ejected for longer):
+   * a caller waiting for a ready endpoint learns of it nowhere else.
+   */
+  onProbeSettled?: () => void;
 }
 
 export interface EndpointLoad {
@@ -77,6 +91,12 @@ export interface Balancer<TEndpoint extends BalancerEndpoint = BalancerEndpoint>
   /** When nothing is ready: time until a breaker allows a probe (undefined if none will by itself). */
   nextReadyInMs(): number | undefined;
   loads(): readonly EndpointLoad[];
+  /**
+   * Replaces the circuit-breaking settings (an OutboundPolicy update). The same settings keep every
+   * breaker as it is; different ones start every endpoint afresh with an open gate, and undefined or
+   * `none` turns breaking off. Loads are kept either way.
+   */
+  setFailureAccrual(policy: FailureAccrualPolicy | FailureAccrualConfig | undefined): void;
 }
 
 interface Slot<TEndpoint> {
@@ -87,6 +107,19 @@ interface Slot<TEndpoint> {
   updatedAt: number;
   pending: number;
   gate: FailureAccrualGate | undefined;
+}
+
+function accrualOf(
+  input: FailureAccrualPolicy | FailureAccrualConfig | undefined,
+): FailureAccrualConfig | undefined {
+  const accrual = input && "kind" in input ? failureAccrualConfig(input) : input;
+  if (accrual && !(Number.isInteger(accrual.maxFailures) && accrual.maxFailures >= 1)) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_ARG,
+      `invalid failure accrual: maxFailures=${accrual.maxFailures}`,
+    );
+  }
+  return accrual;
 }
 
 function isEndpointSet(value: unknown): value is EndpointSet {
@@ -106,16 +139,7 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
   }
   const clock = options.clock ?? systemClock;
   const random = options.random ?? defaultRandom;
-  const accrual =
-    options.failureAccrual && "kind" in options.failureAccrual
-      ? failureAccrualConfig(options.failureAccrual)
-      : (options.failureAccrual as FailureAccrualConfig | undefined);
-  if (accrual && !(Number.isInteger(accrual.maxFailures) && accrual.maxFailures >= 1)) {
-    throw new MeshError(
-      MeshErrorCode.INVALID_ARG,
-      `invalid failure accrual: maxFailures=${accrual.maxFailures}`,
-    );
-  }
+  let accrual = accrualOf(options.failureAccrual);
 
   let slots: Slot<TEndpoint>[] = [];
   let byAddress = new Map<string, Slot<TEndpoint>>();
@@ -224,8 +248,11 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
   };
 
   const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => {
-    const startedAt = clock.now();
-    const probe = slot.gate?.begin() ?? false;
+    let startedAt = clock.now();
+    let sent = false;
+    // The breaker the pick began on: new settings replace it, and an outcome is not carried across.
+    const gate = slot.gate;
+    const probe = gate?.begin() ?? false;
     slot.pending += 1;
     let measured = false;
     let completed = false;
@@ -238,15 +265,21 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
     };
     return {
       endpoint: slot.endpoint,
+      onSent() {
+        if (sent || measured) return;
+        sent = true;
+        startedAt = clock.now();
+      },
       onFirstByte: measure,
       onComplete(outcome) {
         if (completed) return;
         completed = true;
         measure();
         // A removed endpoint's breaker is gone with it; `byAddress` no longer holds this slot.
-        if (slot.gate && byAddress.get(slot.endpoint.address) === slot) {
+        if (gate && slot.gate === gate && byAddress.get(slot.endpoint.address) === slot) {
           const minReady = accrual?.minReadyEndpoints ?? 0;
-          slot.gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+          gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+          if (probe) options.onProbeSettled?.();
         }
       },
     };
@@ -320,6 +353,13 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
         if (inMs !== undefined && (soonest === undefined || inMs < soonest)) soonest = inMs;
       }
       return soonest;
+    },
+    setFailureAccrual(policy) {
+      const next = accrualOf(policy);
+      if (sameFailureAccrual(accrual, next)) return;
+      accrual = next;
+      for (const slot of slots)
+        slot.gate = accrual ? createFailureAccrualGate(accrual, { clock, random }) : undefined;
     },
     loads() {
       const now = clock.now();

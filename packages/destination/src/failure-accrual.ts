@@ -1,6 +1,11 @@
 import { type BackoffConfig, backoffDelayMs, DEFAULT_FAILURE_ACCRUAL_BACKOFF } from "./backoff.js";
 import { type Clock, defaultRandom, type RandomSource, systemClock } from "./clock.js";
-import type { FailureAccrualPolicy } from "./outbound-policy.js";
+import type {
+  BackendDistribution,
+  FailureAccrualPolicy,
+  HttpRouteSet,
+  OutboundPolicy,
+} from "./outbound-policy.js";
 
 /**
  * - `open`: takes traffic;
@@ -36,6 +41,22 @@ export function failureAccrualConfig(
     backoff: policy.backoff,
     minReadyEndpoints: policy.minReadyEndpoints,
   });
+}
+
+/** True when two settings (undefined: off) would make the same breakers. */
+export function sameFailureAccrual(
+  a: FailureAccrualConfig | undefined,
+  b: FailureAccrualConfig | undefined,
+): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined) return false;
+  return (
+    a.maxFailures === b.maxFailures &&
+    a.minReadyEndpoints === b.minReadyEndpoints &&
+    a.backoff.minMs === b.backoff.minMs &&
+    a.backoff.maxMs === b.backoff.maxMs &&
+    a.backoff.jitterRatio === b.backoff.jitterRatio
+  );
 }
 
 /**
@@ -136,4 +157,48 @@ export function createFailureAccrualGate(
       return failures;
     },
   };
+}
+
+/**
+ * The breaker settings of each balanced backend of a policy, keyed by its discovery path (lowercase):
+ * linkerd2-proxy builds every backend of a protocol's routes with that protocol's failure accrual
+ * (`http1` or `http2`, or `grpc`), so a Service annotated `balancer.linkerd.io/failure-accrual` breaks
+ * per endpoint whichever route a request takes. Opaque and TLS policies, and backends that forward to
+ * one address, have no balancer and so no breakers.
+ */
+export function failureAccrualByBackend(
+  policy: OutboundPolicy,
+  variant: "http1" | "http2",
+): ReadonlyMap<string, FailureAccrualPolicy> {
+  const byPath = new Map<string, FailureAccrualPolicy>();
+  const protocol = policy.protocol;
+  let routes: readonly { rules: readonly { backends: BackendDistribution<unknown> }[] }[];
+  let accrual: FailureAccrualPolicy;
+  switch (protocol.kind) {
+    case "detect": {
+      const set: HttpRouteSet = protocol[variant];
+      routes = set.routes;
+      accrual = set.failureAccrual;
+      break;
+    }
+    case "http1":
+    case "http2":
+    case "grpc":
+      routes = protocol.routes;
+      accrual = protocol.failureAccrual;
+      break;
+    default:
+      return byPath;
+  }
+  for (const route of routes) {
+    for (const rule of route.rules) {
+      const distribution = rule.backends;
+      if (distribution.kind === "empty") continue;
+      for (const routeBackend of distribution.backends) {
+        const target = routeBackend.backend.target;
+        if (target.kind === "balancer") byPath.set(target.path.toLowerCase(), accrual);
+      }
+    }
+  }
+  return byPath;
 }

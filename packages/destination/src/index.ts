@@ -51,7 +51,9 @@ export type {
 export {
   createFailureAccrualGate,
   DEFAULT_FAILURE_ACCRUAL,
+  failureAccrualByBackend,
   failureAccrualConfig,
+  sameFailureAccrual,
 } from "./failure-accrual.js";
 export type {
   GrpcRequestMatch,

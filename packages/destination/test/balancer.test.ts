@@ -96,6 +96,24 @@ describe("createBalancer (peak-EWMA P2C)", () => {
     expect(balancer.loads()[0]?.rttMs).toBeCloseTo(100 * Math.exp(-10_500 / 10_000), 5);
   });
 
+  it("measures the RTT from when the request was written, not from the pick (connect time excluded)", () => {
+    const clock = createFakeClock();
+    const balancer = createBalancer({ clock, endpoints: [ep("a:1")], defaultRttMs: 1, decayMs: 10_000 });
+    const pick = balancer.pick();
+    clock.advance(400); // a TLS handshake on a loaded machine, or a queue for a new connection
+    pick.onSent();
+    expect(balancer.loads()[0]?.pending).toBe(1); // still pending while connecting and after
+    clock.advance(3);
+    pick.onSent(); // idempotent: a second call does not move the start
+    pick.onFirstByte();
+    expect(balancer.loads()[0]?.rttMs).toBeCloseTo(3, 5);
+    // Without onSent (an error before any write) the pick's own start counts.
+    const unsent = balancer.pick();
+    clock.advance(50);
+    unsent.onComplete("failure");
+    expect(balancer.loads()[0]?.rttMs).toBeCloseTo(50, 5);
+  });
+
   it("R16: a slow endpoint's share falls below 10% within 5 s and recovers within 30 s", () => {
     const clock = createFakeClock();
     const balancer = createBalancer({
@@ -370,5 +388,73 @@ describe("createBalancer (peak-EWMA P2C)", () => {
       ),
       { numRuns: 200, interruptAfterTimeLimit: 10_000 },
     );
+  });
+});
+
+describe("Balancer.setFailureAccrual (an OutboundPolicy update)", () => {
+  const consecutive = (maxFailures: number) =>
+    ({
+      kind: "consecutive",
+      maxFailures,
+      minReadyEndpoints: 0,
+      backoff: { minMs: 1000, maxMs: 60_000, jitterRatio: 0, respectRetryAfterHint: false },
+    }) as const;
+
+  /** Fails `bad:1` until it is ejected; returns how many failures that took. */
+  function failUntilEjected(balancer: Balancer<{ address: string }>): number {
+    let failures = 0;
+    for (let i = 0; i < 500 && balancer.readyCount() === 2; i += 1) {
+      const pick = balancer.pick();
+      const bad = pick.endpoint.address === "bad:1";
+      if (bad) failures += 1;
+      pick.onComplete(bad ? "failure" : "success");
+    }
+    return failures;
+  }
+
+  it("turns breaking on, keeps breakers for the same settings, and starts afresh for new ones", () => {
+    const clock = createFakeClock();
+    const balancer = createBalancer({
+      clock,
+      random: seededRandom(5),
+      endpoints: [ep("bad:1"), ep("good:1")],
+    });
+    // Off by default: failures never eject.
+    expect(failUntilEjected(balancer)).toBeGreaterThan(100);
+    expect(balancer.readyCount()).toBe(2);
+
+    balancer.setFailureAccrual(consecutive(3));
+    expect(failUntilEjected(balancer)).toBe(3);
+    expect(balancer.loads().find((l) => l.address === "bad:1")?.gate).toBe("closed");
+
+    // The same settings again (every policy update repeats them): the ejection stands.
+    balancer.setFailureAccrual(consecutive(3));
+    expect(balancer.readyCount()).toBe(1);
+
+    // New settings: every endpoint starts open, and the new threshold applies.
+    balancer.setFailureAccrual(consecutive(5));
+    expect(balancer.readyCount()).toBe(2);
+    expect(failUntilEjected(balancer)).toBe(5);
+
+    // Off again: nothing is ejected.
+    balancer.setFailureAccrual({ kind: "none" });
+    expect(balancer.readyCount()).toBe(2);
+    expect(balancer.loads().every((l) => l.gate === "open")).toBe(true);
+  });
+
+  it("does not carry an outcome across a settings change (the pick began on the old breaker)", () => {
+    const clock = createFakeClock();
+    const balancer = createBalancer({
+      clock,
+      random: seededRandom(9),
+      endpoints: [ep("bad:1")],
+      failureAccrual: consecutive(1),
+    });
+    const pick = balancer.pick();
+    balancer.setFailureAccrual(consecutive(2));
+    pick.onComplete("failure");
+    expect(balancer.readyCount()).toBe(1);
+    expect(() => createBalancer({ failureAccrual: consecutive(0) })).toThrow(/maxFailures/);
+    expect(() => balancer.setFailureAccrual(consecutive(0))).toThrow(/maxFailures/);
   });
 });

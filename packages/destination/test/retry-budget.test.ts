@@ -14,6 +14,26 @@ describe("createRetryBudget (Tower TpsBudget)", () => {
     expect(budget.tryWithdraw()).toBe(false);
   });
 
+  it("R15: under steady traffic that always fails, retries stay at 20% of requests + 10/s (deposits live the whole ttl)", () => {
+    const clock = createFakeClock();
+    const budget = createRetryBudget({ clock });
+    const seconds = 60;
+    let requests = 0;
+    let retries = 0;
+    // 1,000 requests a second, each retried for as long as the budget allows (ServiceProfile retries
+    // have no other limit), with a little jitter so no expiry falls exactly on a window boundary.
+    for (let t = 0; t < seconds * 1000; t += 1 + (requests % 7 === 0 ? 0.013 : 0)) {
+      clock.set(t);
+      budget.deposit();
+      requests += 1;
+      while (budget.tryWithdraw()) retries += 1;
+    }
+    const allowed = 0.2 * requests + 10 * (seconds + 10); // the reserve once more for the first ttl
+    expect(retries).toBeLessThanOrEqual(allowed);
+    // And the budget is not stingier than that: within 5% of 20% + 10/s.
+    expect(retries).toBeGreaterThanOrEqual(0.95 * (0.2 * requests + 10 * seconds));
+  });
+
   it("adds retryRatio retries per deposited request", () => {
     const clock = createFakeClock();
     const budget = createRetryBudget({ clock, retryRatio: 0.2, minRetriesPerSecond: 0, ttlMs: 10_000 });

@@ -14,13 +14,13 @@ import {
   type Balancer,
   type Pick as BalancerPick,
   chooseRoutingModel,
-  createBalancer,
   createEndpointSet,
   createRetryBudget,
   type Discovery,
   type Endpoint,
   type EndpointSet,
   endpointSetChanges,
+  type FailureAccrualPolicy,
   type OutboundPolicyState,
   type ProfileState,
   type RetryBudget,
@@ -36,6 +36,7 @@ import {
   type RouteOptions,
   routeKey,
 } from "./connector.js";
+import { BackendFailureAccrual, GroupBreakers } from "./failure-accrual.js";
 
 const debug = debuglog("mesh");
 const destinationChanged = meshChannel(MeshChannel.destinationChanged);
@@ -79,6 +80,7 @@ export class EndpointGroup {
   readonly path: string;
   readonly #watch: Watch<EndpointSet> | undefined;
   readonly #balancer: Balancer<Endpoint>;
+  readonly #breakers: GroupBreakers;
   readonly #settings: PoolSettings;
   readonly #pools = new Map<string, PoolEntry>();
   readonly #byEndpoint = new WeakMap<Endpoint, PoolEntry>();
@@ -94,7 +96,8 @@ export class EndpointGroup {
   constructor(path: string, source: MeshDiscovery | readonly Endpoint[], settings: PoolSettings) {
     this.path = path;
     this.#settings = settings;
-    this.#balancer = createBalancer<Endpoint>();
+    this.#breakers = new GroupBreakers(() => this.#rebalance());
+    this.#balancer = this.#breakers.balancer;
     if (Array.isArray(source)) {
       this.#apply(createEndpointSet(true, source as readonly Endpoint[]));
       return;
@@ -136,7 +139,10 @@ export class EndpointGroup {
   lease(): EndpointLease | undefined {
     this.lastUsedMs = performance.now();
     const pick = this.#balancer.tryPick();
-    if (!pick) return undefined;
+    if (!pick) {
+      this.#breakers.noneReady();
+      return undefined;
+    }
     const entry = this.#poolFor(pick.endpoint);
     return { pick, route: entry.route, pool: entry.pool };
   }
@@ -159,6 +165,11 @@ export class EndpointGroup {
       this.#waiters.add(done);
       signal.addEventListener("abort", onAbort, { once: true });
     });
+  }
+
+  /** Circuit breaking of this backend's endpoints, from the outbound policy (see failure-accrual.ts). */
+  setFailureAccrual(policy: FailureAccrualPolicy): void {
+    this.#breakers.configure(policy);
   }
 
   /** Takes an endpoint out of the ready set for a short, growing backoff after a failed connect. */
@@ -301,6 +312,7 @@ export class EndpointGroup {
     if (this.#closed) return;
     this.#closed = true;
     this.#unsubscribe?.();
+    this.#breakers.close();
     if (this.#exclusionTimer) clearTimeout(this.#exclusionTimer);
     await this.#watch?.close();
     const pools = [...this.#pools.values()];
@@ -311,6 +323,7 @@ export class EndpointGroup {
   destroy(reason: Error): void {
     this.#closed = true;
     this.#unsubscribe?.();
+    this.#breakers.close();
     if (this.#exclusionTimer) clearTimeout(this.#exclusionTimer);
     this.#watch?.close().catch(() => undefined);
     for (const entry of this.#pools.values()) entry.pool.destroy(reason).catch(() => undefined);
@@ -331,6 +344,7 @@ export class LogicalTarget {
   readonly #policy: Watch<OutboundPolicyState> | undefined;
   readonly #profileRoutes: boolean;
   readonly #policyRequired: boolean;
+  readonly #routingListeners = new Set<(closed: boolean) => void>();
   #ready = false;
 
   constructor(
@@ -422,7 +436,16 @@ export class LogicalTarget {
     return endpoint?.tlsIdentity ? endpoint : undefined;
   }
 
+  /** Calls `listener` after each ServiceProfile or OutboundPolicy answer, and with `true` once closed. */
+  onRoutingChange(listener: (closed: boolean) => void): void {
+    this.#routingListeners.add(listener);
+    this.#profile?.onUpdate(() => listener(false));
+    this.#policy?.onUpdate(() => listener(false));
+  }
+
   async close(): Promise<void> {
+    for (const listener of this.#routingListeners) listener(true);
+    this.#routingListeners.clear();
     await Promise.allSettled([this.#profile?.close(), this.#policy?.close()]);
   }
 }
@@ -480,6 +503,7 @@ export class TargetRegistry {
   readonly #options: TargetRegistryOptions;
   readonly #targets = new Map<string, LogicalTarget & { lastUsedMs: number }>();
   readonly #groups = new Map<string, EndpointGroup>();
+  readonly #accrual = new BackendFailureAccrual((path) => this.#groups.get(path));
   readonly #sweeper: NodeJS.Timeout;
   #closed = false;
 
@@ -509,6 +533,7 @@ export class TargetRegistry {
       { lastUsedMs: performance.now() },
     );
     this.#targets.set(authority, target);
+    this.#accrual.follow(target);
     return target;
   }
 
@@ -540,6 +565,7 @@ export class TargetRegistry {
       { lastUsedMs: performance.now() },
     );
     this.#targets.set(address, target);
+    this.#accrual.follow(target);
     return target;
   }
 
@@ -549,6 +575,7 @@ export class TargetRegistry {
     if (!group) {
       this.#makeRoom(this.#targets.size + this.#groups.size);
       group = new EndpointGroup(path, this.#options.discovery, this.#options.settings);
+      group.setFailureAccrual(this.#accrual.policyFor(path));
       this.#groups.set(path, group);
     }
     return group;

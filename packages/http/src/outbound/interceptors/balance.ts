@@ -56,6 +56,8 @@ class LeaseHandler extends PassThroughHandler {
 
   override onRequestStart(controller: Controller, context: unknown): void {
     this.#started = true;
+    // Written to a connection now: the endpoint's latency starts here, not at the pick.
+    this.#lease.pick.onSent();
     super.onRequestStart(controller, context);
   }
 
