@@ -150,16 +150,29 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     expect((error as Error).name).toBe("DestinationError");
   });
 
-  it("fails fast with MESH_ERR_DESTINATION_NO_ENDPOINTS when a service has no endpoints", async () => {
+  it("fails fast with a 504 (or MESH_ERR_DESTINATION_NO_ENDPOINTS) when a service has no endpoints", async () => {
     const quick = createMeshDispatcher({ identity: clientIdentity, discovery, failFastTimeoutMs: 200 });
+    const typed = createMeshDispatcher({
+      identity: clientIdentity,
+      discovery,
+      failFastTimeoutMs: 200,
+      proxyErrorResponses: false,
+    });
     try {
-      const error = await request("http://empty.default.svc.cluster.local/", { dispatcher: quick }).then(
+      // linkerd2-proxy's fail-fast answer: 504, and the connection to the application is to be closed.
+      const answer = await request("http://empty.default.svc.cluster.local/", { dispatcher: quick });
+      expect(answer.statusCode).toBe(504);
+      expect(answer.headers["l5d-proxy-error"]).toMatch(/no endpoints for empty/);
+      expect(answer.headers["l5d-proxy-connection"]).toBe("close");
+      expect(await answer.body.text()).toBe("");
+      const error = await request("http://empty.default.svc.cluster.local/", { dispatcher: typed }).then(
         () => undefined,
         (e: unknown) => e,
       );
       expect(hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NO_ENDPOINTS)).toBe(true);
     } finally {
       await quick.close();
+      await typed.close();
     }
   });
 
