@@ -43,6 +43,13 @@ export {
   failureAccrualConfig,
 } from "./failure-accrual.js";
 export type {
+  HeaderRecord,
+  RedirectFilter,
+  RedirectOutcome,
+  RedirectRequest,
+} from "./http-filters.js";
+export { applyRedirect, modifyHeaderRecord } from "./http-filters.js";
+export type {
   GrpcRequestMatch,
   HostMatcher,
   HttpRequestMatch,
