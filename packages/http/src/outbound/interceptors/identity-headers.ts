@@ -44,13 +44,14 @@ function applyModifiers(
   modifiers: ReturnType<typeof callOf>["headerFilters"],
 ): HeaderPairs {
   let result = pairs;
+  // linkerd2-proxy's order: add, then set, then remove.
   for (const modifier of modifiers) {
+    for (const [name, value] of modifier.add) result.push([name.toLowerCase(), value]);
+    for (const [name, value] of modifier.set) setHeader(result, name, value);
     if (modifier.remove.length > 0) {
       const remove = new Set(modifier.remove.map((name) => name.toLowerCase()));
       result = result.filter(([name]) => !remove.has(name));
     }
-    for (const [name, value] of modifier.set) setHeader(result, name, value);
-    for (const [name, value] of modifier.add) result.push([name.toLowerCase(), value]);
   }
   return result;
 }

@@ -19,6 +19,7 @@ import {
 } from "../controller.js";
 import { egressParent, httpEgressDenial } from "../egress.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
+import { redirectAnswer, withResponseHeaderFilters } from "../route-filters.js";
 import { type CallState, callOf } from "../state.js";
 import type { EndpointGroup, TargetRegistry } from "../targets.js";
 
@@ -26,6 +27,7 @@ type Controller = Dispatcher.DispatchController;
 type AnyFilter = HttpFilter | GrpcFilter | OpaqueFilter;
 
 const NO_HEADERS: readonly string[] = Object.freeze([]);
+const NO_FILTERS: readonly AnyFilter[] = Object.freeze([]);
 
 /**
  * Presents one controller to the outer handler for the whole call and re-targets it at whatever the
@@ -131,6 +133,7 @@ class RoutingCall {
   readonly controller: ForwardingController;
   #waitAbort: AbortController | undefined;
   #finished = false;
+  #filters: readonly AnyFilter[] = NO_FILTERS;
 
   constructor(
     dispatch: Dispatcher.Dispatch,
@@ -265,6 +268,12 @@ class RoutingCall {
         this.#respond(failure);
         return;
       }
+      const redirect = redirectAnswer(filters, policy, call, this.#opts.origin, request);
+      if (redirect) {
+        this.#respond(redirect);
+        return;
+      }
+      this.#filters = filters;
     }
     if (group === target.group || group.endpointCount() > 0) {
       this.#proceed(group);
@@ -299,7 +308,10 @@ class RoutingCall {
     call.group = group;
     this.#finished = true;
     try {
-      this.#dispatch(this.#opts, new RouteHandler(this.#handler, this.controller));
+      this.#dispatch(
+        this.#opts,
+        new RouteHandler(withResponseHeaderFilters(this.#handler, this.#filters), this.controller),
+      );
     } catch (error) {
       this.#handler.onResponseError?.(this.controller, MeshError.from(error));
     }
