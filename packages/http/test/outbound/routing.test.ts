@@ -98,6 +98,20 @@ const ROUTES = [
             set: [{ name: cache-control, value: no-store }]
             remove: [x-internal]`,
   ),
+  route(
+    "weighted",
+    `  rules:
+    - matches: [{ path: { type: PathPrefix, value: /weighted } }]
+      backendRefs:
+        - { name: split-a, port: 80, weight: 3 }
+        - name: split-b
+          port: 80
+          weight: 1
+          filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier:
+                set: [{ name: x-backend, value: b }]`,
+  ),
   route("catch-all", "  rules:\n    - matches: [{ path: { type: PathPrefix, value: / } }]"),
 ];
 
@@ -340,6 +354,25 @@ describe("outbound routing through the dev control plane", () => {
     const seen = backends["split-b"].requests[0]?.headers;
     expect(seen?.host).toBe(`split.${NS}.svc.cluster.local:80`);
     expect(seen?.["l5d-dst-canonical"]).toBe(`split.${NS}.svc.cluster.local:80`);
+  });
+
+  it("an HTTPRoute's weighted backendRefs split traffic, each backend with its own filters", async () => {
+    const total = 200;
+    for (let i = 0; i < total; i += 1) {
+      const response = await request(url("web", `/weighted/${i}`), { dispatcher });
+      expect(response.statusCode).toBe(200);
+      await response.body.text();
+    }
+    const a = backends["split-a"].arrivals;
+    const b = backends["split-b"].arrivals;
+    console.log(`backendRefs 3:1 over ${total} requests: split-a ${a}, split-b ${b}`);
+    expect(a + b).toBe(total);
+    expect(backends.web.arrivals).toBe(0);
+    // Binomial(200, 0.25): mean 50, sd 6.1.
+    expect(b).toBeGreaterThanOrEqual(20);
+    expect(b).toBeLessThanOrEqual(85);
+    expect(backends["split-b"].requests.every((r) => r.headers["x-backend"] === "b")).toBe(true);
+    expect(backends["split-a"].requests.some((r) => r.headers["x-backend"] !== undefined)).toBe(false);
   });
 
   describe("l5d-* request headers (controller with --allow-l5d-request-headers)", () => {
