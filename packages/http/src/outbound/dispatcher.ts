@@ -9,6 +9,7 @@ import { opaqueDecision } from "./egress.js";
 import { getHeader, headerPairs, isGrpcContentType } from "./headers.js";
 import { balanceInterceptor } from "./interceptors/balance.js";
 import { identityHeadersInterceptor } from "./interceptors/identity-headers.js";
+import { redistributeInterceptor } from "./interceptors/redistribute.js";
 import { retryInterceptor } from "./interceptors/retry.js";
 import { routeInterceptor } from "./interceptors/route.js";
 import { streamTimeoutsInterceptor } from "./interceptors/stream-timeouts.js";
@@ -83,7 +84,8 @@ export interface MeshDispatcher extends Dispatcher, AsyncDisposable {
  * timed out as the ServiceProfile or HTTPRoute says. Every other request goes to `fallbackDispatcher`.
  *
  * Interceptor order, outermost first: `[...interceptors, rescue, telemetry, route, timeout, retry,
- * streamTimeouts, balance, identityHeaders]`; mTLS is the pools' connector, not an interceptor.
+ * redistribute, streamTimeouts, balance, identityHeaders]`; mTLS is the pools' connector, not an
+ * interceptor.
  *
  * @example
  * const dispatcher = createMeshDispatcher({ identity, discovery });
@@ -120,6 +122,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     routeInterceptor(resolved, registry),
     timeoutInterceptor(resolved),
     retryInterceptor(resolved),
+    redistributeInterceptor(),
     streamTimeoutsInterceptor(),
     balanceInterceptor(resolved),
     identityHeadersInterceptor(),
@@ -252,6 +255,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       headerFilters: [],
       deadlineAtMs: undefined,
       budget: undefined,
+      redistribute: undefined,
       attempts: 0,
     };
     return mesh.dispatch({ ...opts, [kCall]: call } as Dispatcher.DispatchOptions, handler);

@@ -10,6 +10,7 @@ import {
   selectRoute,
 } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
+import { redistributor } from "../backends.js";
 import type { MeshInterceptor } from "../compose.js";
 import {
   ForwardingController,
@@ -260,6 +261,7 @@ class RoutingCall {
         backendTarget.kind === "forward"
           ? this.#registry.forwardGroup(backendTarget.endpoint)
           : this.#registry.group(backendTarget.path.toLowerCase());
+      call.redistribute = redistributor(call, policy, this.#registry);
     }
     if (filters.length > 0) {
       call.headerFilters = headerModifiers(filters);
