@@ -84,7 +84,7 @@ export interface MeshDispatcherOptions {
   targetIdleTimeoutMs?: number;
   /**
    * Extra undici interceptors, outermost first (index 0 sees the request first), run before the mesh's
-   * own `[telemetry, route, timeout, retry, balance, identityHeaders]`.
+   * own `[rescue, telemetry, route, timeout, retry, redistribute, streamTimeouts, balance, identityHeaders]`.
    */
   interceptors?: readonly Dispatcher.DispatcherComposeInterceptor[];
 }
