@@ -90,6 +90,10 @@ export function rescueError(error: unknown, call: CallState): Synthesized | unde
         const profile = kind === "profile" || (kind === undefined && call.policy?.source === "profile");
         return { status: 504, grpcStatus: 4, close: profile, message };
       }
+      case MeshErrorCode.IDENTITY_PEER_MISMATCH:
+        // `l5d-require-id` names another identity than the chosen endpoint's: the proxy's 502.
+        if (error.details?.required === undefined) return undefined;
+        return { status: 502, grpcStatus: 14, close: true, message };
       case MeshErrorCode.DESTINATION_NO_ENDPOINTS:
         // Fail-fast: no endpoint became ready in time.
         return { status: 504, grpcStatus: 4, close: true, message };

@@ -193,14 +193,29 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     await good.body.text();
     const seen = books.flatMap((b) => b.requests);
     expect(seen[0]?.headers["l5d-require-id"]).toBeUndefined();
-    const error = await request(`${BOOKS}/req`, {
+    // A mismatch is linkerd2-proxy's 502; nothing is sent to the endpoint.
+    const before = books.reduce((sum, b) => sum + b.arrivals, 0);
+    const refused = await request(`${BOOKS}/req`, {
       dispatcher,
       headers: { "l5d-require-id": identityOf("someone-else") },
-    }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(hasMeshErrorCode(error, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    });
+    expect(refused.statusCode).toBe(502);
+    expect(refused.headers["l5d-proxy-error"]).toMatch(/l5d-require-id/);
+    await refused.body.text();
+    expect(books.reduce((sum, b) => sum + b.arrivals, 0)).toBe(before);
+    const typed = createMeshDispatcher({ identity: clientIdentity, discovery, proxyErrorResponses: false });
+    try {
+      const error = await request(`${BOOKS}/req`, {
+        dispatcher: typed,
+        headers: { "l5d-require-id": identityOf("someone-else") },
+      }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(hasMeshErrorCode(error, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    } finally {
+      await typed.close();
+    }
   });
 
   it("publishes call and attempt diagnostics and injects headers set by subscribers", async () => {

@@ -60,7 +60,7 @@ function applyModifiers(
  * Writes the headers of one attempt for the chosen endpoint (contract §5):
  * - `host` is the logical authority, not the endpoint address;
  * - `l5d-require-id`, when the application sets it, must equal the endpoint's mTLS identity, and is
- *   stripped (Linkerd answers a mismatch with 502; we fail with `MESH_ERR_IDENTITY_PEER_MISMATCH`);
+ *   stripped (a mismatch is `MESH_ERR_IDENTITY_PEER_MISMATCH`, which the rescue layer answers as Linkerd: 502);
  * - `l5d-dst-canonical` on ServiceProfile routes; route `l5d-*` headers the route honoured are removed;
  * - the route's RequestHeaderModifier filters and the telemetry headers (trace context) are applied;
  * - gRPC: `grpc-timeout` carries the time left before the call's deadline;
