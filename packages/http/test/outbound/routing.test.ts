@@ -144,7 +144,7 @@ metadata:
 spec:
   routes:
     - name: slow
-      condition: { pathRegex: /slow }
+      condition: { pathRegex: /slow.* }
       timeout: 300ms
   retryBudget:
     retryRatio: 0
@@ -283,6 +283,18 @@ describe("outbound routing through the dev control plane", () => {
       expect(response.headers["l5d-proxy-error"]).toBe("HTTP response timeout after 300ms");
       expect(response.headers["l5d-proxy-connection"]).toBe("close");
       await response.body.text();
+    });
+
+    it("a ServiceProfile timeout bounds the wait for headers only: a slow body still arrives", async () => {
+      backends.profiled.handler = async (_req, res) => {
+        res.writeHead(200);
+        res.write("first ");
+        await sleep(600);
+        res.end("last");
+      };
+      const response = await request(url("profiled", "/slow-body"), { dispatcher });
+      expect(response.statusCode).toBe(200);
+      expect(await response.body.text()).toBe("first last");
     });
 
     it("retries exhausted by per-try timeouts end in the request timeout's 504", async () => {

@@ -16,6 +16,7 @@ class DeadlineHandler extends PassThroughHandler {
   #timer: NodeJS.Timeout | undefined;
   #expired: MeshError | undefined;
   #headers = false;
+  readonly #untilHeaders: boolean;
 
   constructor(
     inner: Dispatcher.DispatchHandler,
@@ -25,6 +26,8 @@ class DeadlineHandler extends PassThroughHandler {
     kind: StreamTimeoutKind,
   ) {
     super(inner);
+    // A ServiceProfile timeout bounds the wait for response headers only (the proxy's tower Timeout).
+    this.#untilHeaders = kind === "profile";
     this.#timer = setTimeout(
       () => {
         this.#timer = undefined;
@@ -42,6 +45,7 @@ class DeadlineHandler extends PassThroughHandler {
     statusMessage?: string,
   ): void {
     this.#headers = true;
+    if (this.#untilHeaders) this.#clear();
     super.onResponseStart(controller, statusCode, headers, statusMessage);
   }
 
