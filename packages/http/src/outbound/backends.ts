@@ -21,32 +21,30 @@ export function backendGroup(registry: TargetRegistry, backend: RouteBackend<Any
     : registry.group(target.path.toLowerCase());
 }
 
-/** Whether drawing again could pick another backend. */
-function hasChoice(distribution: BackendDistribution<AnyFilter>): boolean {
-  if (distribution.kind !== "random-available") return false;
-  let candidates = 0;
-  for (const backend of distribution.backends) if (backend.weight > 0) candidates += 1;
-  return candidates > 1;
+const choices = new WeakMap<BackendDistribution<AnyFilter>, boolean>();
+
+/** Whether drawing again could pick another backend (cached per compiled distribution). */
+export function hasBackendChoice(distribution: BackendDistribution<AnyFilter> | undefined): boolean {
+  if (distribution?.kind !== "random-available") return false;
+  let known = choices.get(distribution);
+  if (known === undefined) {
+    let candidates = 0;
+    for (const backend of distribution.backends) if (backend.weight > 0) candidates += 1;
+    known = candidates > 1;
+    choices.set(distribution, known);
+  }
+  return known;
 }
 
-/**
- * For a rule that splits traffic, the function a retry calls to draw its backend again (group and the
- * backend's request header filters); undefined when there is nothing to choose.
- */
-export function redistributor(
-  call: CallState,
-  policy: RequestPolicy,
-  registry: TargetRegistry,
-): (() => void) | undefined {
+/** Draws the call's backend again from its policy's split: the group and the backend's request filters. */
+export function redistribute(call: CallState, policy: RequestPolicy, registry: TargetRegistry): void {
   const distribution = policy.backends;
-  if (!distribution || !hasChoice(distribution)) return undefined;
-  return () => {
-    const backend = selectBackend<AnyFilter>(distribution);
-    if (!backend) return;
-    call.group = backendGroup(registry, backend);
-    const filters = backend.filters.length > 0 ? [...policy.filters, ...backend.filters] : policy.filters;
-    const modifiers: HeaderModifier[] = [];
-    for (const filter of filters) if (filter.kind === "request-header-modifier") modifiers.push(filter);
-    call.headerFilters = modifiers;
-  };
+  if (!distribution) return;
+  const backend = selectBackend<AnyFilter>(distribution);
+  if (!backend) return;
+  call.group = backendGroup(registry, backend);
+  const filters = backend.filters.length > 0 ? [...policy.filters, ...backend.filters] : policy.filters;
+  const modifiers: HeaderModifier[] = [];
+  for (const filter of filters) if (filter.kind === "request-header-modifier") modifiers.push(filter);
+  call.headerFilters = modifiers;
 }

@@ -122,7 +122,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     routeInterceptor(resolved, registry),
     timeoutInterceptor(resolved),
     retryInterceptor(resolved),
-    redistributeInterceptor(),
+    redistributeInterceptor(registry),
     streamTimeoutsInterceptor(),
     balanceInterceptor(resolved),
     identityHeadersInterceptor(),
@@ -255,7 +255,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       headerFilters: [],
       deadlineAtMs: undefined,
       budget: undefined,
-      redistribute: undefined,
+      splitPolicy: undefined,
       attempts: 0,
     };
     return mesh.dispatch({ ...opts, [kCall]: call } as Dispatcher.DispatchOptions, handler);

@@ -10,7 +10,7 @@ import {
   selectRoute,
 } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
-import { redistributor } from "../backends.js";
+import { hasBackendChoice } from "../backends.js";
 import type { MeshInterceptor } from "../compose.js";
 import {
   ForwardingController,
@@ -261,7 +261,7 @@ class RoutingCall {
         backendTarget.kind === "forward"
           ? this.#registry.forwardGroup(backendTarget.endpoint)
           : this.#registry.group(backendTarget.path.toLowerCase());
-      call.redistribute = redistributor(call, policy, this.#registry);
+      if (hasBackendChoice(policy.backends)) call.splitPolicy = policy;
     }
     if (filters.length > 0) {
       call.headerFilters = headerModifiers(filters);
