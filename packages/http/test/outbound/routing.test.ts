@@ -257,6 +257,26 @@ describe("outbound routing through the dev control plane", () => {
       expect(error?.message).toMatch(/timed out processing response stream: response stream timeout: 300ms/);
     });
 
+    it("timeouts.response starts when a streamed request body has been sent, not before", async () => {
+      backends.web.handler = (req, res) => {
+        res.end(`got ${req.bodyBytes} bytes`);
+      };
+      async function* slowUpload() {
+        for (let i = 0; i < 4; i += 1) {
+          await sleep(200);
+          yield Buffer.from("chunk");
+        }
+      }
+      // 800 ms of upload against a 300 ms response timeout: the clock runs from the end of the body.
+      const response = await request(url("web", "/response-timeout/upload"), {
+        dispatcher,
+        method: "POST",
+        body: slowUpload(),
+      });
+      expect(response.statusCode).toBe(200);
+      expect(await response.body.text()).toBe("got 20 bytes");
+    });
+
     it("timeouts.idle bounds a quiet response body, not the wait for headers", async () => {
       backends.web.handler = async (_req, res) => {
         await sleep(500); // longer than the idle timeout, before any header
