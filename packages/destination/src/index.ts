@@ -56,6 +56,13 @@ export {
   sameFailureAccrual,
 } from "./failure-accrual.js";
 export type {
+  HeaderRecord,
+  RedirectFilter,
+  RedirectOutcome,
+  RedirectRequest,
+} from "./http-filters.js";
+export { applyRedirect, modifyHeaderRecord } from "./http-filters.js";
+export type {
   GrpcRequestMatch,
   HostMatcher,
   HttpRequestMatch,

@@ -17,15 +17,20 @@ export const L5D_REQUEST_HEADERS: readonly string[] = Object.freeze([
 
 const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Linkerd's `<n>(ms|s|m|h|d)`; undefined when malformed. */
+/** Linkerd's `<n>(ms|s|m|h|d)` (a bare `0` too); undefined when malformed. */
 export function parseL5dDuration(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
-  const match = /^(\d{1,12})(ms|s|m|h|d)$/.exec(value.trim());
+  const text = value.trim();
+  if (text === "0") return 0;
+  const match = /^(\d{1,12})(ms|s|m|h|d)$/.exec(text);
   if (!match) return undefined;
   return Number(match[1]) * (UNIT_MS[match[2] as string] as number);
 }
 
-/** `5xx`, `gateway-error` (502–504), `NNN` or `NNN-MMM`, comma-separated; undefined when malformed. */
+/**
+ * `5xx`, `gateway-error` (502–504), `NNN` or `NNN-MMM` (100–599), comma-separated. As linkerd2-proxy
+ * parses the header, items it does not understand are skipped, not the whole value.
+ */
 export function parseRetryHttp(
   value: string | undefined,
 ): readonly (readonly [number, number])[] | undefined {
@@ -37,11 +42,10 @@ export function parseRetryHttp(
     else if (item === "gateway-error") ranges.push([502, 504]);
     else {
       const match = /^(\d{3})(?:-(\d{3}))?$/.exec(item);
-      if (!match) return undefined;
+      if (!match) continue;
       const start = Number(match[1]);
       const end = match[2] === undefined ? start : Number(match[2]);
-      if (!(start >= 100 && start <= end && end <= 599)) return undefined;
-      ranges.push([start, end]);
+      if (start >= 100 && start <= end && end <= 599) ranges.push([start, end]);
     }
   }
   return ranges;
@@ -55,14 +59,13 @@ const GRPC_CONDITIONS: Readonly<Record<string, number>> = {
   unavailable: 14,
 };
 
-/** `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`, comma-separated. */
+/** `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`, comma-separated; unknown items are skipped. */
 export function parseRetryGrpc(value: string | undefined): ReadonlySet<number> | undefined {
   if (value === undefined) return undefined;
   const codes = new Set<number>();
   for (const raw of value.split(",")) {
     const code = GRPC_CONDITIONS[raw.trim().toLowerCase()];
-    if (code === undefined) return undefined;
-    codes.add(code);
+    if (code !== undefined) codes.add(code);
   }
   return codes;
 }
@@ -81,10 +84,17 @@ export interface L5dHeaderResult {
 const retryableErrors = (kind: RetryableErrorKind) =>
   kind === "fail-fast" || kind === "response-headers-timeout" || kind === "refused-stream";
 
+const none = () => false;
+
 /**
- * Applies `l5d-retry-*` and `l5d-*-timeout` request headers when the selected route allows them
- * (contract §7.2). Malformed values are ignored. Header-only retries default to 1 retry, 64 KiB and
- * backoff 25–250 ms; a condition not given by a header keeps the route's (none without a route retry).
+ * Applies `l5d-retry-*` and `l5d-*-timeout` request headers when the selected route allows them, as
+ * linkerd2-proxy's route extensions do (contract §7.2):
+ * - retries: each header replaces the route's own setting (`l5d-retry-http` its status ranges,
+ *   `l5d-retry-grpc` its gRPC codes, `l5d-retry-limit` its limit, `l5d-retry-timeout` its per-try
+ *   timeout); without a route retry, the headers alone make one with limit 1, 64 KiB and 25–250 ms backoff;
+ * - timeouts: `l5d-request-timeout` (else `l5d-timeout`) replaces `timeouts.request`,
+ *   `l5d-response-timeout` replaces `timeouts.response`.
+ * Malformed values are ignored; all of them are stripped once the route allows them.
  */
 export function applyL5dRequestHeaders(
   policy: RequestPolicy,
@@ -96,19 +106,28 @@ export function applyL5dRequestHeaders(
   const limitText = first(getHeader("l5d-retry-limit"))?.trim();
   const limit = limitText !== undefined && /^\d{1,6}$/.test(limitText) ? Number(limitText) : undefined;
   const perTry = parseL5dDuration(first(getHeader("l5d-retry-timeout")));
-  const total = parseL5dDuration(first(getHeader("l5d-timeout")) ?? first(getHeader("l5d-request-timeout")));
+  // The longer, more explicit header wins over the shorthand.
+  const total =
+    parseL5dDuration(first(getHeader("l5d-request-timeout"))) ??
+    parseL5dDuration(first(getHeader("l5d-timeout")));
   const response = parseL5dDuration(first(getHeader("l5d-response-timeout")));
 
   let retry: RetryPolicy = policy.retry;
   if (http || grpc || limit !== undefined || perTry !== undefined) {
     const base = policy.retry.kind === "route" ? policy.retry : undefined;
-    const baseClassify = base?.isRetryableResponse;
-    const isRetryableResponse = (r: ResponseSummary): boolean => {
-      if (r.grpcStatus !== undefined && grpc) return grpc.has(r.grpcStatus);
-      if (r.grpcStatus === undefined && http)
-        return http.some(([start, end]) => r.status >= start && r.status <= end);
-      return baseClassify?.(r) ?? false;
-    };
+    // A route's own conditions are HTTP statuses on an HTTPRoute and gRPC codes on a GRPCRoute.
+    const baseClassify = base?.isRetryableResponse ?? none;
+    const httpPart: (r: ResponseSummary) => boolean = http
+      ? (r) => http.some(([start, end]) => r.status >= start && r.status <= end)
+      : policy.source === "http-route"
+        ? baseClassify
+        : none;
+    const grpcPart: (r: ResponseSummary) => boolean = grpc
+      ? (r) => r.grpcStatus !== undefined && grpc.has(r.grpcStatus)
+      : policy.source === "grpc-route"
+        ? baseClassify
+        : none;
+    const isRetryableResponse = (r: ResponseSummary): boolean => grpcPart(r) || httpPart(r);
     const perTryTimeoutMs = perTry ?? base?.perTryTimeoutMs;
     const next = {
       kind: "route" as const,

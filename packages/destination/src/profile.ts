@@ -73,6 +73,8 @@ export interface CompileProfileOptions {
 
 class InvalidCondition extends Error {}
 
+const NAME_ADDR = /^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?:\d{1,5}$/;
+
 interface ConditionBudget {
   nodes: number;
 }
@@ -250,7 +252,8 @@ export function compileProfile(
         : createRetryBudget({ ...retryBudgetConfig, ...(options.clock ? { clock: options.clock } : {}) });
   }
   const dstOverrides = message.dstOverrides
-    .filter((dst) => dst.weight > 0 && dst.authority.length > 0 && dst.authority.length <= 512)
+    // linkerd2-proxy drops zero weights and authorities that are not `host:port` (a `NameAddr`).
+    .filter((dst) => dst.weight > 0 && dst.authority.length <= 512 && NAME_ADDR.test(dst.authority))
     .map((dst) => {
       const override: { -readonly [K in keyof ProfileDstOverride]: ProfileDstOverride[K] } = {
         authority: dst.authority,

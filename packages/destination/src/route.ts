@@ -5,6 +5,7 @@ import {
   CATCH_ALL_GRPC_SCORE,
   CATCH_ALL_HTTP_SCORE,
   compareScores,
+  type HttpRequestMatch,
   type MatchScore,
   normalizeRequestHost,
   type OutboundRequest,
@@ -18,7 +19,9 @@ import {
 import { metadataFromProto, type ResourceMetadata } from "./metadata.js";
 import {
   type BackendDistribution,
+  DEFAULT_EWMA,
   DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_QUEUE,
   type FailureAccrualPolicy,
   type GrpcFilter,
   type GrpcRetryPolicy,
@@ -30,10 +33,12 @@ import {
   type OpaqueFilter,
   type OutboundPolicy,
   type RouteBackend,
+  type WeightedRouteBackend,
 } from "./outbound-policy.js";
 import {
   matchRequestCondition,
   type NoServiceProfile,
+  type ProfileDstOverride,
   type ProfileRoute,
   profileHasRoutes,
   type ServiceProfile,
@@ -93,6 +98,8 @@ export interface RequestPolicy {
   readonly allowL5dRequestHeaders: boolean;
   /** Endpoint circuit breaking of the protocol the route belongs to. */
   readonly failureAccrual: FailureAccrualPolicy;
+  /** HTTPRoute rules: the rule's matches, for a redirect that replaces the matched path prefix. */
+  readonly httpMatches?: readonly HttpRequestMatch[];
 }
 
 const NO_ACCRUAL: FailureAccrualPolicy = Object.freeze({ kind: "none" });
@@ -200,11 +207,69 @@ function requestPath(path: string): string {
   return q < 0 ? path : path.slice(0, q);
 }
 
+type ProfileBackends = BackendDistribution<HttpFilter> | undefined;
+
+/** `name.namespace.svc…:port` as the Service resource linkerd2-proxy names in its backend metadata. */
+function overrideMetadata(override: ProfileDstOverride): ResourceMetadata {
+  if (override.backendRef) return override.backendRef;
+  const match = /^([^.:]+)\.([^.:]+)\.svc(?:\.[^:]*)?:(\d{1,5})$/.exec(override.authority);
+  if (!match) return metadataFromProto({ kind: { $case: "default", value: override.authority } });
+  return metadataFromProto({
+    kind: {
+      $case: "resource",
+      value: {
+        group: "core",
+        kind: "Service",
+        name: match[1] as string,
+        namespace: match[2] as string,
+        section: "",
+        port: Number(match[3]),
+      },
+    },
+  });
+}
+
+const profileDistributions = new WeakMap<ServiceProfile, ProfileBackends>();
+
+/**
+ * A ServiceProfile's `dstOverrides` as a weighted split (contract §7.1): each authority is balanced over
+ * its own discovery, with the weight in decimillis. Undefined without overrides: the target itself.
+ */
+export function profileBackends(profile: ServiceProfile): ProfileBackends {
+  if (profile.dstOverrides.length === 0) return undefined;
+  if (profileDistributions.has(profile)) return profileDistributions.get(profile);
+  const backends: WeightedRouteBackend<HttpFilter>[] = profile.dstOverrides.map((override) =>
+    Object.freeze({
+      weight: override.weight,
+      filters: Object.freeze([]) as readonly HttpFilter[],
+      backend: Object.freeze({
+        metadata: overrideMetadata(override),
+        queue: DEFAULT_QUEUE,
+        target: Object.freeze({
+          kind: "balancer" as const,
+          path: override.authority.toLowerCase(),
+          load: Object.freeze({ kind: "peak-ewma" as const, ...DEFAULT_EWMA }),
+        }),
+      }),
+    }),
+  );
+  const distribution: ProfileBackends = Object.freeze({
+    kind: "random-available",
+    backends: Object.freeze(backends),
+  });
+  profileDistributions.set(profile, distribution);
+  return distribution;
+}
+
 const profilePolicies = new WeakMap<ProfileRoute, WeakMap<RetryBudget | object, RequestPolicy>>();
 const NO_BUDGET = {};
 
-function profileRoutePolicy(route: ProfileRoute, budget: RetryBudget | undefined): RequestPolicy {
-  // Policies are cached per compiled route so the hot path allocates nothing.
+function profileRoutePolicy(
+  route: ProfileRoute,
+  budget: RetryBudget | undefined,
+  backends: ProfileBackends,
+): RequestPolicy {
+  // Policies are cached per compiled route (one profile's) so the hot path allocates nothing.
   let byBudget = profilePolicies.get(route);
   if (!byBudget) {
     byBudget = new WeakMap();
@@ -219,7 +284,7 @@ function profileRoutePolicy(route: ProfileRoute, budget: RetryBudget | undefined
       metricLabels: route.metricLabels,
       timeouts: Object.freeze(route.timeoutMs !== undefined ? { requestMs: route.timeoutMs } : {}),
       retry: profileRetryPolicy(route, budget),
-      backends: undefined,
+      backends,
       filters: Object.freeze([]),
       allowL5dRequestHeaders: false,
       failureAccrual: NO_ACCRUAL,
@@ -229,13 +294,31 @@ function profileRoutePolicy(route: ProfileRoute, budget: RetryBudget | undefined
   return policy;
 }
 
-/** ServiceProfile routes: the first route whose condition matches, else the implicit default route. */
+const profileDefaultPolicies = new WeakMap<ServiceProfile, RequestPolicy>();
+
+/** The implicit catch-all route of a profile: defaults, but the profile's traffic split. */
+function profileDefaultPolicy(profile: ServiceProfile): RequestPolicy {
+  const backends = profileBackends(profile);
+  if (!backends) return DEFAULT_REQUEST_POLICY;
+  let policy = profileDefaultPolicies.get(profile);
+  if (!policy) {
+    policy = Object.freeze({ ...DEFAULT_REQUEST_POLICY, source: "profile" as const, backends });
+    profileDefaultPolicies.set(profile, policy);
+  }
+  return policy;
+}
+
+/**
+ * ServiceProfile routes: the first route whose condition matches, else the implicit default route;
+ * either way the profile's `dstOverrides` split the traffic.
+ */
 export function selectProfileRoute(profile: ServiceProfile, request: OutboundRequest): RequestPolicy {
   const target = { method: request.method, path: requestPath(request.path) };
   for (const route of profile.routes) {
-    if (matchRequestCondition(route.condition, target)) return profileRoutePolicy(route, profile.retryBudget);
+    if (matchRequestCondition(route.condition, target))
+      return profileRoutePolicy(route, profile.retryBudget, profileBackends(profile));
   }
-  return DEFAULT_REQUEST_POLICY;
+  return profileDefaultPolicy(profile);
 }
 
 const rulePolicies = new WeakMap<object, RequestPolicy>();
@@ -290,6 +373,7 @@ function selectHttpRoute(
       filters: rule.filters,
       allowL5dRequestHeaders: rule.allowL5dRequestHeaders,
       failureAccrual,
+      httpMatches: rule.matches,
     }),
   );
 }

@@ -43,6 +43,13 @@ export interface ClusterOptions {
    * @default 4143
    */
   proxyInboundPort?: number;
+  /**
+   * The policy controller's `--allow-l5d-request-headers`: outbound routes tell clients to honour (and
+   * strip) the `l5d-retry-*`, `l5d-timeout`, `l5d-request-timeout` and `l5d-response-timeout` request
+   * headers.
+   * @default false
+   */
+  allowL5dRequestHeaders?: boolean;
 }
 
 export type OutboundTransportMode = "transport-header" | "transparent";
@@ -58,6 +65,7 @@ export interface ResolvedClusterOptions {
   readonly probeNetworks: readonly string[];
   readonly outboundTransportMode: OutboundTransportMode;
   readonly proxyInboundPort: number;
+  readonly allowL5dRequestHeaders: boolean;
 }
 
 export const CHART_CLUSTER_NETWORKS = [
@@ -117,7 +125,14 @@ export function resolveClusterOptions(options: ClusterOptions): ResolvedClusterO
       details: { variable: "proxyInboundPort" },
     });
   }
+  if (options.allowL5dRequestHeaders !== undefined && typeof options.allowL5dRequestHeaders !== "boolean") {
+    throw new ConfigError(
+      `allowL5dRequestHeaders must be a boolean, got ${JSON.stringify(options.allowL5dRequestHeaders)}`,
+      { details: { variable: "allowL5dRequestHeaders" } },
+    );
+  }
   return {
+    allowL5dRequestHeaders: options.allowL5dRequestHeaders ?? false,
     outboundTransportMode: mode,
     proxyInboundPort: inboundPort,
     clusterDomain: dnsOption("clusterDomain", options.clusterDomain, "cluster.local"),

@@ -406,7 +406,7 @@ function httpRoute(ctx: ServicePolicyContext, route: HttpRouteRes): outbound.Htt
         requestTimeout: ms(timeouts.requestMs),
         timeouts: toTimeouts(timeouts),
         retry: toHttpRetry(retry),
-        allowL5dRequestHeaders: false,
+        allowL5dRequestHeaders: ctx.model.options.allowL5dRequestHeaders,
       };
     }),
   };
@@ -452,7 +452,7 @@ function grpcRouteProto(ctx: ServicePolicyContext, route: GrpcRouteRes): outboun
         requestTimeout: ms(timeouts.requestMs),
         timeouts: toTimeouts(timeouts),
         retry: toGrpcRetry(retry),
-        allowL5dRequestHeaders: false,
+        allowL5dRequestHeaders: ctx.model.options.allowL5dRequestHeaders,
       };
     }),
   };
@@ -483,7 +483,7 @@ function defaultHttpRoute(ctx: ServicePolicyContext): outbound.HttpRoute {
         requestTimeout: ms(timeouts.requestMs),
         timeouts: toTimeouts(timeouts),
         retry: toHttpRetry(ctx.annotations.httpRetry),
-        allowL5dRequestHeaders: false,
+        allowL5dRequestHeaders: ctx.model.options.allowL5dRequestHeaders,
       },
     ],
   };

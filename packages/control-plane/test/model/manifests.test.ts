@@ -550,6 +550,7 @@ describe("multi-document files and defaults", () => {
       defaultPolicy: "all-unauthenticated",
       outboundTransportMode: "transport-header",
       proxyInboundPort: 4143,
+      allowL5dRequestHeaders: false,
       clusterNetworks: ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"],
       probeNetworks: ["0.0.0.0/0", "::/0"],
     });

@@ -446,3 +446,15 @@ describe("OutboundPolicies lookups", () => {
     ).toMatchObject({ ok: false, code: "InvalidArgument" });
   });
 });
+
+describe("allowL5dRequestHeaders (the controller's --allow-l5d-request-headers)", () => {
+  it("is off by default and, when on, marks every HTTP route rule, the default route's too", () => {
+    const off = detect(policy(state, "plain.shop.svc.cluster.local:8080"));
+    expect(off.http1?.routes.every((r) => r.rules.every((rule) => !rule.allowL5dRequestHeaders))).toBe(true);
+    const allowing = build(["outbound.yaml"], { allowL5dRequestHeaders: true });
+    const on = detect(policy(allowing, "plain.shop.svc.cluster.local:8080"));
+    const rules = on.http1?.routes.flatMap((r) => r.rules) ?? [];
+    expect(rules.length).toBeGreaterThan(0);
+    expect(rules.every((rule) => rule.allowL5dRequestHeaders)).toBe(true);
+  });
+});

@@ -9,12 +9,15 @@ import { opaqueDecision } from "./egress.js";
 import { getHeader, headerPairs, isGrpcContentType } from "./headers.js";
 import { balanceInterceptor } from "./interceptors/balance.js";
 import { identityHeadersInterceptor } from "./interceptors/identity-headers.js";
+import { redistributeInterceptor } from "./interceptors/redistribute.js";
 import { retryInterceptor } from "./interceptors/retry.js";
 import { routeInterceptor } from "./interceptors/route.js";
+import { streamTimeoutsInterceptor } from "./interceptors/stream-timeouts.js";
 import { telemetryInterceptor } from "./interceptors/telemetry.js";
 import { timeoutInterceptor } from "./interceptors/timeout.js";
 import { classifyOrigin } from "./names.js";
 import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
+import { rescueInterceptor } from "./proxy-errors.js";
 import { type OutboundDecision, OutboundResolver } from "./resolve.js";
 import { attemptOf, type CallState, kCall } from "./state.js";
 import { TargetRegistry } from "./targets.js";
@@ -80,8 +83,9 @@ export interface MeshDispatcher extends Dispatcher, AsyncDisposable {
  * advertised; prior-knowledge HTTP/2 when hinted) or in plaintext to unmeshed endpoints, and retried and
  * timed out as the ServiceProfile or HTTPRoute says. Every other request goes to `fallbackDispatcher`.
  *
- * Interceptor order, outermost first: `[...interceptors, telemetry, route, timeout, retry, balance,
- * identityHeaders]`; mTLS is the pools' connector, not an interceptor.
+ * Interceptor order, outermost first: `[...interceptors, rescue, telemetry, route, timeout, retry,
+ * redistribute, streamTimeouts, balance, identityHeaders]`; mTLS is the pools' connector, not an
+ * interceptor.
  *
  * @example
  * const dispatcher = createMeshDispatcher({ identity, discovery });
@@ -113,10 +117,13 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     (opts, handler) => attemptOf(opts).lease?.pool.dispatch(opts, handler) ?? false,
   );
   const mesh = composeInterceptors(endpoints, [
+    ...(resolved.proxyErrorResponses ? [rescueInterceptor()] : []),
     telemetryInterceptor(),
     routeInterceptor(resolved, registry),
     timeoutInterceptor(resolved),
     retryInterceptor(resolved),
+    redistributeInterceptor(registry),
+    streamTimeoutsInterceptor(),
     balanceInterceptor(resolved),
     identityHeadersInterceptor(),
   ]);
@@ -248,6 +255,7 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       headerFilters: [],
       deadlineAtMs: undefined,
       budget: undefined,
+      splitPolicy: undefined,
       attempts: 0,
     };
     return mesh.dispatch({ ...opts, [kCall]: call } as Dispatcher.DispatchOptions, handler);

@@ -70,13 +70,21 @@ export interface MeshDispatcherOptions {
   http2PriorKnowledge?: boolean;
   /** Watch ServiceProfiles and OutboundPolicies for routes, retries and timeouts. @default true */
   useRoutes?: boolean;
+  /**
+   * Answer a timeout, fail-fast or endpoint failure that happens before the response starts as
+   * linkerd2-proxy answers its application: HTTP 504 or 502 with `l5d-proxy-error` (gRPC: HTTP 200 with
+   * `grpc-status` 4 or 14). Off: the call rejects with the typed MeshError instead (`MESH_ERR_DEADLINE`,
+   * `MESH_ERR_DESTINATION_NO_ENDPOINTS`…). Errors after the headers always end the response body.
+   * @default true
+   */
+  proxyErrorResponses?: boolean;
   /** Most authorities and discovery paths tracked at once. @default 512 */
   maxTargets?: number;
   /** A target unused this long releases its watches and pools. @default 600000 */
   targetIdleTimeoutMs?: number;
   /**
    * Extra undici interceptors, outermost first (index 0 sees the request first), run before the mesh's
-   * own `[telemetry, route, timeout, retry, balance, identityHeaders]`.
+   * own `[rescue, telemetry, route, timeout, retry, redistribute, streamTimeouts, balance, identityHeaders]`.
    */
   interceptors?: readonly Dispatcher.DispatcherComposeInterceptor[];
 }
@@ -100,6 +108,7 @@ export interface ResolvedDispatcherOptions {
   readonly useTransportHeader: boolean;
   readonly http2PriorKnowledge: boolean;
   readonly useRoutes: boolean;
+  readonly proxyErrorResponses: boolean;
   readonly maxTargets: number;
   readonly targetIdleTimeoutMs: number;
   readonly interceptors: readonly Dispatcher.DispatcherComposeInterceptor[];
@@ -205,6 +214,7 @@ export function resolveDispatcherOptions(options: MeshDispatcherOptions): Resolv
     useTransportHeader: options.useTransportHeader ?? true,
     http2PriorKnowledge: options.http2PriorKnowledge ?? true,
     useRoutes: options.useRoutes ?? true,
+    proxyErrorResponses: options.proxyErrorResponses ?? true,
     maxTargets: integer("maxTargets", options.maxTargets, 512),
     targetIdleTimeoutMs: positive("targetIdleTimeoutMs", options.targetIdleTimeoutMs, 600_000),
     interceptors: Object.freeze([...interceptors]),

@@ -43,6 +43,8 @@ export interface CallState {
   deadlineAtMs: number | undefined;
   /** The budget retries of this call withdraw from. */
   budget: RetryBudget | undefined;
+  /** The policy, when its rule splits traffic: a retry draws its backend again (`redistributeInterceptor`). */
+  splitPolicy: RequestPolicy | undefined;
   attempts: number;
 }
 

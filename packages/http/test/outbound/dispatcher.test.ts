@@ -150,16 +150,29 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     expect((error as Error).name).toBe("DestinationError");
   });
 
-  it("fails fast with MESH_ERR_DESTINATION_NO_ENDPOINTS when a service has no endpoints", async () => {
+  it("fails fast with a 504 (or MESH_ERR_DESTINATION_NO_ENDPOINTS) when a service has no endpoints", async () => {
     const quick = createMeshDispatcher({ identity: clientIdentity, discovery, failFastTimeoutMs: 200 });
+    const typed = createMeshDispatcher({
+      identity: clientIdentity,
+      discovery,
+      failFastTimeoutMs: 200,
+      proxyErrorResponses: false,
+    });
     try {
-      const error = await request("http://empty.default.svc.cluster.local/", { dispatcher: quick }).then(
+      // linkerd2-proxy's fail-fast answer: 504, and the connection to the application is to be closed.
+      const answer = await request("http://empty.default.svc.cluster.local/", { dispatcher: quick });
+      expect(answer.statusCode).toBe(504);
+      expect(answer.headers["l5d-proxy-error"]).toMatch(/no endpoints for empty/);
+      expect(answer.headers["l5d-proxy-connection"]).toBe("close");
+      expect(await answer.body.text()).toBe("");
+      const error = await request("http://empty.default.svc.cluster.local/", { dispatcher: typed }).then(
         () => undefined,
         (e: unknown) => e,
       );
       expect(hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NO_ENDPOINTS)).toBe(true);
     } finally {
       await quick.close();
+      await typed.close();
     }
   });
 
@@ -180,14 +193,29 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     await good.body.text();
     const seen = books.flatMap((b) => b.requests);
     expect(seen[0]?.headers["l5d-require-id"]).toBeUndefined();
-    const error = await request(`${BOOKS}/req`, {
+    // A mismatch is linkerd2-proxy's 502; nothing is sent to the endpoint.
+    const before = books.reduce((sum, b) => sum + b.arrivals, 0);
+    const refused = await request(`${BOOKS}/req`, {
       dispatcher,
       headers: { "l5d-require-id": identityOf("someone-else") },
-    }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(hasMeshErrorCode(error, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    });
+    expect(refused.statusCode).toBe(502);
+    expect(refused.headers["l5d-proxy-error"]).toMatch(/l5d-require-id/);
+    await refused.body.text();
+    expect(books.reduce((sum, b) => sum + b.arrivals, 0)).toBe(before);
+    const typed = createMeshDispatcher({ identity: clientIdentity, discovery, proxyErrorResponses: false });
+    try {
+      const error = await request(`${BOOKS}/req`, {
+        dispatcher: typed,
+        headers: { "l5d-require-id": identityOf("someone-else") },
+      }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(hasMeshErrorCode(error, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    } finally {
+      await typed.close();
+    }
   });
 
   it("publishes call and attempt diagnostics and injects headers set by subscribers", async () => {

@@ -247,34 +247,48 @@ describe("retries and timeouts", () => {
     expect(arrivals("pertry")).toBe(2);
   });
 
-  it("fails with MESH_ERR_DEADLINE when the request timeout passes", async () => {
+  it("answers 504 with l5d-proxy-error when the route's request timeout passes", async () => {
     setHandler("deadline", async (_req, res) => {
       await sleep(3000);
       res.end("late");
     });
     const started = performance.now();
-    const error = await request(url("deadline"), { dispatcher }).then(
-      () => undefined,
-      (e: unknown) => e,
+    const answer = await request(url("deadline"), { dispatcher });
+    expect(answer.statusCode).toBe(504);
+    // linkerd2-proxy's words; a policy stream timeout keeps the connection (no l5d-proxy-connection).
+    expect(answer.headers["l5d-proxy-error"]).toBe(
+      "timed out waiting for response headers: request timeout: 400ms",
     );
-    expect(hasMeshErrorCode(error, MeshErrorCode.DEADLINE)).toBe(true);
+    expect(answer.headers["l5d-proxy-connection"]).toBeUndefined();
+    expect(await answer.body.text()).toBe("");
     expect(performance.now() - started).toBeLessThan(2500);
   });
 
-  it("applies the dispatcher's own request timeout", async () => {
+  it("applies the dispatcher's own request timeout; proxyErrorResponses: false rejects with MESH_ERR_DEADLINE", async () => {
     const strict = createMeshDispatcher({ identity: clientIdentity, discovery, requestTimeoutMs: 300 });
+    const typed = createMeshDispatcher({
+      identity: clientIdentity,
+      discovery,
+      requestTimeoutMs: 300,
+      proxyErrorResponses: false,
+    });
     try {
       setHandler("retry", async (_req, res) => {
         await sleep(3000);
         res.end("late");
       });
-      const error = await request(url("retry"), { dispatcher: strict }).then(
+      const answer = await request(url("retry"), { dispatcher: strict });
+      expect(answer.statusCode).toBe(504);
+      expect(answer.headers["l5d-proxy-error"]).toMatch(/request timeout: 300ms$/);
+      await answer.body.text();
+      const error = await request(url("retry"), { dispatcher: typed }).then(
         () => undefined,
         (e: unknown) => e,
       );
       expect(hasMeshErrorCode(error, MeshErrorCode.DEADLINE)).toBe(true);
     } finally {
       await strict.close();
+      await typed.close();
     }
   });
 

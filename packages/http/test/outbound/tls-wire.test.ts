@@ -223,14 +223,30 @@ http {
   });
 
   it("refuses a server whose certificate is not the identity discovery named", async () => {
-    const error = await request("http://impostor.default.svc.cluster.local/", { dispatcher }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NO_ENDPOINTS)).toBe(true);
-    const connectError = (error as Error).cause as Error;
-    expect(connectError?.name).toBe("EndpointConnectError");
-    expect(hasMeshErrorCode(connectError.cause, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    // As linkerd2-proxy: no endpoint became ready within the fail-fast timeout, a 504 with its reason.
+    const answer = await request("http://impostor.default.svc.cluster.local/", { dispatcher });
+    expect(answer.statusCode).toBe(504);
+    expect(String(answer.headers["l5d-proxy-error"])).toMatch(/endpoints of impostor/);
+    await answer.body.text();
+    // The typed error, with the certificate mismatch as its cause, for callers that ask for errors.
+    const typed = createMeshDispatcher({
+      identity: clientIdentity,
+      discovery: double.discovery,
+      failFastTimeoutMs: 500,
+      proxyErrorResponses: false,
+    });
+    try {
+      const error = await request("http://impostor.default.svc.cluster.local/", { dispatcher: typed }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(hasMeshErrorCode(error, MeshErrorCode.DESTINATION_NO_ENDPOINTS)).toBe(true);
+      const connectError = (error as Error).cause as Error;
+      expect(connectError?.name).toBe("EndpointConnectError");
+      expect(hasMeshErrorCode(connectError.cause, MeshErrorCode.IDENTITY_PEER_MISMATCH)).toBe(true);
+    } finally {
+      await typed.close();
+    }
   });
 
   it("offers no ALPN at all on mesh TLS", async () => {

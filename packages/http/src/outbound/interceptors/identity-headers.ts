@@ -44,13 +44,14 @@ function applyModifiers(
   modifiers: ReturnType<typeof callOf>["headerFilters"],
 ): HeaderPairs {
   let result = pairs;
+  // linkerd2-proxy's order: add, then set, then remove.
   for (const modifier of modifiers) {
+    for (const [name, value] of modifier.add) result.push([name.toLowerCase(), value]);
+    for (const [name, value] of modifier.set) setHeader(result, name, value);
     if (modifier.remove.length > 0) {
       const remove = new Set(modifier.remove.map((name) => name.toLowerCase()));
       result = result.filter(([name]) => !remove.has(name));
     }
-    for (const [name, value] of modifier.set) setHeader(result, name, value);
-    for (const [name, value] of modifier.add) result.push([name.toLowerCase(), value]);
   }
   return result;
 }
@@ -59,7 +60,7 @@ function applyModifiers(
  * Writes the headers of one attempt for the chosen endpoint (contract §5):
  * - `host` is the logical authority, not the endpoint address;
  * - `l5d-require-id`, when the application sets it, must equal the endpoint's mTLS identity, and is
- *   stripped (Linkerd answers a mismatch with 502; we fail with `MESH_ERR_IDENTITY_PEER_MISMATCH`);
+ *   stripped (a mismatch is `MESH_ERR_IDENTITY_PEER_MISMATCH`, which the rescue layer answers as Linkerd: 502);
  * - `l5d-dst-canonical` on ServiceProfile routes; route `l5d-*` headers the route honoured are removed;
  * - the route's RequestHeaderModifier filters and the telemetry headers (trace context) are applied;
  * - gRPC: `grpc-timeout` carries the time left before the call's deadline;

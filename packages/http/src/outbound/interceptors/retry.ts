@@ -12,6 +12,7 @@ import type { MeshInterceptor } from "../compose.js";
 import { ForwardingController, type ResponseHeaders } from "../controller.js";
 import { getHeader, grpcStatusOf, isGrpcContentType, responseHeader } from "../headers.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
+import { formatProxyDuration } from "../proxy-errors.js";
 import { type AttemptState, type CallState, callOf, kAttempt } from "../state.js";
 
 type Controller = Dispatcher.DispatchController;
@@ -23,9 +24,12 @@ const MAX_DRAIN_BYTES = 64 * 1024;
 /** Raised inside an attempt whose per-try timeout fired; never reaches the caller as is. */
 class PerTryTimeout extends MeshError {
   constructor(timeoutMs: number) {
-    super(MeshErrorCode.DEADLINE, `no response headers within the per-try timeout of ${timeoutMs} ms`, {
-      details: { timeoutMs },
-    });
+    // linkerd2-proxy's words for the retry timeout (`ResponseHeadersTimeoutError`).
+    super(
+      MeshErrorCode.DEADLINE,
+      `timed out waiting for response headers: response header timeout: ${formatProxyDuration(timeoutMs)}`,
+      { details: { timeoutMs, timeout: "per-try" } },
+    );
     this.name = "PerTryTimeout";
   }
 }
@@ -382,7 +386,7 @@ class RetryingCall {
     }
     this.#fail(
       error instanceof PerTryTimeout
-        ? new MeshError(MeshErrorCode.DEADLINE, error.message, { cause: error })
+        ? new MeshError(MeshErrorCode.DEADLINE, error.message, { cause: error, details: error.details ?? {} })
         : error,
     );
   }

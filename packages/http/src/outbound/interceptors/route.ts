@@ -10,6 +10,7 @@ import {
   selectRoute,
 } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
+import { hasBackendChoice } from "../backends.js";
 import type { MeshInterceptor } from "../compose.js";
 import {
   ForwardingController,
@@ -19,6 +20,7 @@ import {
 } from "../controller.js";
 import { egressParent, httpEgressDenial } from "../egress.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
+import { redirectAnswer, withResponseHeaderFilters } from "../route-filters.js";
 import { type CallState, callOf } from "../state.js";
 import type { EndpointGroup, TargetRegistry } from "../targets.js";
 
@@ -26,6 +28,7 @@ type Controller = Dispatcher.DispatchController;
 type AnyFilter = HttpFilter | GrpcFilter | OpaqueFilter;
 
 const NO_HEADERS: readonly string[] = Object.freeze([]);
+const NO_FILTERS: readonly AnyFilter[] = Object.freeze([]);
 
 /**
  * Presents one controller to the outer handler for the whole call and re-targets it at whatever the
@@ -131,6 +134,7 @@ class RoutingCall {
   readonly controller: ForwardingController;
   #waitAbort: AbortController | undefined;
   #finished = false;
+  #filters: readonly AnyFilter[] = NO_FILTERS;
 
   constructor(
     dispatch: Dispatcher.Dispatch,
@@ -257,6 +261,7 @@ class RoutingCall {
         backendTarget.kind === "forward"
           ? this.#registry.forwardGroup(backendTarget.endpoint)
           : this.#registry.group(backendTarget.path.toLowerCase());
+      if (hasBackendChoice(policy.backends)) call.splitPolicy = policy;
     }
     if (filters.length > 0) {
       call.headerFilters = headerModifiers(filters);
@@ -265,6 +270,12 @@ class RoutingCall {
         this.#respond(failure);
         return;
       }
+      const redirect = redirectAnswer(filters, policy, call, this.#opts.origin, request);
+      if (redirect) {
+        this.#respond(redirect);
+        return;
+      }
+      this.#filters = filters;
     }
     if (group === target.group || group.endpointCount() > 0) {
       this.#proceed(group);
@@ -299,7 +310,10 @@ class RoutingCall {
     call.group = group;
     this.#finished = true;
     try {
-      this.#dispatch(this.#opts, new RouteHandler(this.#handler, this.controller));
+      this.#dispatch(
+        this.#opts,
+        new RouteHandler(withResponseHeaderFilters(this.#handler, this.#filters), this.controller),
+      );
     } catch (error) {
       this.#handler.onResponseError?.(this.controller, MeshError.from(error));
     }

@@ -1,10 +1,11 @@
-import { MeshError, MeshErrorCode } from "@inmesh/core";
+import type { MeshError } from "@inmesh/core";
 import { decodeGrpcTimeout } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
 import type { MeshInterceptor } from "../compose.js";
 import { PassThroughHandler, type ResponseHeaders } from "../controller.js";
 import { getHeader } from "../headers.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
+import { type StreamTimeoutKind, streamTimeoutError } from "../proxy-errors.js";
 import { type CallState, callOf } from "../state.js";
 
 type Controller = Dispatcher.DispatchController;
@@ -13,22 +14,39 @@ type Controller = Dispatcher.DispatchController;
 class DeadlineHandler extends PassThroughHandler {
   #controller: Controller | undefined;
   #timer: NodeJS.Timeout | undefined;
-  #expired: Error | undefined;
+  #expired: MeshError | undefined;
+  #headers = false;
+  readonly #untilHeaders: boolean;
 
-  constructor(inner: Dispatcher.DispatchHandler, call: CallState, deadlineAtMs: number, totalMs: number) {
+  constructor(
+    inner: Dispatcher.DispatchHandler,
+    call: CallState,
+    deadlineAtMs: number,
+    totalMs: number,
+    kind: StreamTimeoutKind,
+  ) {
     super(inner);
+    // A ServiceProfile timeout bounds the wait for response headers only (the proxy's tower Timeout).
+    this.#untilHeaders = kind === "profile";
     this.#timer = setTimeout(
       () => {
         this.#timer = undefined;
-        this.#expired = new MeshError(
-          MeshErrorCode.DEADLINE,
-          `request to ${call.authority} did not complete within its ${Math.round(totalMs)} ms deadline`,
-          { details: { authority: call.authority, timeoutMs: totalMs } },
-        );
+        this.#expired = streamTimeoutError(kind, totalMs, this.#headers, call.authority);
         this.#controller?.abort(this.#expired);
       },
       Math.max(0, deadlineAtMs - performance.now()),
     );
+  }
+
+  override onResponseStart(
+    controller: Controller,
+    statusCode: number,
+    headers: ResponseHeaders,
+    statusMessage?: string,
+  ): void {
+    this.#headers = true;
+    if (this.#untilHeaders) this.#clear();
+    super.onResponseStart(controller, statusCode, headers, statusMessage);
   }
 
   override onRequestStart(controller: Controller, context: unknown): void {
@@ -63,28 +81,21 @@ function minDefined(...values: (number | undefined)[]): number | undefined {
  * The overall deadline (contract §7.2 `timeouts.request`): the shortest of the route's request timeout,
  * the dispatcher's `requestTimeoutMs` and, for gRPC, the caller's `grpc-timeout`. It sits outside the
  * retry interceptor, so retries never outlive it; the identity-headers interceptor re-encodes the time
- * left as `grpc-timeout` on every attempt. A route's idle timeout bounds the wait for headers and
- * between body chunks.
+ * left as `grpc-timeout` on every attempt. The response and idle timeouts are per attempt (see
+ * `streamTimeoutsInterceptor`).
  */
 export function timeoutInterceptor(options: ResolvedDispatcherOptions): MeshInterceptor {
   return (dispatch) =>
     function meshTimeout(opts, handler) {
       const call = callOf(opts);
-      const timeouts = call.policy?.timeouts ?? {};
+      const routeMs = call.policy?.timeouts.requestMs;
       const grpcTimeoutMs =
         call.protocol === "grpc" ? decodeGrpcTimeout(getHeader(call.headers, "grpc-timeout")) : undefined;
-      const totalMs = minDefined(timeouts.requestMs, options.requestTimeoutMs, grpcTimeoutMs);
-      let next = opts;
-      if (timeouts.idleMs !== undefined) {
-        const idle = timeouts.idleMs;
-        next = {
-          ...opts,
-          headersTimeout: minDefined(opts.headersTimeout ?? undefined, idle) ?? idle,
-          bodyTimeout: minDefined(opts.bodyTimeout ?? undefined, idle) ?? idle,
-        };
-      }
-      if (totalMs === undefined) return dispatch(next, handler);
+      const totalMs = minDefined(routeMs, options.requestTimeoutMs, grpcTimeoutMs);
+      if (totalMs === undefined) return dispatch(opts, handler);
+      // A ServiceProfile route's timeout is linkerd2-proxy's fatal "HTTP response timeout".
+      const kind = totalMs === routeMs && call.policy?.source === "profile" ? "profile" : "request";
       call.deadlineAtMs = call.startedAtMs + totalMs;
-      return dispatch(next, new DeadlineHandler(handler, call, call.deadlineAtMs, totalMs));
+      return dispatch(opts, new DeadlineHandler(handler, call, call.deadlineAtMs, totalMs, kind));
     };
 }
