@@ -103,6 +103,12 @@ export interface MeshGrpcChannel extends ChannelInterface, AsyncDisposable {
   readonly budget: RetryBudget;
   /** The route policy of a method (`/pkg.Service/Method`), from the profile or GRPCRoute; undefined when no route matches. */
   requestPolicy(path: string, metadata?: Metadata): RequestPolicy | undefined;
+  /**
+   * Runs `run` once the target's routes are known (its ServiceProfile and OutboundPolicy watches have
+   * answered, or `failFastTimeoutMs` passed): at once when they are, as linkerd2-proxy routes no request
+   * before its policy has been discovered.
+   */
+  withRoutes(run: () => void): void;
   /** Resolves once discovery has answered (endpoints, and routes within the same bound). */
   ready(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<void>;
   /** Endpoints currently known (of the logical target; traffic-split backends not included). */
@@ -256,6 +262,30 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
   };
   const unsubscribePolicy = policy?.onUpdate(applyPolicy);
   applyPolicy(policy?.current());
+
+  const answered = (routeWatch: Watch<unknown> | undefined) =>
+    routeWatch === undefined || routeWatch.current() !== undefined || routeWatch.state().terminated;
+  let routesKnown = false;
+  let routesPending: (() => void)[] | undefined;
+  const withRoutes = (run: () => void): void => {
+    if (routesKnown || closed || (answered(profile) && answered(policy))) {
+      routesKnown = true;
+      run();
+      return;
+    }
+    if (routesPending) {
+      routesPending.push(run);
+      return;
+    }
+    const pending = [run];
+    routesPending = pending;
+    const waitOptions = { timeoutMs: failFastTimeoutMs };
+    void Promise.allSettled([profile?.ready(waitOptions), policy?.ready(waitOptions)]).then(() => {
+      routesKnown = true;
+      routesPending = undefined;
+      for (const fn of pending) fn();
+    });
+  };
 
   const selectPolicy = (path: string, metadata: Metadata | undefined): RequestPolicy | undefined => {
     const model = chooseRoutingModel({ profile: profile?.current(), policy: policy?.current() });
@@ -586,7 +616,15 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
         this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
         return;
       }
-      this.#route(metadata, listener);
+      if (this.#context?.route) {
+        this.#route(metadata, listener);
+        return;
+      }
+      withRoutes(() => {
+        if (this.#done) return;
+        if (closed) this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
+        else this.#route(metadata, listener);
+      });
     }
 
     sendMessageWithContext(
@@ -700,6 +738,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     },
     getChannelzRef: () => channelzRef,
     requestPolicy: selectPolicy,
+    withRoutes,
     async ready(readyOptions = {}) {
       const waitOptions = {
         ...(readyOptions.signal ? { signal: readyOptions.signal } : {}),

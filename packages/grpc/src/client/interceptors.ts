@@ -147,6 +147,11 @@ class RetryingCall extends InterceptingCall {
       onReceiveMessage: (message) => listener?.onReceiveMessage?.(message),
       onReceiveStatus: (status) => listener?.onReceiveStatus?.(status),
     };
+    this.#channel.withRoutes(() => this.#routeAndStart(metadata));
+  }
+
+  /** Chooses the call's route once (every attempt uses it), then starts the first attempt. */
+  #routeAndStart(metadata: Metadata): void {
     let policy = this.#channel.requestPolicy(this.#options.method_definition.path, metadata);
     let sent = metadata;
     if (policy?.allowL5dRequestHeaders) {
@@ -162,6 +167,8 @@ class RetryingCall extends InterceptingCall {
     this.#route = { policy };
     this.#firstContext.route = this.#route;
     this.#retry = retryFor(policy, this.#config);
+    // Messages sent while the routes were being discovered count against the route's limit too.
+    if (this.#bytes > this.#retry.maxBytes) this.#messages = undefined;
     if (this.#retry.maxRetries > 0) this.#channel.budget.deposit();
     if (this.#telemetry && policy) {
       this.#telemetry.route = { group: policy.route.group, kind: policy.route.kind, name: policy.route.name };
