@@ -17,11 +17,17 @@ export const MESH_ERROR_METADATA_KEY = "inmesh-error-code";
 /** linkerd2-proxy names the error of a response it synthesized in this header (and in `grpc-message`). */
 export const L5D_PROXY_ERROR = "l5d-proxy-error";
 
+/** grpc-js refuses text metadata outside printable ASCII; an error message may hold anything. */
+function headerText(text: string): string {
+  const printable = text.replace(/[^\x20-\x7e]/g, "?");
+  return printable.length > 1024 ? `${printable.slice(0, 1021)}...` : printable;
+}
+
 /** A status the mesh made up: `details` as `[MESH_ERR_*] message`, the code in {@link MESH_ERROR_METADATA_KEY}. */
 export function meshStatus(code: Status, error: MeshError): StatusObject {
   const metadata = new Metadata();
   metadata.set(MESH_ERROR_METADATA_KEY, error.code);
-  metadata.set(L5D_PROXY_ERROR, error.message);
+  metadata.set(L5D_PROXY_ERROR, headerText(error.message));
   return { code, details: `[${error.code}] ${error.message}`, metadata };
 }
 
@@ -32,7 +38,7 @@ export function meshStatus(code: Status, error: MeshError): StatusObject {
 export function proxyStatus(code: Status, message: string, meshCode?: MeshErrorCode): StatusObject {
   const metadata = new Metadata();
   if (meshCode !== undefined) metadata.set(MESH_ERROR_METADATA_KEY, meshCode);
-  metadata.set(L5D_PROXY_ERROR, message);
+  metadata.set(L5D_PROXY_ERROR, headerText(message));
   return { code, details: message, metadata };
 }
 

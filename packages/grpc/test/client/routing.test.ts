@@ -37,6 +37,9 @@ const PODS = [
   ["retrying-0", "retrying"],
   ["flaky-0", "flaky"],
   ["flaky-1", "flaky"],
+  ["bounded-0", "bounded"],
+  ["idle-0", "idle"],
+  ["lonely-0", "lonely"],
 ] as const;
 
 const ACCRUAL = {
@@ -111,6 +114,22 @@ describe("GRPCRoute routing through the mesh channel", () => {
         annotations: { "retry.linkerd.io/grpc": "unavailable", "retry.linkerd.io/limit": "1" },
       }),
       serviceYaml("flaky", "flaky", ACCRUAL),
+      serviceYaml("bounded", "bounded"),
+      grpcRouteYaml("bounded-rpc", "bounded", {
+        annotations: {
+          "timeout.linkerd.io/request": "400ms",
+          "retry.linkerd.io/grpc": "unavailable",
+          "retry.linkerd.io/limit": "20",
+        },
+      }),
+      serviceYaml("idle", "idle"),
+      grpcRouteYaml("idle-rpc", "idle", { annotations: { "timeout.linkerd.io/idle": "300ms" } }),
+      serviceYaml("lonely", "lonely", {
+        ...ACCRUAL,
+        "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "1",
+        "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": "500ms",
+        "balancer.linkerd.io/failure-accrual-consecutive-max-penalty": "500ms",
+      }),
     );
 
   const clientFor = (service: string): Echo => {
@@ -279,5 +298,62 @@ describe("GRPCRoute routing through the mesh channel", () => {
     for (let i = 0; i < 40; i += 1) await unary(client, Buffer.from("f"));
     console.log(`failure accrual: flaky-1 back, ${toFlaky1() - before} of the next 40 calls`);
     expect(toFlaky1() - before).toBeGreaterThan(1);
+  });
+
+  it("bounds retries by the route's request timeout", async () => {
+    backend("bounded-0").handlers.unary = (_call, callback) => {
+      setTimeout(() => callback({ code: status.UNAVAILABLE, details: "still down" }), 100);
+    };
+    const started = performance.now();
+    const error = await failure(unary(clientFor("bounded"), Buffer.from("b")));
+    const elapsedMs = performance.now() - started;
+    const attempts = backend("bounded-0").calls.length;
+    console.log(
+      `request timeout 400ms with retries: ${attempts} attempts, ended after ${Math.round(elapsedMs)} ms`,
+    );
+    expect(error.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(error.details).toContain("request timeout: 400ms");
+    // Retried (the route allows 20), but never past the route's 400 ms.
+    expect(attempts).toBeGreaterThanOrEqual(2);
+    expect(attempts).toBeLessThan(20);
+    expect(elapsedMs).toBeGreaterThanOrEqual(390);
+  });
+
+  it("ends a stream idle for longer than the route's idle timeout, after what it delivered", async () => {
+    const timers: NodeJS.Timeout[] = [];
+    backend("idle-0").handlers.serverStream = (call) => {
+      call.write(Buffer.from("first"));
+      timers.push(
+        setTimeout(() => {
+          call.write(Buffer.from("too late"));
+          call.end();
+        }, 3000),
+      );
+    };
+    const result = await collect(clientFor("idle").serverStream(Buffer.from("go")));
+    for (const timer of timers) clearTimeout(timer);
+    expect(result.messages).toEqual(["first"]);
+    expect(result.error?.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(result.error?.details).toContain("timed out processing response stream: idle timeout: 300ms");
+  });
+
+  it("holds a call while the only endpoint is ejected, and sends it as the probe once the penalty passed", async () => {
+    let calls = 0;
+    backend("lonely-0").handlers.unary = (_call, callback) => {
+      calls += 1;
+      if (calls === 1) callback({ code: status.INTERNAL, details: "broken once" });
+      else callback(null, Buffer.from("recovered"));
+    };
+    const client = clientFor("lonely");
+    expect((await failure(unary(client, Buffer.from("1")))).code).toBe(status.INTERNAL);
+    const started = performance.now();
+    expect((await unary(client, Buffer.from("2"))).toString()).toBe("recovered");
+    const heldMs = performance.now() - started;
+    console.log(
+      `failure accrual: the call after the ejection was held ${Math.round(heldMs)} ms (penalty 500 ms)`,
+    );
+    // One failure ejects it for 500 ms; the next call waits for the probe rather than failing at once.
+    expect(heldMs).toBeGreaterThanOrEqual(400);
+    expect(calls).toBe(2);
   });
 });
