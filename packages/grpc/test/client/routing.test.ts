@@ -40,6 +40,7 @@ const PODS = [
   ["bounded-0", "bounded"],
   ["idle-0", "idle"],
   ["lonely-0", "lonely"],
+  ["tardy-0", "tardy"],
 ] as const;
 
 const ACCRUAL = {
@@ -124,6 +125,8 @@ describe("GRPCRoute routing through the mesh channel", () => {
       }),
       serviceYaml("idle", "idle"),
       grpcRouteYaml("idle-rpc", "idle", { annotations: { "timeout.linkerd.io/idle": "300ms" } }),
+      serviceYaml("tardy", "tardy"),
+      grpcRouteYaml("tardy-rpc", "tardy", { annotations: { "timeout.linkerd.io/response": "300ms" } }),
       serviceYaml("lonely", "lonely", {
         ...ACCRUAL,
         "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "1",
@@ -335,6 +338,29 @@ describe("GRPCRoute routing through the mesh channel", () => {
     expect(result.messages).toEqual(["first"]);
     expect(result.error?.code).toBe(status.DEADLINE_EXCEEDED);
     expect(result.error?.details).toContain("timed out processing response stream: idle timeout: 300ms");
+  });
+
+  it("ends a response still streaming past the route's response timeout, though never idle", async () => {
+    const timers: NodeJS.Timeout[] = [];
+    backend("tardy-0").handlers.serverStream = (call) => {
+      let sent = 0;
+      const tick = () => {
+        call.write(Buffer.from(`m${sent}`));
+        sent += 1;
+        if (sent < 15) timers.push(setTimeout(tick, 100));
+        else call.end();
+      };
+      tick();
+    };
+    const result = await collect(clientFor("tardy").serverStream(Buffer.from("go")));
+    for (const timer of timers) clearTimeout(timer);
+    expect(result.error?.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(result.error?.details).toContain(
+      "timed out processing response stream: response stream timeout: 300ms",
+    );
+    // What arrived before the timeout was delivered; the 1.5 s stream was cut short.
+    expect(result.messages.length).toBeGreaterThanOrEqual(1);
+    expect(result.messages.length).toBeLessThan(15);
   });
 
   it("holds a call while the only endpoint is ejected, and sends it as the probe once the penalty passed", async () => {
