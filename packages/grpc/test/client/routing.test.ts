@@ -85,7 +85,7 @@ describe("GRPCRoute routing through the mesh channel", () => {
   const channels: MeshGrpcChannel[] = [];
   const clients: Echo[] = [];
 
-  const cluster = () =>
+  const cluster = (splitWeights: readonly [number, number] = [80, 20]) =>
     files(
       podYaml(CLIENT),
       ...PODS.map(([name, app]) => podYaml({ name, sa: app, app, port: backends.get(name)?.port ?? 1 })),
@@ -102,8 +102,8 @@ describe("GRPCRoute routing through the mesh channel", () => {
             set: [{ name: x-route, value: split-rpc }]
             remove: [x-secret]
       backendRefs:
-        - { name: split-a, port: 8080, weight: 80 }
-        - { name: split-b, port: 8080, weight: 20 }`,
+        - { name: split-a, port: 8080, weight: ${splitWeights[0]} }
+        - { name: split-b, port: 8080, weight: ${splitWeights[1]} }`,
       }),
       serviceYaml("narrow", "narrow"),
       grpcRouteYaml("narrow-rpc", "narrow", {
@@ -381,5 +381,28 @@ describe("GRPCRoute routing through the mesh channel", () => {
     // One failure ejects it for 500 ms; the next call waits for the probe rather than failing at once.
     expect(heldMs).toBeGreaterThanOrEqual(400);
     expect(calls).toBe(2);
+  });
+
+  it("follows a live GRPCRoute change: a backend weighted to 0 stops taking calls", async () => {
+    const served: string[] = [];
+    for (const name of ["split-a-0", "split-b-0"]) {
+      backend(name).handlers.unary = (_call, callback) => {
+        served.push(name);
+        callback(null, Buffer.from(name));
+      };
+    }
+    const client = clientFor("split");
+    for (let i = 0; i < 20; i += 1) await unary(client, Buffer.from("before"));
+    expect(served).toContain("split-b-0");
+    cp.setManifests(cluster([100, 0]));
+    // The policy update reaches the channel within a watch round trip; then split-b gets nothing.
+    let onlyA = 0;
+    const deadline = performance.now() + 10_000;
+    while (onlyA < 100 && performance.now() < deadline) {
+      served.length = 0;
+      await unary(client, Buffer.from("after"));
+      onlyA = served[0] === "split-a-0" ? onlyA + 1 : 0;
+    }
+    expect(onlyA).toBe(100);
   });
 });
