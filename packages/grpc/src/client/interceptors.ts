@@ -272,7 +272,9 @@ class RetryingCall extends InterceptingCall {
         );
       },
     });
-    for (let i = 0; i < this.#reads; i += 1) call.startRead();
+    // The first attempt already took the caller's reads (its start may wait for the routes); a retry
+    // replays them.
+    if (this.#attempt > 1) for (let i = 0; i < this.#reads; i += 1) call.startRead();
     // grpc-js takes one write at a time (the next waits for the previous one's callback), so a replay
     // chains them the same way, then half-closes.
     const messages = [...(this.#messages ?? [])];
