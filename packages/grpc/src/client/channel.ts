@@ -461,7 +461,9 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     #expire(kind: "request" | "response" | "idle", timeoutMs: number): void {
       if (this.#done) return;
       const error = timeoutError(kind, timeoutMs, this.#responseStarted, authority);
-      this.#end(meshStatus(Status.DEADLINE_EXCEEDED, error), "failure");
+      // Neither a failure nor a success for the endpoint's breaker: linkerd2-proxy drops the response
+      // future of a timed-out call, which classifies nothing.
+      this.#end(meshStatus(Status.DEADLINE_EXCEEDED, error));
     }
 
     #wait(): void {
@@ -531,13 +533,13 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     }
 
     /** Ends the call with a status the mesh made up; a call in flight is cancelled underneath. */
-    #end(status: StatusObject, outcome: "failure" | "canceled" = "canceled"): void {
+    #end(status: StatusObject): void {
       if (this.#done) return;
       this.#done = true;
       this.#clearTimers();
       this.#waitAbort?.abort();
       this.#ops = [];
-      this.#completeLease(status.code, outcome, false);
+      this.#completeLease(status.code, "canceled", false);
       // Its own status comes back through the wrapped listener, which ignores it now.
       this.#delegate?.cancelWithStatus(Status.CANCELLED, status.details);
       const listener = this.#listener;
