@@ -103,7 +103,12 @@ describe("GRPCRoute routing through the mesh channel", () => {
             remove: [x-secret]
       backendRefs:
         - { name: split-a, port: 8080, weight: ${splitWeights[0]} }
-        - { name: split-b, port: 8080, weight: ${splitWeights[1]} }`,
+        - name: split-b
+          port: 8080
+          weight: ${splitWeights[1]}
+          filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: { add: [{ name: x-backend, value: b }] }`,
       }),
       serviceYaml("narrow", "narrow"),
       grpcRouteYaml("narrow-rpc", "narrow", {
@@ -193,14 +198,15 @@ describe("GRPCRoute routing through the mesh channel", () => {
     expect(elapsedMs).toBeLessThan(4000);
   });
 
-  it("splits traffic across the route's backends by weight and applies its header filter", async () => {
-    const seen: { backend: string; route: unknown; secret: unknown }[] = [];
+  it("splits traffic across the route's backends by weight and applies the rule's and the backend's header filters", async () => {
+    const seen: { backend: string; route: unknown; secret: unknown; backendHeader: unknown }[] = [];
     for (const name of ["split-a-0", "split-b-0"]) {
       backend(name).handlers.unary = (call, callback) => {
         seen.push({
           backend: name,
           route: call.metadata.get("x-route")[0],
           secret: call.metadata.get("x-secret")[0],
+          backendHeader: call.metadata.get("x-backend")[0],
         });
         callback(null, Buffer.from(name));
       };
@@ -227,6 +233,8 @@ describe("GRPCRoute routing through the mesh channel", () => {
     for (const call of seen) {
       expect(call.route).toBe("split-rpc");
       expect(call.secret).toBeUndefined();
+      // split-b's backendRef has a filter of its own.
+      expect(call.backendHeader).toBe(call.backend === "split-b-0" ? "b" : undefined);
     }
   });
 
