@@ -413,4 +413,30 @@ describe("GRPCRoute routing through the mesh channel", () => {
     }
     expect(onlyA).toBe(100);
   });
+
+  it("routes on the channel alone too (a client without the mesh interceptors)", async () => {
+    const timers: NodeJS.Timeout[] = [];
+    backend("slow-0").handlers.unary = (_call, callback) => {
+      timers.push(setTimeout(() => callback(null, Buffer.from("late")), 5000));
+    };
+    const bare = (service: string) => {
+      const channel = createMeshGrpcChannel({
+        target: `${service}.default.svc.cluster.local:8080`,
+        identity: clientIdentity,
+        discovery,
+      });
+      channels.push(channel);
+      const client = new EchoClient(channel.authority, grpc.credentials.createInsecure(), {
+        channelOverride: channel,
+      });
+      clients.push(client);
+      return client;
+    };
+    const slow = await failure(unary(bare("slow"), Buffer.from("x")));
+    for (const timer of timers) clearTimeout(timer);
+    expect(slow.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(slow.details).toContain("request timeout: 300ms");
+    const narrow = await collect(bare("narrow").serverStream(Buffer.from("out")));
+    expect(narrow.error?.code).toBe(status.NOT_FOUND);
+  });
 });
