@@ -380,7 +380,15 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       if (backend) {
         if (backend.filters.length > 0) filters = [...filters, ...backend.filters];
         // A forward backend (one address, no discovery) is not a gRPC Service target: the logical one serves it.
-        if (backend.backend.target.kind === "balancer") this.#group = groupFor(backend.backend.target.path);
+        if (backend.backend.target.kind === "balancer") {
+          try {
+            this.#group = groupFor(backend.backend.target.path);
+          } catch (error) {
+            // No watch for the backend (the discovery's watch limit, say): the call fails, nothing else.
+            this.#end(meshStatus(Status.UNAVAILABLE, MeshError.from(error)));
+            return;
+          }
+        }
       }
       if (filters.length > 0) {
         const failure = injectedFailure(filters);
