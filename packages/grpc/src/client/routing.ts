@@ -68,29 +68,35 @@ function hasHeaderModifiers(filters: readonly AnyFilter[]): boolean {
   return false;
 }
 
+/** grpc-js metadata takes lowercase `[0-9a-z_.-]` names and printable ASCII values; HTTP allows more. */
+const METADATA_NAME = /^[0-9a-z_.-]+$/;
+const METADATA_VALUE = /^[\x20-\x7e]*$/;
+
+function legal(name: string, value?: string): boolean {
+  return (
+    METADATA_NAME.test(name) &&
+    !name.endsWith("-bin") &&
+    !name.startsWith("grpc-") &&
+    (value === undefined || METADATA_VALUE.test(value))
+  );
+}
+
 function applyModifier(metadata: Metadata, modifier: HeaderModifier): void {
-  // Gateway API order: set replaces, add appends, remove deletes.
-  for (const [name, value] of modifier.set) metadata.set(name, value);
-  for (const [name, value] of modifier.add) metadata.add(name, value);
-  for (const name of modifier.remove) metadata.remove(name);
+  // Gateway API order: set replaces, add appends, remove deletes. What grpc-js metadata cannot carry
+  // (binary names, reserved grpc-* names, non-ASCII values) is left out rather than failing the call.
+  for (const [name, value] of modifier.set) if (legal(name, value)) metadata.set(name, value);
+  for (const [name, value] of modifier.add) if (legal(name, value)) metadata.add(name, value);
+  for (const name of modifier.remove) if (legal(name)) metadata.remove(name);
 }
 
 /**
  * The request metadata after the route's and the backend's request-header-modifier filters (a copy when
- * any applies, so the caller's metadata and the next attempt's are untouched). Binary (`-bin`) names are
- * left alone: modifier values are text.
+ * any applies, so the caller's metadata and the next attempt's are untouched).
  */
 export function modifyRequestMetadata(metadata: Metadata, filters: readonly AnyFilter[]): Metadata {
   if (!hasHeaderModifiers(filters)) return metadata;
   const copy = metadata.clone();
-  for (const filter of filters) {
-    if (filter.kind !== "request-header-modifier") continue;
-    applyModifier(copy, {
-      set: filter.set.filter(([name]) => !name.endsWith("-bin")),
-      add: filter.add.filter(([name]) => !name.endsWith("-bin")),
-      remove: filter.remove,
-    });
-  }
+  for (const filter of filters) if (filter.kind === "request-header-modifier") applyModifier(copy, filter);
   return copy;
 }
 

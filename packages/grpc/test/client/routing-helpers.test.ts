@@ -82,6 +82,22 @@ describe("gRPC routing helpers", () => {
     expect(modifyRequestMetadata(metadata, [])).toBe(metadata);
   });
 
+  it("leaves out what grpc-js metadata cannot carry instead of failing the call", () => {
+    const filter: GrpcFilter = {
+      kind: "request-header-modifier",
+      set: [
+        ["x-caf\u00e9", "name not allowed"],
+        ["x-latin1", "caf\u00e9"],
+        ["grpc-timeout", "1S"],
+        ["x-ok", "fine"],
+      ],
+      add: [["x!bang", "v"]],
+      remove: ["grpc-status"],
+    };
+    const modified = modifyRequestMetadata(new Metadata(), [filter]);
+    expect(modified.getMap()).toEqual({ "x-ok": "fine" });
+  });
+
   it("answers an injected failure with the filter's code and message, marked as the mesh's", () => {
     const always: GrpcFilter = { kind: "failure-injector", code: 8, message: "injected", ratio: 1 };
     const never: GrpcFilter = { ...always, ratio: 0 };
