@@ -367,8 +367,17 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       return Number.isFinite(at) ? at - Date.now() : undefined;
     }
 
-    /** Route, filters, backend and timers; then an endpoint (now, or once one is ready). */
+    /** Routes the call; whatever goes wrong ends this call with a status, never throws into grpc-js. */
     #route(metadata: Metadata, listener: InterceptingListener): void {
+      try {
+        this.#routeUnsafe(metadata, listener);
+      } catch (error) {
+        this.#end(meshStatus(Status.UNAVAILABLE, MeshError.from(error)));
+      }
+    }
+
+    /** Route, filters, backend and timers; then an endpoint (now, or once one is ready). */
+    #routeUnsafe(metadata: Metadata, listener: InterceptingListener): void {
       const route = this.#context?.route ?? { policy: selectPolicy(this.#method, metadata) };
       const policy = route.policy;
       if (!policy) {
