@@ -152,6 +152,14 @@ class RetryingCall extends InterceptingCall {
 
   /** Chooses the call's route once (every attempt uses it), then starts the first attempt. */
   #routeAndStart(metadata: Metadata): void {
+    if (this.#done) return;
+    if (this.#cancelled) {
+      // Cancelled before it started: the attempt holds the cancellation and reports it.
+      this.#retry = NO_RETRY;
+      this.#metadata = metadata;
+      this.#startAttempt(this.#current);
+      return;
+    }
     let policy = this.#channel.requestPolicy(this.#options.method_definition.path, metadata);
     let sent = metadata;
     if (policy?.allowL5dRequestHeaders) {
@@ -383,6 +391,10 @@ class RetryingCall extends InterceptingCall {
     for (const timer of this.#timers) clearTimeout(timer);
     this.#timers.clear();
     this.#current.cancelWithStatus(status, details);
+    // Cancelled while waiting for the routes: no attempt started, so the status is ours to report.
+    if (this.#retry === undefined && this.#listener) {
+      queueMicrotask(() => this.#finish({ code: status, details, metadata: new Metadata() }));
+    }
   }
 
   override getPeer(): string {

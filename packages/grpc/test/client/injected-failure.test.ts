@@ -64,6 +64,10 @@ describe("GRPCRoute failure injector", () => {
   let discovery: Discovery;
   let channel: MeshGrpcChannel;
   let client: InstanceType<typeof EchoClient>;
+  let relayPort = 0;
+  /** While set, the relay answers no policy watch (a controller that has not answered yet). */
+  let hold = false;
+  const held: WatchCall[] = [];
 
   const cluster = (port: number) =>
     files(
@@ -90,6 +94,10 @@ describe("GRPCRoute failure injector", () => {
         done({ code: status.UNIMPLEMENTED, details: "not used" });
       },
       watch(call: WatchCall) {
+        if (hold) {
+          held.push(call);
+          return;
+        }
         const stream = upstream.watch(call.request);
         stream.on("data", (policy: outbound.OutboundPolicy) =>
           call.write(withInjector(policy, "faulty-rpc")),
@@ -105,6 +113,7 @@ describe("GRPCRoute failure injector", () => {
         error ? reject(error) : resolve(p),
       ),
     );
+    relayPort = port;
     destinationClient = new destination.DestinationClient(
       cp.addresses.destination,
       grpc.credentials.createInsecure(),
@@ -138,6 +147,7 @@ describe("GRPCRoute failure injector", () => {
     destinationClient?.close();
     policyClient?.close();
     upstream?.close();
+    for (const call of held) call.end();
     relay?.forceShutdown();
     await backend?.close();
     await Promise.all([clientIdentity, serverIdentity].map((identity) => identity?.close()));
@@ -165,5 +175,55 @@ describe("GRPCRoute failure injector", () => {
     // The route retries RESOURCE_EXHAUSTED from servers (up to 3 times), never an injected one.
     expect(ended).toHaveLength(1);
     expect(ended[0]?.attempts).toBe(1);
+  });
+
+  it("reports a cancel at once while the call still waits for the target's routes", async () => {
+    hold = true;
+    const heldPolicies = new outbound.OutboundPoliciesClient(
+      `127.0.0.1:${relayPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const heldDiscovery = createDiscovery({
+      destinationClient,
+      policyClient: heldPolicies,
+      contextToken: createContextToken({ ns: NS, pod: CLIENT.name }),
+      sourceWorkload: JSON.stringify({ ns: NS, pod: CLIENT.name }),
+    });
+    const heldChannel = createMeshGrpcChannel({
+      target: "faulty.default.svc.cluster.local:8080",
+      identity: clientIdentity,
+      discovery: heldDiscovery,
+      failFastTimeoutMs: 10_000,
+    });
+    const heldClient = new EchoClient(
+      heldChannel.authority,
+      grpc.credentials.createInsecure(),
+      createMeshClientOptions(heldChannel),
+    );
+    try {
+      const started = performance.now();
+      const error = await new Promise<ServiceError>((resolve, reject) => {
+        const call = heldClient.unary(Buffer.from("x"), (e: ServiceError | null) =>
+          e ? resolve(e) : reject(new Error("the call succeeded")),
+        );
+        // Cancel once the policy watch is open and unanswered, so the call is waiting for it.
+        const cancelWhenHeld = () => {
+          if (held.length > 0) call.cancel();
+          else setTimeout(cancelWhenHeld, 20);
+        };
+        cancelWhenHeld();
+      });
+      const elapsedMs = performance.now() - started;
+      expect(error.code).toBe(status.CANCELLED);
+      // Not after the 10 s wait for routes: the cancel is reported when it happens.
+      expect(elapsedMs).toBeLessThan(5000);
+      expect(backend.calls).toHaveLength(0);
+    } finally {
+      hold = false;
+      heldClient.close();
+      heldChannel.close();
+      await heldDiscovery.close();
+      heldPolicies.close();
+    }
   });
 });
