@@ -79,9 +79,9 @@ apiVersion: v1
 kind: Namespace
 metadata: { name: shelf }
 ---
-${pod("web-0", "web", "127.0.0.6")}
-${pod("authors-0", "authors", "127.0.0.7", ports.authors)}
-${pod("authors-v2-0", "authors-v2", "127.0.0.8", ports.authorsV2)}
+${pod("web-0", "web", "127.0.0.71")}
+${pod("authors-0", "authors", "127.0.0.72", ports.authors)}
+${pod("authors-v2-0", "authors-v2", "127.0.0.73", ports.authorsV2)}
 ${service("authors")}
 ${service("authors-v2")}
 apiVersion: gateway.networking.k8s.io/v1
@@ -152,15 +152,15 @@ describe("GRPCRoute routing through mesh.grpcChannel", () => {
 
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-grpc-routing-"));
-    const ports = { authors: await freePort("127.0.0.7"), authorsV2: await freePort("127.0.0.8") };
+    const ports = { authors: await freePort("127.0.0.72"), authorsV2: await freePort("127.0.0.73") };
     controlPlane = await startControlPlane({
       manifests: manifests(ports),
       stateDir,
       ports: { identity: 0, destination: 0, policy: 0 },
       watch: false,
     });
-    await serve("authors-0", "127.0.0.7", ports.authors);
-    await serve("authors-v2-0", "127.0.0.8", ports.authorsV2);
+    await serve("authors-0", "127.0.0.72", ports.authors);
+    await serve("authors-v2-0", "127.0.0.73", ports.authorsV2);
     const web = await meshFor("web-0");
     await Promise.all(meshes.map((mesh) => mesh.ready({ signal: AbortSignal.timeout(20_000) })));
     const channel = await web.grpcChannel("authors:50051");
