@@ -123,7 +123,7 @@ describe("GRPCRoute routing through the mesh channel", () => {
       serviceYaml("bounded", "bounded"),
       grpcRouteYaml("bounded-rpc", "bounded", {
         annotations: {
-          "timeout.linkerd.io/request": "400ms",
+          "timeout.linkerd.io/request": "1s",
           "retry.linkerd.io/grpc": "unavailable",
           "retry.linkerd.io/limit": "20",
         },
@@ -315,19 +315,24 @@ describe("GRPCRoute routing through the mesh channel", () => {
     backend("bounded-0").handlers.unary = (_call, callback) => {
       setTimeout(() => callback({ code: status.UNAVAILABLE, details: "still down" }), 100);
     };
+    const client = clientFor("bounded");
+    // Connected first (a server-streaming call the default handler answers), so the attempts below are
+    // not slowed by the TLS handshake.
+    expect((await collect(client.serverStream(Buffer.from("warm")))).error).toBeUndefined();
     const started = performance.now();
-    const error = await failure(unary(clientFor("bounded"), Buffer.from("b")));
+    const error = await failure(unary(client, Buffer.from("b")));
     const elapsedMs = performance.now() - started;
-    const attempts = backend("bounded-0").calls.length;
+    const attempts = backend("bounded-0").calls.filter((c) => c.method === "unary").length;
     console.log(
-      `request timeout 400ms with retries: ${attempts} attempts, ended after ${Math.round(elapsedMs)} ms`,
+      `request timeout 1s with retries: ${attempts} attempts, ended after ${Math.round(elapsedMs)} ms`,
     );
     expect(error.code).toBe(status.DEADLINE_EXCEEDED);
-    expect(error.details).toContain("request timeout: 400ms");
-    // Retried (the route allows 20), but never past the route's 400 ms.
+    expect(error.details).toContain("request timeout: 1s");
+    // Retried (the route allows 20; each attempt takes 100 ms plus a 25-250 ms backoff), but never past
+    // the route's 1 s.
     expect(attempts).toBeGreaterThanOrEqual(2);
     expect(attempts).toBeLessThan(20);
-    expect(elapsedMs).toBeGreaterThanOrEqual(390);
+    expect(elapsedMs).toBeGreaterThanOrEqual(990);
   });
 
   it("ends a stream idle for longer than the route's idle timeout, after what it delivered", async () => {
@@ -341,7 +346,10 @@ describe("GRPCRoute routing through the mesh channel", () => {
         }, 3000),
       );
     };
-    const result = await collect(clientFor("idle").serverStream(Buffer.from("go")));
+    const client = clientFor("idle");
+    // Connected first, so the 300 ms are not spent on the TLS handshake.
+    await unary(client, Buffer.from("warm"));
+    const result = await collect(client.serverStream(Buffer.from("go")));
     for (const timer of timers) clearTimeout(timer);
     expect(result.messages).toEqual(["first"]);
     expect(result.error?.code).toBe(status.DEADLINE_EXCEEDED);
@@ -360,7 +368,9 @@ describe("GRPCRoute routing through the mesh channel", () => {
       };
       tick();
     };
-    const result = await collect(clientFor("tardy").serverStream(Buffer.from("go")));
+    const client = clientFor("tardy");
+    await unary(client, Buffer.from("warm"));
+    const result = await collect(client.serverStream(Buffer.from("go")));
     for (const timer of timers) clearTimeout(timer);
     expect(result.error?.code).toBe(status.DEADLINE_EXCEEDED);
     expect(result.error?.details).toContain(
