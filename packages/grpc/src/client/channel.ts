@@ -353,6 +353,8 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     #timers: AttemptTimers | undefined;
     #timeouts: RequestTimeouts | undefined;
     #lastActivityMs = 0;
+    /** The caller's deadline while the call waits for the target's routes. */
+    #routesWait: NodeJS.Timeout | undefined;
     #responseStarted = false;
 
     constructor(args: CreateCallArgs, context: AttemptContext | undefined) {
@@ -554,6 +556,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       if (this.#done) return;
       this.#done = true;
       this.#clearTimers();
+      if (this.#routesWait) clearTimeout(this.#routesWait);
       this.#waitAbort?.abort();
       this.#ops = [];
       this.#completeLease(status.code, "canceled", false);
@@ -639,11 +642,26 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
         this.#route(metadata, listener);
         return;
       }
+      let routed = false;
       withRoutes(() => {
+        routed = true;
+        if (this.#routesWait) clearTimeout(this.#routesWait);
         if (this.#done) return;
         if (closed) this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
         else this.#route(metadata, listener);
       });
+      const leftMs = this.#deadlineMs();
+      if (routed || leftMs === undefined) return;
+      // The caller's deadline also bounds the wait for the routes.
+      this.#routesWait = setTimeout(
+        () =>
+          this.#end({
+            code: Status.DEADLINE_EXCEEDED,
+            details: "Deadline exceeded",
+            metadata: new Metadata(),
+          }),
+        Math.max(0, leftMs),
+      );
     }
 
     sendMessageWithContext(

@@ -147,7 +147,33 @@ class RetryingCall extends InterceptingCall {
       onReceiveMessage: (message) => listener?.onReceiveMessage?.(message),
       onReceiveStatus: (status) => listener?.onReceiveStatus?.(status),
     };
-    this.#channel.withRoutes(() => this.#routeAndStart(metadata));
+    let waiting: NodeJS.Timeout | undefined;
+    let routed = false;
+    this.#channel.withRoutes(() => {
+      routed = true;
+      if (waiting) this.#clear(waiting);
+      this.#routeAndStart(metadata);
+    });
+    if (routed) return;
+    // The caller's deadline also bounds the wait for the routes (grpc-js enforces it only inside a channel).
+    const deadline = this.#options.deadline;
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    if (deadlineMs === undefined || !Number.isFinite(deadlineMs)) return;
+    waiting = setTimeout(
+      () => {
+        if (waiting) this.#timers.delete(waiting);
+        if (this.#retry !== undefined || this.#done) return;
+        this.#cancelled = true;
+        this.#current.cancelWithStatus(Status.DEADLINE_EXCEEDED, "Deadline exceeded");
+        this.#finish({
+          code: Status.DEADLINE_EXCEEDED,
+          details: "Deadline exceeded",
+          metadata: new Metadata(),
+        });
+      },
+      Math.max(0, deadlineMs - Date.now()),
+    );
+    this.#timers.add(waiting);
   }
 
   /** Chooses the call's route once (every attempt uses it), then starts the first attempt. */

@@ -226,4 +226,60 @@ describe("GRPCRoute failure injector", () => {
       heldPolicies.close();
     }
   });
+
+  it("ends a call at the caller's deadline while it waits for the target's routes, with or without the interceptors", async () => {
+    hold = true;
+    const heldPolicies = new outbound.OutboundPoliciesClient(
+      `127.0.0.1:${relayPort}`,
+      grpc.credentials.createInsecure(),
+    );
+    const heldDiscovery = createDiscovery({
+      destinationClient,
+      policyClient: heldPolicies,
+      contextToken: createContextToken({ ns: NS, pod: CLIENT.name }),
+      sourceWorkload: JSON.stringify({ ns: NS, pod: CLIENT.name }),
+    });
+    const heldChannel = createMeshGrpcChannel({
+      target: "faulty.default.svc.cluster.local:8080",
+      identity: clientIdentity,
+      discovery: heldDiscovery,
+      failFastTimeoutMs: 10_000,
+    });
+    const withInterceptors = new EchoClient(
+      heldChannel.authority,
+      grpc.credentials.createInsecure(),
+      createMeshClientOptions(heldChannel),
+    );
+    const bare = new EchoClient(heldChannel.authority, grpc.credentials.createInsecure(), {
+      channelOverride: heldChannel,
+    });
+    const callWithDeadline = (client: InstanceType<typeof EchoClient>) =>
+      new Promise<ServiceError>((resolve, reject) =>
+        client.unary(
+          Buffer.from("x"),
+          new grpc.Metadata(),
+          { deadline: Date.now() + 300 },
+          (e: ServiceError | null) => (e ? resolve(e) : reject(new Error("the call succeeded"))),
+        ),
+      );
+    try {
+      for (const client of [withInterceptors, bare]) {
+        const started = performance.now();
+        const error = await callWithDeadline(client);
+        const elapsedMs = performance.now() - started;
+        expect(error.code).toBe(status.DEADLINE_EXCEEDED);
+        // At the caller's 300 ms, not after the 10 s wait for routes.
+        expect(elapsedMs).toBeLessThan(5000);
+      }
+      expect(held.length).toBeGreaterThan(0);
+      expect(backend.calls).toHaveLength(0);
+    } finally {
+      hold = false;
+      withInterceptors.close();
+      bare.close();
+      heldChannel.close();
+      await heldDiscovery.close();
+      heldPolicies.close();
+    }
+  });
 });
