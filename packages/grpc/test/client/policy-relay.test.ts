@@ -1,6 +1,7 @@
 /**
- * A GRPCRoute failure injector, which Gateway API cannot express (so the dev control plane never sends
- * one): a policy double relays the dev control plane's OutboundPolicy and adds the filter to one route.
+ * Through a policy relay over the dev control plane (a real grpc-js server built from @inmesh/proto):
+ * a GRPCRoute failure injector, which Gateway API cannot express (so the dev control plane never sends
+ * one), added to one route; and a controller that has not answered yet (the relay holds the watch).
  */
 
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
@@ -52,7 +53,7 @@ function withInjector(policy: outbound.OutboundPolicy, route: string): outbound.
   return policy;
 }
 
-describe("GRPCRoute failure injector", () => {
+describe("gRPC routing through a policy relay", () => {
   let cp: ControlPlane;
   let relay: grpc.Server;
   let upstream: InstanceType<typeof outbound.OutboundPoliciesClient>;
