@@ -356,6 +356,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     /** The caller's deadline while the call waits for the target's routes. */
     #routesWait: NodeJS.Timeout | undefined;
     #responseStarted = false;
+    #halfClosed = false;
 
     constructor(args: CreateCallArgs, context: AttemptContext | undefined) {
       this.#method = args[0];
@@ -442,6 +443,8 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
         this.#lastActivityMs = performance.now();
         timers.idle = setTimeout(() => this.#idleCheck(idleMs), idleMs);
       }
+      // Half-closed while the routes were still unknown: the response timeout starts now.
+      if (this.#halfClosed) this.#armResponseTimer();
     }
 
     /** The response timeout runs from the end of the request (or the response headers, if earlier). */
@@ -677,6 +680,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     }
 
     halfClose(): void {
+      this.#halfClosed = true;
       this.#armResponseTimer();
       this.#run((call) => call.halfClose());
     }
