@@ -357,6 +357,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     #routesWait: NodeJS.Timeout | undefined;
     #responseStarted = false;
     #halfClosed = false;
+    #firstWrite = false;
 
     constructor(args: CreateCallArgs, context: AttemptContext | undefined) {
       this.#method = args[0];
@@ -672,7 +673,27 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       message: Buffer,
     ): void {
       this.#active();
-      this.#run((call) => call.sendMessageWithContext(context, message));
+      let sending = context;
+      if (!this.#firstWrite) {
+        this.#firstWrite = true;
+        const callback = context.callback;
+        sending = {
+          ...context,
+          callback: (error?: Error | null) => {
+            this.#markSent();
+            callback?.(error);
+          },
+        };
+      }
+      this.#run((call) => call.sendMessageWithContext(sending, message));
+    }
+
+    /**
+     * The first message is written: the balancer measures the round trip from here, not from the pick
+     * (a connect is not the endpoint's latency). Balancers without `onSent` measure from the pick.
+     */
+    #markSent(): void {
+      (this.#lease?.pick as { onSent?: () => void } | undefined)?.onSent?.();
     }
 
     startRead(): void {
