@@ -246,11 +246,18 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     return group;
   };
 
-  /** A new policy: its failure accrual on every balancer; backends it no longer names close once idle. */
-  const applyPolicy = (state: OutboundPolicyState | undefined) => {
+  /**
+   * A new policy or profile: the policy's failure accrual on every balancer; backends neither names any
+   * more (route backendRefs, profile dstOverrides) close once idle.
+   */
+  const applyRouting = () => {
     if (closed) return;
+    const state = policy?.current();
     const accrual = grpcFailureAccrual(state);
     const named = backendPaths(state);
+    const profileState = profile?.current();
+    if (profileState?.kind === "profile")
+      for (const override of profileState.dstOverrides) named.add(override.authority.toLowerCase());
     for (const [path, group] of [...groups]) {
       if (group !== target && !named.has(path) && ![...group.channels()].some((e) => e.inflight > 0)) {
         groups.delete(path);
@@ -260,8 +267,9 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       group.setFailureAccrual(accrual);
     }
   };
-  const unsubscribePolicy = policy?.onUpdate(applyPolicy);
-  applyPolicy(policy?.current());
+  const unsubscribePolicy = policy?.onUpdate(applyRouting);
+  const unsubscribeProfile = profile?.onUpdate(applyRouting);
+  applyRouting();
 
   const answered = (routeWatch: Watch<unknown> | undefined) =>
     routeWatch === undefined || routeWatch.current() !== undefined || routeWatch.state().terminated;
@@ -762,6 +770,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     if (closed) return;
     closed = true;
     unsubscribePolicy?.();
+    unsubscribeProfile?.();
     profile?.close().catch(() => undefined);
     policy?.close().catch(() => undefined);
     for (const group of groups.values()) group.close();
