@@ -2,13 +2,10 @@ import { isIP } from "node:net";
 import { debuglog } from "node:util";
 import {
   type CallCredentials,
-  type ChannelCredentials,
   type ChannelInterface,
   type ChannelOptions,
   connectivityState as ConnectivityState,
   type experimental,
-  Channel as GrpcChannel,
-  credentials as grpcCredentials,
   type InterceptingListener,
   Metadata,
   status as Status,
@@ -24,29 +21,43 @@ import {
   meshChannel,
   type OutboundAttemptMessage,
   type OutboundCallMessage,
-  secureRandom,
 } from "@inmesh/core";
 import {
-  type Balancer,
-  type Pick as BalancerPick,
   chooseRoutingModel,
-  createBalancer,
   createRetryBudget,
   DEFAULT_GRPC_FAILURE_CODES,
   type Discovery,
-  type Endpoint,
   type EndpointSet,
-  endpointSetChanges,
+  type GrpcFilter,
+  type HttpFilter,
+  type OpaqueFilter,
   type OutboundPolicyState,
   type ProfileState,
   type RequestPolicy,
+  type RequestTimeouts,
   type RetryBudget,
+  selectBackend,
   selectRoute,
   type Watch,
 } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
-import { createMeshChannelCredentials } from "./credentials.js";
-import { sourceAddressTarget } from "./local-address.js";
+import {
+  createEndpointGroup,
+  type EndpointGroup,
+  type EndpointGroupSettings,
+  type Lease,
+} from "./endpoint-group.js";
+import {
+  backendPaths,
+  grpcFailureAccrual,
+  injectedFailure,
+  meshStatus,
+  modifyRequestMetadata,
+  noRouteStatus,
+  timeoutError,
+} from "./routing.js";
+
+export { MESH_ERROR_METADATA_KEY } from "./routing.js";
 
 const debug = debuglog("mesh");
 const attemptStart = meshChannel(MeshChannel.outboundAttemptStart);
@@ -55,6 +66,7 @@ const attemptEnd = meshChannel(MeshChannel.outboundAttemptEnd);
 type CallStream = experimental.CallStream;
 type CreateCallArgs = Parameters<ChannelInterface["createCall"]>;
 type ChannelRef = ReturnType<ChannelInterface["getChannelzRef"]>;
+type AnyFilter = HttpFilter | GrpcFilter | OpaqueFilter;
 
 /** The discovery surface the channel uses; `createDiscovery()` provides it. */
 export type MeshGrpcDiscovery = Pick<Discovery, "watchEndpoints"> &
@@ -91,17 +103,31 @@ export interface MeshGrpcChannel extends ChannelInterface, AsyncDisposable {
   readonly budget: RetryBudget;
   /** The route policy of a method (`/pkg.Service/Method`), from the profile or GRPCRoute; undefined when no route matches. */
   requestPolicy(path: string, metadata?: Metadata): RequestPolicy | undefined;
+  /**
+   * Runs `run` once the target's routes are known (its ServiceProfile and OutboundPolicy watches have
+   * answered, or `failFastTimeoutMs` passed): at once when they are, as linkerd2-proxy routes no request
+   * before its policy has been discovered.
+   */
+  withRoutes(run: () => void): void;
   /** Resolves once discovery has answered (endpoints, and routes within the same bound). */
   ready(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<void>;
-  /** Endpoints currently known. */
+  /** Endpoints currently known (of the logical target; traffic-split backends not included). */
   endpointCount(): number;
   close(): void;
 }
 
-/** Shares the logical call and attempt number with the channel while an interceptor creates an attempt. */
+/**
+ * Shares the logical call with the channel while an interceptor creates an attempt: its telemetry, the
+ * attempt number, the route chosen once for the whole call, and when the call started (the route's
+ * request timeout runs from there, across retries).
+ */
 export interface AttemptContext {
   readonly call: OutboundCallMessage | undefined;
   readonly attempt: number;
+  /** The call's route (set before the attempt starts); `policy` undefined means no route matched. */
+  route?: { readonly policy: RequestPolicy | undefined } | undefined;
+  /** `performance.now()` when the logical call started. */
+  readonly startedAtMs?: number;
 }
 
 let ambientAttempt: AttemptContext | undefined;
@@ -115,41 +141,6 @@ export function withAttemptContext<T>(context: AttemptContext, create: () => T):
   } finally {
     ambientAttempt = previous;
   }
-}
-
-/** Marks a status the mesh produced (not the server), with its MESH_ERR code. */
-export const MESH_ERROR_METADATA_KEY = "inmesh-error-code";
-
-function meshStatus(code: Status, error: MeshError): StatusObject {
-  const metadata = new Metadata();
-  metadata.set(MESH_ERROR_METADATA_KEY, error.code);
-  return { code, details: `[${error.code}] ${error.message}`, metadata };
-}
-
-const CONNECT_BACKOFF_MIN_MS = 100;
-const CONNECT_BACKOFF_MAX_MS = 500;
-
-interface EndpointChannel {
-  readonly key: string;
-  readonly endpoint: Endpoint;
-  readonly channel: GrpcChannel;
-  readonly identity: string | undefined;
-  inflight: number;
-  removed: boolean;
-}
-
-interface Lease {
-  readonly pick: BalancerPick<Endpoint>;
-  readonly entry: EndpointChannel;
-}
-
-function channelKey(endpoint: Endpoint, useTransportHeader: boolean): string {
-  return [
-    endpoint.address,
-    endpoint.tlsIdentity?.name ?? "",
-    endpoint.tlsIdentity?.serverName ?? "",
-    useTransportHeader ? (endpoint.opaqueTransportPort ?? "") : "",
-  ].join("|");
 }
 
 function parseAuthority(target: string): string {
@@ -169,11 +160,24 @@ function parseAuthority(target: string): string {
   return `${host}:${port}`;
 }
 
+/** Route timers of one attempt (contract §7.2 stream timeouts); absent kinds are not armed. */
+interface AttemptTimers {
+  request: NodeJS.Timeout | undefined;
+  response: NodeJS.Timeout | undefined;
+  idle: NodeJS.Timeout | undefined;
+}
+
 /**
  * Creates a grpc-js Channel that resolves its target through Linkerd discovery and picks an endpoint per
  * call with the peak-EWMA P2C balancer. Each endpoint gets its own grpc-js channel with mesh credentials
  * for that endpoint's identity (SNI = identity, no ALPN, transport header when advertised), or plaintext
  * for unmeshed endpoints. Endpoints removed by discovery finish their calls, then close.
+ *
+ * Each call is routed as linkerd2-proxy's outbound gRPC router does: the GRPCRoute (or profile route) of
+ * the method and metadata, NOT_FOUND when the policy has routes and none matches, the rule's filters
+ * (request header modifier, failure injector), a backend drawn by weight (traffic split) with its own
+ * balancer, the rule's request/response/idle timeouts (DEADLINE_EXCEEDED), and the policy's failure
+ * accrual on every backend's balancer.
  *
  * Give it to a generated client as `channelOverride` (with `createMeshClientInterceptors` for retries).
  * grpc-js resolvers and load-balancer policies were not used: a custom LB policy must manage subchannel
@@ -194,7 +198,6 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       details: { variable: "failFastTimeoutMs" },
     });
   }
-  const useTransportHeader = options.useTransportHeader ?? true;
   const useRoutes = options.useRoutes ?? true;
   if (options.localAddress !== undefined && isIP(options.localAddress) === 0) {
     throw new MeshError(
@@ -204,6 +207,13 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
   }
   const identity = options.identity;
   const discovery = options.discovery;
+  const settings: EndpointGroupSettings = {
+    authority,
+    identity,
+    useTransportHeader: options.useTransportHeader ?? true,
+    localAddress: options.localAddress,
+    channelOptions: options.channelOptions,
+  };
 
   const watch: Watch<EndpointSet> = discovery.watchEndpoints(authority);
   const optional = <T>(open: () => Watch<T> | undefined): Watch<T> | undefined => {
@@ -218,194 +228,95 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
   const policy = useRoutes
     ? optional<OutboundPolicyState>(() => discovery.watchOutboundPolicy?.(authority))
     : undefined;
-  const balancer: Balancer<Endpoint> = createBalancer<Endpoint>();
   const budget = createRetryBudget();
-  const channels = new Map<string, EndpointChannel>();
-  const excluded = new Map<string, { untilMs: number; failures: number }>();
-  const waiters = new Set<() => void>();
-  let current: EndpointSet | undefined;
-  let exclusionTimer: NodeJS.Timeout | undefined;
+  const target = createEndpointGroup(authority, watch, settings);
+  /** Backend groups by discovery path; the logical target's is `target`. */
+  const groups = new Map<string, EndpointGroup>([[authority, target]]);
   let closed = false;
   let callNumber = 0;
 
-  const closeEntry = (entry: EndpointChannel) => {
-    channels.delete(entry.key);
-    entry.channel.close();
-  };
-
-  const wakeWaiters = () => {
-    const wake = [...waiters];
-    waiters.clear();
-    for (const fn of wake) fn();
-  };
-
-  const rebalance = () => {
-    if (!current) return;
-    const now = performance.now();
-    let backingOff = false;
-    for (const out of excluded.values()) if (out.untilMs > now) backingOff = true;
-    if (!backingOff) {
-      // The balancer takes the set itself, and with it the update's changes, not a rebuilt list.
-      if (exclusionTimer) clearTimeout(exclusionTimer);
-      exclusionTimer = undefined;
-      balancer.update(current);
-      if (current.size > 0) wakeWaiters();
-      return;
+  const groupFor = (path: string): EndpointGroup => {
+    const key = path.toLowerCase();
+    let group = groups.get(key);
+    if (!group) {
+      group = createEndpointGroup(key, discovery.watchEndpoints(key), settings);
+      group.setFailureAccrual(grpcFailureAccrual(policy?.current()));
+      groups.set(key, group);
     }
-    let nextExpiry: number | undefined;
-    const ready: Endpoint[] = [];
-    for (const endpoint of current.endpoints) {
-      const out = excluded.get(endpoint.address);
-      if (out && out.untilMs > now) {
-        nextExpiry = nextExpiry === undefined ? out.untilMs : Math.min(nextExpiry, out.untilMs);
+    return group;
+  };
+
+  /**
+   * A new policy or profile: the policy's failure accrual on every balancer; backends neither names any
+   * more (route backendRefs, profile dstOverrides) close once idle.
+   */
+  const applyRouting = () => {
+    if (closed) return;
+    const state = policy?.current();
+    const accrual = grpcFailureAccrual(state);
+    const named = backendPaths(state);
+    const profileState = profile?.current();
+    if (profileState?.kind === "profile")
+      for (const override of profileState.dstOverrides) named.add(override.authority.toLowerCase());
+    for (const [path, group] of [...groups]) {
+      if (group !== target && !named.has(path) && ![...group.channels()].some((e) => e.inflight > 0)) {
+        groups.delete(path);
+        group.close();
         continue;
       }
-      ready.push(endpoint);
+      group.setFailureAccrual(accrual);
     }
-    balancer.update(ready);
-    if (exclusionTimer) clearTimeout(exclusionTimer);
-    exclusionTimer = undefined;
-    if (nextExpiry !== undefined) {
-      exclusionTimer = setTimeout(rebalance, Math.max(1, nextExpiry - now));
-      exclusionTimer.unref();
+  };
+  const unsubscribePolicy = policy?.onUpdate(applyRouting);
+  const unsubscribeProfile = profile?.onUpdate(applyRouting);
+  applyRouting();
+
+  const answered = (routeWatch: Watch<unknown> | undefined) =>
+    routeWatch === undefined || routeWatch.current() !== undefined || routeWatch.state().terminated;
+  let routesKnown = false;
+  let routesPending: (() => void)[] | undefined;
+  const withRoutes = (run: () => void): void => {
+    if (routesKnown || closed || (answered(profile) && answered(policy))) {
+      routesKnown = true;
+      run();
+      return;
     }
-    if (ready.length > 0) wakeWaiters();
-  };
-
-  const retire = (entry: EndpointChannel) => {
-    entry.removed = true;
-    // Calls in flight finish on the old channel; it closes with the last of them.
-    if (entry.inflight === 0) closeEntry(entry);
-  };
-
-  /** Retires the channel of `old` unless `next` (its replacement, if any) keeps its parameters. */
-  const retireChanged = (old: Endpoint | undefined, next: Endpoint | undefined) => {
-    if (old === undefined) return;
-    const key = channelKey(old, useTransportHeader);
-    if (next !== undefined && channelKey(next, useTransportHeader) === key) return;
-    const entry = channels.get(key);
-    if (entry) retire(entry);
-  };
-
-  const apply = (set: EndpointSet) => {
-    if (closed) return;
-    const previous = current;
-    current = set;
-    // Usually one update's changes: only the endpoints it touched can have lost their channel.
-    const changes = endpointSetChanges(previous, set);
-    if (changes && previous) {
-      for (const address of changes.removed) retireChanged(previous.get(address), undefined);
-      for (const endpoint of changes.upserted) retireChanged(previous.get(endpoint.address), endpoint);
-    } else if (channels.size > 0) {
-      const live = new Set(set.endpoints.map((endpoint) => channelKey(endpoint, useTransportHeader)));
-      for (const entry of [...channels.values()]) if (!live.has(entry.key)) retire(entry);
+    if (routesPending) {
+      routesPending.push(run);
+      return;
     }
-    for (const address of excluded.keys()) if (!set.get(address)) excluded.delete(address);
-    rebalance();
-  };
-  const unsubscribe = watch.onUpdate(apply);
-  const initial = watch.current();
-  if (initial) apply(initial);
-
-  const channelFor = (endpoint: Endpoint): EndpointChannel => {
-    const key = channelKey(endpoint, useTransportHeader);
-    let entry = channels.get(key);
-    if (entry) return entry;
-    const tls = endpoint.tlsIdentity;
-    const viaTransportHeader =
-      tls !== undefined && useTransportHeader && endpoint.opaqueTransportPort !== undefined;
-    const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
-    const port = viaTransportHeader ? (endpoint.opaqueTransportPort as number) : endpoint.port;
-    const target =
-      options.localAddress !== undefined
-        ? sourceAddressTarget(options.localAddress, endpoint.host, port)
-        : `${endpoint.host.includes(":") ? "ipv6" : "ipv4"}:${host}:${port}`;
-    let credentials: ChannelCredentials;
-    if (tls) {
-      if (!identity)
-        throw new DestinationError(
-          MeshErrorCode.INVALID_CONFIG,
-          `endpoint ${endpoint.address} requires mTLS as ${tls.name}, but the channel has no identity`,
-        );
-      credentials = createMeshChannelCredentials({
-        identity,
-        expectedServerIdentity: tls.name,
-        serverName: tls.serverName,
-        ...(viaTransportHeader ? { transportHeaderPort: endpoint.port } : {}),
-      });
-    } else {
-      credentials = grpcCredentials.createInsecure();
-    }
-    const http2 = endpoint.http2;
-    const channelOptions: ChannelOptions = {
-      ...(http2?.keepAliveIntervalMs !== undefined
-        ? { "grpc.keepalive_time_ms": http2.keepAliveIntervalMs }
-        : {}),
-      ...(http2?.keepAliveTimeoutMs !== undefined
-        ? { "grpc.keepalive_timeout_ms": http2.keepAliveTimeoutMs }
-        : {}),
-      ...(http2?.keepAliveWhileIdle ? { "grpc.keepalive_permit_without_calls": 1 } : {}),
-      ...options.channelOptions,
-      "grpc.default_authority": authority,
-      // Each endpoint channel owns its connection: a shared subchannel would outlive the endpoint.
-      "grpc.use_local_subchannel_pool": 1,
-    };
-    entry = {
-      key,
-      endpoint,
-      channel: new GrpcChannel(target, credentials, channelOptions),
-      identity: tls?.name,
-      inflight: 0,
-      removed: false,
-    };
-    channels.set(key, entry);
-    return entry;
-  };
-
-  const lease = (): Lease | undefined => {
-    const pick = balancer.tryPick();
-    if (!pick) return undefined;
-    return { pick, entry: channelFor(pick.endpoint) };
-  };
-
-  const changed = (signal: AbortSignal): Promise<void> =>
-    new Promise((resolve, reject) => {
-      if (signal.aborted) {
-        reject(signal.reason);
-        return;
-      }
-      const done = () => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        waiters.delete(done);
-        reject(signal.reason);
-      };
-      waiters.add(done);
-      signal.addEventListener("abort", onAbort, { once: true });
+    const pending = [run];
+    routesPending = pending;
+    const waitOptions = { timeoutMs: failFastTimeoutMs };
+    void Promise.allSettled([profile?.ready(waitOptions), policy?.ready(waitOptions)]).then(() => {
+      routesKnown = true;
+      routesPending = undefined;
+      for (const fn of pending) fn();
     });
-
-  const connectFailed = (address: string) => {
-    if (closed || !current?.get(address)) return;
-    const failures = (excluded.get(address)?.failures ?? 0) + 1;
-    const base = Math.min(CONNECT_BACKOFF_MAX_MS, CONNECT_BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 8));
-    excluded.set(address, { untilMs: performance.now() + base * (1 + 0.1 * secureRandom()), failures });
-    rebalance();
   };
 
-  const release = (entry: EndpointChannel) => {
-    entry.inflight -= 1;
-    if (entry.removed && entry.inflight === 0 && channels.get(entry.key) === entry) closeEntry(entry);
+  const selectPolicy = (path: string, metadata: Metadata | undefined): RequestPolicy | undefined => {
+    const model = chooseRoutingModel({ profile: profile?.current(), policy: policy?.current() });
+    const getHeader = (name: string) => {
+      const values = metadata
+        ?.get(name)
+        .map((value) => (typeof value === "string" ? value : value.toString("latin1")));
+      return values === undefined || values.length === 0
+        ? undefined
+        : values.length === 1
+          ? values[0]
+          : values;
+    };
+    return selectRoute(model, { method: "POST", host: authority, path, getHeader }, { httpVersion: "http2" });
   };
 
   /** Checks our own identity for a meshed endpoint: an expired one fails the call now (R2). */
-  const identityProblem = (entry: EndpointChannel): MeshError | undefined => {
-    if (!entry.identity) return undefined;
+  const identityProblem = (lease: Lease): MeshError | undefined => {
+    if (!lease.entry.identity) return undefined;
     if (!identity) {
       return new DestinationError(
         MeshErrorCode.INVALID_CONFIG,
-        `endpoint ${entry.endpoint.address} requires mTLS, but the channel has no identity`,
+        `endpoint ${lease.entry.endpoint.address} requires mTLS, but the channel has no identity`,
       );
     }
     try {
@@ -416,16 +327,18 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     }
   };
 
-  const noEndpoint = () =>
-    new DestinationError(
+  const noEndpoint = (group: EndpointGroup) => {
+    const current = group.current();
+    return new DestinationError(
       MeshErrorCode.DESTINATION_NO_ENDPOINTS,
       current === undefined
-        ? `no discovery answer for ${authority}`
+        ? `no discovery answer for ${group.path}`
         : current.exists
-          ? `no endpoint of ${authority} became ready within ${failFastTimeoutMs} ms`
-          : `discovery says ${authority} does not exist`,
-      { details: { authority } },
+          ? `no endpoint of ${group.path} became ready within ${failFastTimeoutMs} ms`
+          : `discovery says ${group.path} does not exist`,
+      { details: { authority, backend: group.path } },
     );
+  };
 
   class MeshChannelCall implements CallStream {
     readonly #method: string;
@@ -434,21 +347,30 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     readonly #number = ++callNumber;
     #delegate: CallStream | undefined;
     #lease: Lease | undefined;
+    #group: EndpointGroup = target;
     #ops: ((call: CallStream) => void)[] = [];
     #listener: InterceptingListener | undefined;
     #credentials: CallCredentials | undefined;
-    #finished = false;
+    /** The status went (or is going) to the listener. */
+    #done = false;
+    #leaseDone = false;
     #waitAbort: AbortController | undefined;
     #message: OutboundAttemptMessage | undefined;
     #startedAtMs = performance.now();
+    #pendingStatus: StatusObject | undefined;
+    #timers: AttemptTimers | undefined;
+    #timeouts: RequestTimeouts | undefined;
+    #lastActivityMs = 0;
+    /** The caller's deadline while the call waits for the target's routes. */
+    #routesWait: NodeJS.Timeout | undefined;
+    #responseStarted = false;
+    #halfClosed = false;
+    #firstWrite = false;
 
     constructor(args: CreateCallArgs, context: AttemptContext | undefined) {
       this.#method = args[0];
       this.#args = args;
       this.#context = context;
-      const leased = closed ? undefined : lease();
-      if (leased) this.#attach(leased);
-      else if (!closed) this.#wait();
     }
 
     #deadlineMs(): number | undefined {
@@ -457,34 +379,162 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       return Number.isFinite(at) ? at - Date.now() : undefined;
     }
 
+    /** Routes the call; whatever goes wrong ends this call with a status, never throws into grpc-js. */
+    #route(metadata: Metadata, listener: InterceptingListener): void {
+      try {
+        this.#routeUnsafe(metadata, listener);
+      } catch (error) {
+        this.#end(meshStatus(Status.UNAVAILABLE, MeshError.from(error)));
+      }
+    }
+
+    /** Route, filters, backend and timers; then an endpoint (now, or once one is ready). */
+    #routeUnsafe(metadata: Metadata, listener: InterceptingListener): void {
+      const route = this.#context?.route ?? { policy: selectPolicy(this.#method, metadata) };
+      const policy = route.policy;
+      if (!policy) {
+        this.#end(noRouteStatus(authority));
+        return;
+      }
+      let filters: readonly AnyFilter[] = policy.filters;
+      const backend = policy.backends ? selectBackend<AnyFilter>(policy.backends) : undefined;
+      if (backend) {
+        if (backend.filters.length > 0) filters = [...filters, ...backend.filters];
+        // A forward backend (one address, no discovery) is not a gRPC Service target: the logical one serves it.
+        if (backend.backend.target.kind === "balancer") {
+          try {
+            this.#group = groupFor(backend.backend.target.path);
+          } catch (error) {
+            // No watch for the backend (the discovery's watch limit, say): the call fails, nothing else.
+            this.#end(meshStatus(Status.UNAVAILABLE, MeshError.from(error)));
+            return;
+          }
+        }
+      }
+      if (filters.length > 0) {
+        const failure = injectedFailure(filters);
+        if (failure) {
+          this.#end(failure);
+          return;
+        }
+        metadata = modifyRequestMetadata(metadata, filters);
+      }
+      this.#armTimers(policy.timeouts);
+      const wrapped = this.#wrap(listener);
+      this.#ops.unshift((call) => call.start(metadata, wrapped));
+      const leased = this.#tryLease();
+      if (leased) this.#attach(leased);
+      else if (!this.#done) this.#wait();
+    }
+
+    #tryLease(): Lease | undefined {
+      try {
+        return this.#group.lease();
+      } catch (error) {
+        this.#end(meshStatus(Status.UNAVAILABLE, MeshError.from(error)));
+        return undefined;
+      }
+    }
+
+    #armTimers(timeouts: RequestTimeouts): void {
+      const { requestMs, responseMs, idleMs } = timeouts;
+      if (requestMs === undefined && responseMs === undefined && idleMs === undefined) return;
+      this.#timeouts = timeouts;
+      const timers: AttemptTimers = { request: undefined, response: undefined, idle: undefined };
+      this.#timers = timers;
+      if (requestMs !== undefined) {
+        // The request timeout bounds the logical call, retries included: it runs from the call's start.
+        const startedAtMs = this.#context?.startedAtMs ?? this.#startedAtMs;
+        const leftMs = Math.max(0, startedAtMs + requestMs - performance.now());
+        timers.request = setTimeout(() => this.#expire("request", requestMs), leftMs);
+      }
+      if (idleMs !== undefined) {
+        this.#lastActivityMs = performance.now();
+        timers.idle = setTimeout(() => this.#idleCheck(idleMs), idleMs);
+      }
+      // Half-closed while the routes were still unknown: the response timeout starts now.
+      if (this.#halfClosed) this.#armResponseTimer();
+    }
+
+    /** The response timeout runs from the end of the request (or the response headers, if earlier). */
+    #armResponseTimer(): void {
+      const responseMs = this.#timeouts?.responseMs;
+      const timers = this.#timers;
+      if (responseMs === undefined || !timers || timers.response || this.#done) return;
+      timers.response = setTimeout(() => this.#expire("response", responseMs), responseMs);
+    }
+
+    #idleCheck(idleMs: number): void {
+      const timers = this.#timers;
+      if (!timers || this.#done) return;
+      const idleForMs = performance.now() - this.#lastActivityMs;
+      if (idleForMs >= idleMs) {
+        this.#expire("idle", idleMs);
+        return;
+      }
+      timers.idle = setTimeout(() => this.#idleCheck(idleMs), idleMs - idleForMs);
+    }
+
+    #active(): void {
+      if (this.#timers?.idle) this.#lastActivityMs = performance.now();
+    }
+
+    #clearTimers(): void {
+      const timers = this.#timers;
+      if (!timers) return;
+      this.#timers = undefined;
+      if (timers.request) clearTimeout(timers.request);
+      if (timers.response) clearTimeout(timers.response);
+      if (timers.idle) clearTimeout(timers.idle);
+    }
+
+    /** Linkerd answers an expired stream timeout with DEADLINE_EXCEEDED naming the timeout. */
+    #expire(kind: "request" | "response" | "idle", timeoutMs: number): void {
+      if (this.#done) return;
+      const error = timeoutError(kind, timeoutMs, this.#responseStarted, authority);
+      // Neither a failure nor a success for the endpoint's breaker: linkerd2-proxy drops the response
+      // future of a timed-out call, which classifies nothing.
+      this.#end(meshStatus(Status.DEADLINE_EXCEEDED, error));
+    }
+
     #wait(): void {
       const remaining = Math.min(failFastTimeoutMs, this.#deadlineMs() ?? Number.POSITIVE_INFINITY);
+      const group = this.#group;
       if (remaining <= 0) {
-        queueMicrotask(() => this.#fail(Status.UNAVAILABLE, noEndpoint()));
+        this.#end(meshStatus(Status.UNAVAILABLE, noEndpoint(group)));
         return;
       }
       const abort = new AbortController();
       this.#waitAbort = abort;
       const signal = AbortSignal.any([abort.signal, AbortSignal.timeout(Math.ceil(remaining))]);
       const retry = (): void => {
-        if (this.#finished || abort.signal.aborted) return;
-        const leased = closed ? undefined : lease();
+        if (this.#done || abort.signal.aborted) return;
+        if (closed) {
+          this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
+          return;
+        }
+        const leased = this.#tryLease();
         if (leased) {
           this.#attach(leased);
           return;
         }
-        changed(signal).then(retry, () => {
-          if (!abort.signal.aborted) this.#fail(Status.UNAVAILABLE, noEndpoint());
+        if (this.#done) return;
+        group.changed(signal).then(retry, () => {
+          if (!abort.signal.aborted) this.#end(meshStatus(Status.UNAVAILABLE, noEndpoint(group)));
         });
       };
       retry();
     }
 
     #attach(leased: Lease): void {
-      const problem = identityProblem(leased.entry);
+      if (this.#done) {
+        leased.pick.onComplete("canceled");
+        return;
+      }
+      const problem = identityProblem(leased);
       if (problem) {
         leased.pick.onComplete("canceled");
-        queueMicrotask(() => this.#fail(Status.UNAVAILABLE, problem));
+        this.#end(meshStatus(Status.UNAVAILABLE, problem));
         return;
       }
       this.#lease = leased;
@@ -513,21 +563,25 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       for (const op of ops) op(delegate);
     }
 
-    #fail(code: Status, error: MeshError): void {
-      if (this.#finished) return;
-      this.#finished = true;
+    /** Ends the call with a status the mesh made up; a call in flight is cancelled underneath. */
+    #end(status: StatusObject): void {
+      if (this.#done) return;
+      this.#done = true;
+      this.#clearTimers();
+      if (this.#routesWait) clearTimeout(this.#routesWait);
       this.#waitAbort?.abort();
-      const listener = this.#listener;
       this.#ops = [];
-      if (listener) listener.onReceiveStatus(meshStatus(code, error));
-      else this.#pendingStatus = meshStatus(code, error);
+      this.#completeLease(status.code, "canceled", false);
+      // Its own status comes back through the wrapped listener, which ignores it now.
+      this.#delegate?.cancelWithStatus(Status.CANCELLED, status.details);
+      const listener = this.#listener;
+      if (listener) queueMicrotask(() => listener.onReceiveStatus(status));
+      else this.#pendingStatus = status;
     }
-
-    #pendingStatus: StatusObject | undefined;
 
     #run(op: (call: CallStream) => void): void {
       if (this.#delegate) op(this.#delegate);
-      else if (!this.#finished) this.#ops.push(op);
+      else if (!this.#done) this.#ops.push(op);
     }
 
     #wrap(listener: InterceptingListener): InterceptingListener {
@@ -535,50 +589,49 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       let firstMessage = true;
       return {
         onReceiveMetadata: (metadata) => {
+          if (this.#done) return;
           metadataSeen = true;
+          this.#responseStarted = true;
+          this.#active();
+          this.#armResponseTimer();
           listener.onReceiveMetadata(metadata);
         },
         onReceiveMessage: (message) => {
+          if (this.#done) return;
           if (firstMessage) {
             firstMessage = false;
             // Load is tracked until the first response DATA frame (contract §8.4).
             this.#lease?.pick.onFirstByte();
           }
+          this.#active();
           listener.onReceiveMessage(message);
         },
         onReceiveStatus: (status) => {
-          this.#complete(status, metadataSeen);
+          if (this.#done) return;
+          this.#done = true;
+          this.#clearTimers();
+          const outcome =
+            status.code === Status.CANCELLED
+              ? "canceled"
+              : DEFAULT_GRPC_FAILURE_CODES.has(status.code)
+                ? "failure"
+                : "success";
+          this.#completeLease(status.code, outcome, status.code === Status.UNAVAILABLE && !metadataSeen);
           listener.onReceiveStatus(status);
         },
       };
     }
 
-    #complete(status: StatusObject, metadataSeen: boolean): void {
-      if (this.#finished) return;
-      this.#finished = true;
+    #completeLease(code: Status, outcome: "success" | "failure" | "canceled", cannotConnect: boolean): void {
       const leased = this.#lease;
-      if (!leased) return;
-      const outcome =
-        status.code === Status.CANCELLED
-          ? "canceled"
-          : DEFAULT_GRPC_FAILURE_CODES.has(status.code)
-            ? "failure"
-            : "success";
+      if (!leased || this.#leaseDone) return;
+      this.#leaseDone = true;
       leased.pick.onComplete(outcome);
-      // UNAVAILABLE while the endpoint's channel cannot connect: give the endpoint a backoff, as
-      // linkerd2-proxy keeps an endpoint that fails to connect out of its ready set.
-      if (
-        status.code === Status.UNAVAILABLE &&
-        !metadataSeen &&
-        leased.entry.channel.getConnectivityState(false) === ConnectivityState.TRANSIENT_FAILURE
-      ) {
-        connectFailed(leased.pick.endpoint.address);
-      }
-      release(leased.entry);
+      leased.group.release(leased, cannotConnect);
       const message = this.#message;
       if (message) {
         message.statusCode = 200;
-        message.grpcStatus = status.code;
+        message.grpcStatus = code;
         message.durationMs = performance.now() - this.#startedAtMs;
         if (attemptEnd.hasSubscribers) attemptEnd.publish(message);
       }
@@ -592,15 +645,63 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
         queueMicrotask(() => listener.onReceiveStatus(status));
         return;
       }
-      const wrapped = this.#wrap(listener);
-      this.#run((call) => call.start(metadata, wrapped));
+      if (this.#done) return;
+      if (closed) {
+        this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
+        return;
+      }
+      if (this.#context?.route) {
+        this.#route(metadata, listener);
+        return;
+      }
+      let routed = false;
+      withRoutes(() => {
+        routed = true;
+        if (this.#routesWait) clearTimeout(this.#routesWait);
+        if (this.#done) return;
+        if (closed) this.#end(meshStatus(Status.UNAVAILABLE, closedError()));
+        else this.#route(metadata, listener);
+      });
+      const leftMs = this.#deadlineMs();
+      if (routed || leftMs === undefined) return;
+      // The caller's deadline also bounds the wait for the routes.
+      this.#routesWait = setTimeout(
+        () =>
+          this.#end({
+            code: Status.DEADLINE_EXCEEDED,
+            details: "Deadline exceeded",
+            metadata: new Metadata(),
+          }),
+        Math.max(0, leftMs),
+      );
     }
 
     sendMessageWithContext(
       context: Parameters<CallStream["sendMessageWithContext"]>[0],
       message: Buffer,
     ): void {
-      this.#run((call) => call.sendMessageWithContext(context, message));
+      this.#active();
+      let sending = context;
+      if (!this.#firstWrite) {
+        this.#firstWrite = true;
+        const callback = context.callback;
+        sending = {
+          ...context,
+          callback: (error?: Error | null) => {
+            this.#markSent();
+            callback?.(error);
+          },
+        };
+      }
+      this.#run((call) => call.sendMessageWithContext(sending, message));
+    }
+
+    /**
+     * The first message is written: the balancer measures the round trip from here, not from the pick
+     * (a connect is not the endpoint's latency).
+     */
+    #markSent(): void {
+      this.#lease?.pick.onSent();
     }
 
     startRead(): void {
@@ -608,21 +709,18 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     }
 
     halfClose(): void {
+      this.#halfClosed = true;
+      this.#armResponseTimer();
       this.#run((call) => call.halfClose());
     }
 
     cancelWithStatus(code: Status, details: string): void {
-      if (this.#delegate) {
+      if (this.#delegate && !this.#done) {
+        this.#clearTimers();
         this.#delegate.cancelWithStatus(code, details);
         return;
       }
-      if (this.#finished) return;
-      this.#finished = true;
-      this.#waitAbort?.abort();
-      this.#ops = [];
-      const listener = this.#listener;
-      const status: StatusObject = { code, details, metadata: new Metadata() };
-      if (listener) queueMicrotask(() => listener.onReceiveStatus(status));
+      this.#end({ code, details, metadata: new Metadata() });
     }
 
     getPeer(): string {
@@ -647,16 +745,23 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     }
   }
 
+  const closedError = () =>
+    new MeshError(MeshErrorCode.CLOSED, `the mesh channel to ${authority} is closed`, {
+      details: { authority },
+    });
+
   const channelzRef = { kind: "channel", id: -1, name: `mesh:${authority}` } as unknown as ChannelRef;
 
   const state = (): ConnectivityState => {
     if (closed) return ConnectivityState.SHUTDOWN;
     let best = ConnectivityState.IDLE;
-    for (const entry of channels.values()) {
-      const s = entry.channel.getConnectivityState(false);
-      if (s === ConnectivityState.READY) return s;
-      if (s === ConnectivityState.CONNECTING) best = s;
-      else if (s === ConnectivityState.TRANSIENT_FAILURE && best === ConnectivityState.IDLE) best = s;
+    for (const group of groups.values()) {
+      for (const entry of group.channels()) {
+        const s = entry.channel.getConnectivityState(false);
+        if (s === ConnectivityState.READY) return s;
+        if (s === ConnectivityState.CONNECTING) best = s;
+        else if (s === ConnectivityState.TRANSIENT_FAILURE && best === ConnectivityState.IDLE) best = s;
+      }
     }
     return best;
   };
@@ -664,14 +769,12 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
   const closeAll = () => {
     if (closed) return;
     closed = true;
-    unsubscribe();
-    if (exclusionTimer) clearTimeout(exclusionTimer);
-    for (const fn of waiters) fn();
-    waiters.clear();
-    watch.close().catch(() => undefined);
+    unsubscribePolicy?.();
+    unsubscribeProfile?.();
     profile?.close().catch(() => undefined);
     policy?.close().catch(() => undefined);
-    for (const entry of [...channels.values()]) closeEntry(entry);
+    for (const group of groups.values()) group.close();
+    groups.clear();
   };
 
   return {
@@ -685,7 +788,8 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
     getTarget: () => `mesh:///${authority}`,
     getConnectivityState(tryToConnect: boolean) {
       if (tryToConnect && !closed)
-        for (const entry of channels.values()) entry.channel.getConnectivityState(true);
+        for (const group of groups.values())
+          for (const entry of group.channels()) entry.channel.getConnectivityState(true);
       return state();
     },
     watchConnectivityState(currentState, deadline, callback) {
@@ -704,24 +808,8 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       setTimeout(poll, 0).unref();
     },
     getChannelzRef: () => channelzRef,
-    requestPolicy(path: string, metadata?: Metadata) {
-      const model = chooseRoutingModel({ profile: profile?.current(), policy: policy?.current() });
-      const getHeader = (name: string) => {
-        const values = metadata
-          ?.get(name)
-          .map((value) => (typeof value === "string" ? value : value.toString("latin1")));
-        return values === undefined || values.length === 0
-          ? undefined
-          : values.length === 1
-            ? values[0]
-            : values;
-      };
-      return selectRoute(
-        model,
-        { method: "POST", host: authority, path, getHeader },
-        { httpVersion: "http2" },
-      );
-    },
+    requestPolicy: selectPolicy,
+    withRoutes,
     async ready(readyOptions = {}) {
       const waitOptions = {
         ...(readyOptions.signal ? { signal: readyOptions.signal } : {}),
@@ -730,7 +818,7 @@ export function createMeshGrpcChannel(options: MeshGrpcChannelOptions): MeshGrpc
       const routing = Promise.allSettled([profile?.ready(waitOptions), policy?.ready(waitOptions)]);
       await Promise.all([watch.ready(waitOptions), routing]);
     },
-    endpointCount: () => current?.size ?? 0,
+    endpointCount: () => target.endpointCount(),
     close: closeAll,
     [Symbol.asyncDispose]: async () => closeAll(),
   };

@@ -10,19 +10,15 @@ import {
 } from "@grpc/grpc-js";
 import { ConfigError, MeshChannel, meshChannel, type OutboundCallMessage } from "@inmesh/core";
 import {
+  applyL5dRequestHeaders,
   type BackoffConfig,
   backoffDelayMs,
   DEFAULT_MAX_REQUEST_BYTES,
-  DEFAULT_ROUTE_RETRY_BACKOFF,
   type RequestPolicy,
   type RetryableErrorKind,
 } from "@inmesh/destination";
-import {
-  type AttemptContext,
-  MESH_ERROR_METADATA_KEY,
-  type MeshGrpcChannel,
-  withAttemptContext,
-} from "./channel.js";
+import { type AttemptContext, type MeshGrpcChannel, withAttemptContext } from "./channel.js";
+import { isSynthesized, MESH_ERROR_METADATA_KEY } from "./routing.js";
 
 type NextCall = Parameters<Interceptor>[1];
 type UnderlyingCall = ReturnType<NextCall>;
@@ -37,16 +33,6 @@ export interface MeshClientInterceptorOptions {
    * still-streaming request is sent once (contract §7.1). @default 65536
    */
   maxRetryBodyBytes?: number;
-  /**
-   * Codes retried when the route sets no retry policy. Linkerd retries nothing without configuration;
-   * UNAVAILABLE is safe to replay because the server did not process the call. `[]` turns it off.
-   * @default [UNAVAILABLE]
-   */
-  defaultRetryCodes?: readonly number[];
-  /** Retries per call for `defaultRetryCodes`. @default 2 */
-  defaultMaxRetries?: number;
-  /** Backoff between default retries. @default 25–250 ms, jitter 1.0 (the policy controller's) */
-  defaultBackoff?: BackoffConfig;
 }
 
 interface ResolvedRetry {
@@ -58,29 +44,29 @@ interface ResolvedRetry {
   isRetryableError(kind: RetryableErrorKind): boolean;
 }
 
+const NO_RETRY: ResolvedRetry = Object.freeze({
+  maxRetries: 0,
+  maxBytes: 0,
+  backoff: undefined,
+  perTryTimeoutMs: undefined,
+  isRetryable: () => false,
+  isRetryableError: () => false,
+});
+
+/** Only the route retries, as in Linkerd: a GRPCRoute's conditions and limit, or a profile's budget. */
 function retryFor(
   policy: RequestPolicy | undefined,
   options: Required<MeshClientInterceptorOptions>,
 ): ResolvedRetry {
   const retry = policy?.retry;
-  if (retry && retry.kind !== "none") {
-    return {
-      maxRetries: retry.maxRetries,
-      maxBytes: Math.min(retry.maxRequestBytes, options.maxRetryBodyBytes),
-      backoff: retry.kind === "route" ? retry.backoff : undefined,
-      perTryTimeoutMs: retry.kind === "route" ? retry.perTryTimeoutMs : undefined,
-      isRetryable: (code) => retry.isRetryableGrpc(code),
-      isRetryableError: (kind) => retry.isRetryableError(kind),
-    };
-  }
-  const codes = new Set(options.defaultRetryCodes);
+  if (!retry || retry.kind === "none") return NO_RETRY;
   return {
-    maxRetries: codes.size === 0 ? 0 : options.defaultMaxRetries,
-    maxBytes: options.maxRetryBodyBytes,
-    backoff: options.defaultBackoff,
-    perTryTimeoutMs: undefined,
-    isRetryable: (code) => codes.has(code),
-    isRetryableError: (kind) => kind === "response-headers-timeout" && codes.has(Status.DEADLINE_EXCEEDED),
+    maxRetries: retry.maxRetries,
+    maxBytes: Math.min(retry.maxRequestBytes, options.maxRetryBodyBytes),
+    backoff: retry.kind === "route" ? retry.backoff : undefined,
+    perTryTimeoutMs: retry.kind === "route" ? retry.perTryTimeoutMs : undefined,
+    isRetryable: (code) => retry.isRetryableGrpc(code),
+    isRetryableError: (kind) => retry.isRetryableError(kind),
   };
 }
 
@@ -91,18 +77,15 @@ function resolveOptions(options: MeshClientInterceptorOptions = {}): Required<Me
       details: { variable: "maxRetryBodyBytes" },
     });
   }
-  const defaultMaxRetries = options.defaultMaxRetries ?? 2;
-  if (!Number.isInteger(defaultMaxRetries) || defaultMaxRetries < 0 || defaultMaxRetries > 100) {
-    throw new ConfigError("defaultMaxRetries must be an integer 0-100", {
-      details: { variable: "defaultMaxRetries" },
-    });
-  }
-  return {
-    maxRetryBodyBytes,
-    defaultRetryCodes: [...(options.defaultRetryCodes ?? [Status.UNAVAILABLE])],
-    defaultMaxRetries,
-    defaultBackoff: options.defaultBackoff ?? DEFAULT_ROUTE_RETRY_BACKOFF,
-  };
+  return { maxRetryBodyBytes };
+}
+
+/** A header as `selectRoute` and `applyL5dRequestHeaders` read it from call metadata. */
+function metadataHeader(metadata: Metadata, name: string): string | string[] | undefined {
+  const values = metadata
+    .get(name)
+    .map((value) => (typeof value === "string" ? value : value.toString("latin1")));
+  return values.length === 0 ? undefined : values.length === 1 ? values[0] : values;
 }
 
 /** How long after the first response message a status may arrive and still be classified (Linkerd peeks "immediately"). */
@@ -120,6 +103,10 @@ class RetryingCall extends InterceptingCall {
   readonly #config: Required<MeshClientInterceptorOptions>;
   readonly #telemetry: OutboundCallMessage | undefined;
   #retry: ResolvedRetry | undefined;
+  /** The first attempt's context; the route is set on it once `start` has the metadata. */
+  readonly #firstContext: AttemptContext;
+  readonly #startedAtMs: number;
+  #route: { readonly policy: RequestPolicy | undefined } | undefined;
   #current: UnderlyingCall;
   #attempt = 1;
   #metadata: Metadata | undefined;
@@ -140,9 +127,12 @@ class RetryingCall extends InterceptingCall {
     config: Required<MeshClientInterceptorOptions>,
     telemetry: OutboundCallMessage | undefined,
   ) {
-    const context: AttemptContext = { call: telemetry, attempt: 1 };
+    const startedAtMs = performance.now();
+    const context: AttemptContext = { call: telemetry, attempt: 1, startedAtMs };
     const first = withAttemptContext(context, () => nextCall(options));
     super(first);
+    this.#firstContext = context;
+    this.#startedAtMs = startedAtMs;
     this.#options = options;
     this.#nextCall = nextCall;
     this.#channel = channel;
@@ -152,19 +142,78 @@ class RetryingCall extends InterceptingCall {
   }
 
   override start(metadata: Metadata, listener?: Partial<InterceptingListener>): void {
-    this.#metadata = metadata.clone();
     this.#listener = {
       onReceiveMetadata: (md) => listener?.onReceiveMetadata?.(md),
       onReceiveMessage: (message) => listener?.onReceiveMessage?.(message),
       onReceiveStatus: (status) => listener?.onReceiveStatus?.(status),
     };
-    const policy = this.#channel.requestPolicy(this.#options.method_definition.path, metadata);
+    let waiting: NodeJS.Timeout | undefined;
+    let routed = false;
+    this.#channel.withRoutes(() => {
+      routed = true;
+      if (waiting) this.#clear(waiting);
+      this.#routeAndStart(metadata);
+    });
+    if (routed) return;
+    // The caller's deadline also bounds the wait for the routes (grpc-js enforces it only inside a channel).
+    const deadline = this.#options.deadline;
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    if (deadlineMs === undefined || !Number.isFinite(deadlineMs)) return;
+    waiting = setTimeout(
+      () => {
+        if (waiting) this.#timers.delete(waiting);
+        if (this.#retry !== undefined || this.#done) return;
+        this.#cancelled = true;
+        this.#current.cancelWithStatus(Status.DEADLINE_EXCEEDED, "Deadline exceeded");
+        this.#finish({
+          code: Status.DEADLINE_EXCEEDED,
+          details: "Deadline exceeded",
+          metadata: new Metadata(),
+        });
+      },
+      Math.max(0, deadlineMs - Date.now()),
+    );
+    this.#timers.add(waiting);
+  }
+
+  /** Chooses the call's route once (every attempt uses it), then starts the first attempt. */
+  #routeAndStart(metadata: Metadata): void {
+    if (this.#done) return;
+    if (this.#cancelled) {
+      // Cancelled before it started: the attempt holds the cancellation and reports it.
+      this.#retry = NO_RETRY;
+      this.#metadata = metadata;
+      this.#startAttempt(this.#current);
+      return;
+    }
+    let policy = this.#channel.requestPolicy(this.#options.method_definition.path, metadata);
+    let sent = metadata;
+    if (policy?.allowL5dRequestHeaders) {
+      // The route lets the caller override retries and timeouts with `l5d-*` headers; they are not sent on.
+      const result = applyL5dRequestHeaders(policy, (name) => metadataHeader(metadata, name));
+      policy = result.policy;
+      if (result.stripHeaders.length > 0) {
+        sent = metadata.clone();
+        for (const name of result.stripHeaders) sent.remove(name);
+      }
+    }
+    this.#metadata = sent === metadata ? metadata.clone() : sent;
+    this.#route = { policy };
+    this.#firstContext.route = this.#route;
     this.#retry = retryFor(policy, this.#config);
+    // Messages sent while the routes were being discovered count against the route's limit too.
+    if (this.#bytes > this.#retry.maxBytes) this.#messages = undefined;
     if (this.#retry.maxRetries > 0) this.#channel.budget.deposit();
     if (this.#telemetry && policy) {
       this.#telemetry.route = { group: policy.route.group, kind: policy.route.kind, name: policy.route.name };
     }
     this.#startAttempt(this.#current);
+  }
+
+  /** When the route's request timeout ends the call (absolute, on the `performance.now()` clock). */
+  #routeDeadlineMs(): number | undefined {
+    const requestMs = this.#route?.policy?.timeouts.requestMs;
+    return requestMs === undefined ? undefined : this.#startedAtMs + requestMs;
   }
 
   #startAttempt(call: UnderlyingCall): void {
@@ -242,7 +291,7 @@ class RetryingCall extends InterceptingCall {
             !this.#cancelled &&
             (kind !== undefined
               ? retry.isRetryableError(kind)
-              : meshCode === undefined && retry.isRetryable(status.code));
+              : meshCode === undefined && !isSynthesized(status) && retry.isRetryable(status.code));
           if (retryable && this.#mayRetry() && this.#channel.budget.tryWithdraw()) {
             if (peekTimer) this.#clear(peekTimer);
             this.#retryLater();
@@ -257,7 +306,9 @@ class RetryingCall extends InterceptingCall {
         );
       },
     });
-    for (let i = 0; i < this.#reads; i += 1) call.startRead();
+    // The first attempt already took the caller's reads (its start may wait for the routes); a retry
+    // replays them.
+    if (this.#attempt > 1) for (let i = 0; i < this.#reads; i += 1) call.startRead();
     // grpc-js takes one write at a time (the next waits for the previous one's callback), so a replay
     // chains them the same way, then half-closes.
     const messages = [...(this.#messages ?? [])];
@@ -284,17 +335,28 @@ class RetryingCall extends InterceptingCall {
       this.#attempt <= retry.maxRetries &&
       this.#halfClosed &&
       this.#messages !== undefined &&
-      (deadlineMs === undefined || !Number.isFinite(deadlineMs) || Date.now() < deadlineMs)
+      (deadlineMs === undefined || !Number.isFinite(deadlineMs) || Date.now() < deadlineMs) &&
+      (this.#routeDeadlineMs() ?? Number.POSITIVE_INFINITY) > performance.now()
     );
   }
 
   #retryLater(): void {
     const backoff = this.#retry?.backoff;
-    const delayMs = backoff ? backoffDelayMs(backoff, this.#attempt - 1) : 0;
+    let delayMs = backoff ? backoffDelayMs(backoff, this.#attempt - 1) : 0;
+    // A backoff past the route's request timeout would overshoot it: the attempt starts (and the
+    // channel ends it with DEADLINE_EXCEEDED) when the timeout does.
+    const routeDeadlineMs = this.#routeDeadlineMs();
+    if (routeDeadlineMs !== undefined)
+      delayMs = Math.min(delayMs, Math.max(0, routeDeadlineMs - performance.now()));
     const next = () => {
       if (this.#cancelled || this.#done) return;
       this.#attempt += 1;
-      const context: AttemptContext = { call: this.#telemetry, attempt: this.#attempt };
+      const context: AttemptContext = {
+        call: this.#telemetry,
+        attempt: this.#attempt,
+        route: this.#route,
+        startedAtMs: this.#startedAtMs,
+      };
       const call = withAttemptContext(context, () => this.#nextCall(this.#options));
       this.#current = call;
       this.#startAttempt(call);
@@ -355,6 +417,10 @@ class RetryingCall extends InterceptingCall {
     for (const timer of this.#timers) clearTimeout(timer);
     this.#timers.clear();
     this.#current.cancelWithStatus(status, details);
+    // Cancelled while waiting for the routes: no attempt started, so the status is ours to report.
+    if (this.#retry === undefined && this.#listener) {
+      queueMicrotask(() => this.#finish({ code: status, details, metadata: new Metadata() }));
+    }
   }
 
   override getPeer(): string {
@@ -367,8 +433,8 @@ class RetryingCall extends InterceptingCall {
 }
 
 /**
- * Retries per the route (GRPCRoute conditions, or ServiceProfile budget retries), else on
- * `defaultRetryCodes`; request messages are replayed only when the call was half-closed within
+ * Retries per the route only (GRPCRoute conditions and limit, or ServiceProfile budget retries), as
+ * linkerd2-proxy does: nothing is retried without one. Request messages are replayed only when the call was half-closed within
  * `maxRetryBodyBytes`; every retry withdraws from the target's budget; the call's deadline is kept, so
  * each attempt carries the time left in `grpc-timeout`.
  */

@@ -18,6 +18,7 @@ import {
   EchoClient,
   files,
   type GrpcBackend,
+  grpcRouteYaml,
   identityOf,
   patternBytes,
   podIdentity,
@@ -64,6 +65,10 @@ describe("gRPC client through the mesh", () => {
       podYaml(CLIENT),
       ...ports.map((port, i) => podYaml({ name: `echo-${i}`, sa: "echo", app: "echo", port })),
       serviceYaml("echo", "echo"),
+      // Linkerd retries only what a route asks for: UNAVAILABLE, twice.
+      grpcRouteYaml("echo-rpc", "echo", {
+        annotations: { "retry.linkerd.io/grpc": "unavailable", "retry.linkerd.io/limit": "2" },
+      }),
     );
   const totalCalls = () => backends.reduce((sum, b) => sum + b.calls.length, 0);
   /** One counter across backends: the retry may land on another endpoint. */

@@ -279,3 +279,25 @@ export async function freePort(): Promise<number> {
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
 }
+
+/** A GRPCRoute on a Service port: `rules` in YAML flow style, annotations as Linkerd reads them. */
+export function grpcRouteYaml(
+  name: string,
+  service: string,
+  options: { annotations?: Record<string, string>; rules?: string } = {},
+): string {
+  const notes = Object.entries(options.annotations ?? {})
+    .map(([key, value]) => `    ${key}: ${JSON.stringify(value)}`)
+    .join("\n");
+  return `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: ${name}
+  namespace: ${NS}
+${notes ? `  annotations:\n${notes}\n` : ""}spec:
+  parentRefs:
+    - { group: core, kind: Service, name: ${service}, port: 8080 }
+  rules:
+${options.rules ?? "    - matches: [{ method: { service: test.Echo } }]"}
+`;
+}
