@@ -7,7 +7,7 @@ import {
   type RetryPolicy,
 } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
-import { createReplayableBody, type ReplayableBody } from "../body.js";
+import { createOneShotBody, createReplayableBody, type ReplayableBody } from "../body.js";
 import type { MeshInterceptor } from "../compose.js";
 import { ForwardingController, type ResponseHeaders } from "../controller.js";
 import { getHeader, grpcStatusOf, isGrpcContentType, responseHeader } from "../headers.js";
@@ -275,8 +275,15 @@ class RetryingCall {
     this.#outer = outer;
     this.#call = call;
     this.#policy = call.policy?.retry ?? NO_RETRY;
-    const maxBytes = Math.min(options.maxRetryBodyBytes, this.#policy.maxRequestBytes);
-    this.#body = createReplayableBody(opts.body, contentLengthOf(call), maxBytes);
+    // A route without retries sends its body once, as given: nothing is teed or kept.
+    this.#body =
+      this.#policy.kind === "none" || opts.body === undefined || opts.body === null
+        ? createOneShotBody(opts.body)
+        : createReplayableBody(
+            opts.body,
+            contentLengthOf(call),
+            Math.min(options.maxRetryBodyBytes, this.#policy.maxRequestBytes),
+          );
     this.#perTryTimeoutMs =
       this.#policy.kind === "route"
         ? (this.#policy.perTryTimeoutMs ?? options.perTryTimeoutMs)
