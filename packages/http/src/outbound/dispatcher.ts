@@ -22,10 +22,13 @@ import { timeoutInterceptor } from "./interceptors/timeout.js";
 import { classifyOrigin } from "./names.js";
 import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
 import { type OutboundDecision, OutboundResolver } from "./resolve.js";
-import { attemptOf, type CallState, callOf, kCall } from "./state.js";
+import { attemptOf, type CallState, callOf, kCall, type MeshDispatchOptions } from "./state.js";
 import { TargetRegistry } from "./targets.js";
 
 type DispatchFn = (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => boolean;
+
+/** Shared by every call that strips no header and applies no filter (both lists are read-only). */
+const NONE: readonly never[] = Object.freeze([]);
 
 function originalHost(opts: Dispatcher.DispatchOptions): string {
   return new URL(String(opts.origin)).hostname;
@@ -260,17 +263,17 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       target: undefined,
       group: undefined,
       policy: undefined,
-      stripHeaders: [],
-      headerFilters: [],
+      stripHeaders: NONE,
+      headerFilters: NONE,
       deadlineAtMs: undefined,
       budget: undefined,
       attempts: 0,
       rawResponse,
     };
-    return mesh(
-      { ...opts, [kCall]: call } as Dispatcher.DispatchOptions,
-      rawResponse ? new LegacyResponseHandler(handler, rawResponse) : handler,
-    );
+    // A store after the copy: a computed key inside the literal goes through a slow runtime path in V8.
+    const meshOpts: Dispatcher.DispatchOptions & MeshDispatchOptions = { ...opts };
+    meshOpts[kCall] = call;
+    return mesh(meshOpts, rawResponse ? new LegacyResponseHandler(handler, rawResponse) : handler);
   };
   const entry: DispatchFn =
     resolved.interceptors.length === 0

@@ -146,9 +146,7 @@ class BalancedAttempt {
     if (!group) throw new MeshError(MeshErrorCode.INTERNAL, "no endpoint group selected");
     this.group = group;
     this.#options = options;
-    // The first attempt starts with its call (one clock read fewer per request).
-    this.#failFastAtMs =
-      (this.attempt.number === 1 ? this.call.startedAtMs : performance.now()) + options.failFastTimeoutMs;
+    this.#failFastAtMs = performance.now() + options.failFastTimeoutMs;
   }
 
   run(): void {
