@@ -172,6 +172,15 @@ export async function startCluster() {
         const line = await done;
         if (line !== `DONE ${n}`) throw new Error(`${kind} client: ${line} ${stderr}`);
       },
+      /** A closed loop of `concurrency` workers for `seconds`: requests/s and the client's CPU µs/request. */
+      async loop(seconds, concurrency) {
+        const done = nextLine();
+        child.stdin.write(`loop ${seconds} ${concurrency}\n`);
+        const match = /^LOOP (\d+) ([\d.]+) ([\d.]+)$/.exec(await done);
+        if (!match) throw new Error(`${kind} client: no loop result ${stderr}`);
+        const [count, elapsed, cpuUs] = match.slice(1).map(Number);
+        return { rps: count / elapsed, cpuUs: cpuUs / count };
+      },
       /** Closing stdin lets it exit on its own (profiles get written); SIGTERM after 5 s. */
       async stop() {
         if (child.exitCode === null && child.signalCode === null) {
