@@ -3,6 +3,8 @@
  *   - S1a / S1c: instructions per request (callgrind slope, see lib/instructions.mjs) of the SDK server
  *     over node:http and over node:https with the same mTLS context must not exceed the committed
  *     baseline (test/bench/baseline.json) by more than 5%;
+ *   - S3a': the same for the outbound client, the mesh dispatcher over a bare undici Pool with the same
+ *     mTLS options (V8's compile work left out, see clientInstructionsPerRequest);
  *   - S4: the policy evaluator allocates nothing per decision (policy-alloc.mjs --gate);
  *   - heap: the SDK server's heap after full GCs does not grow with the number of requests served
  *     (nothing per request outlives the request).
@@ -16,9 +18,9 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { startCluster } from "./lib/cluster.mjs";
+import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { ROOT } from "./lib/env.mjs";
-import { hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
+import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { createPool, sequential } from "./lib/load.mjs";
 
 const UPDATE = process.argv.includes("--update-baseline");
@@ -73,14 +75,27 @@ try {
   if (!hasCallgrind()) {
     failures.push("valgrind (callgrind) is not installed: run scripts/install-system-tools.sh");
   } else {
+    // S3a': the client's target, an https server (not under callgrind) as Service `target`'s endpoint.
+    const target = await cluster.startServer("https", {
+      extra: { serverIdentity: identityOf("target"), pod: "target-0" },
+    });
+    await cluster.setTargetPort(target.port);
     const measure = () =>
-      Promise.all(["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)));
-    let [mesh, https, http] = await measure();
+      Promise.all([
+        ...["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)),
+        ...["mesh", "pool"].map((kind) =>
+          clientInstructionsPerRequest(cluster, kind, { targetPort: target.port }),
+        ),
+      ]);
+    let [mesh, https, http, meshClient, poolClient] = await measure();
+    const ratios = () => ({
+      s1a: mesh.perRequest / http.perRequest,
+      s1c: mesh.perRequest / https.perRequest,
+      s3aPrime: meshClient.perRequest / poolClient.perRequest,
+    });
     const overLimit = (baseline) =>
-      ["s1a", "s1c"].some(
-        (id) =>
-          (id === "s1a" ? mesh.perRequest / http.perRequest : mesh.perRequest / https.perRequest) >
-          baseline[id] * TOLERANCE,
+      Object.entries(ratios()).some(
+        ([id, value]) => baseline[id] !== undefined && value > baseline[id] * TOLERANCE,
       );
     const existing = existsSync(baselineFile) ? JSON.parse(readFileSync(baselineFile, "utf8")) : undefined;
     if (!UPDATE && existing && major(existing.node) === major(process.version) && overLimit(existing)) {
@@ -89,8 +104,15 @@ try {
       log("over the limit: measuring once more");
       const again = await measure();
       const lower = (a, b) => (b.perRequest < a.perRequest ? b : a);
-      [mesh, https, http] = [lower(mesh, again[0]), lower(https, again[1]), lower(http, again[2])];
+      [mesh, https, http, meshClient, poolClient] = [
+        lower(mesh, again[0]),
+        lower(https, again[1]),
+        lower(http, again[2]),
+        lower(meshClient, again[3]),
+        lower(poolClient, again[4]),
+      ];
     }
+    await target.stop();
     const measured = {
       node: process.version,
       meshInstructions: Math.round(mesh.perRequest),
@@ -98,9 +120,15 @@ try {
       httpInstructions: Math.round(http.perRequest),
       s1a: round(mesh.perRequest / http.perRequest),
       s1c: round(mesh.perRequest / https.perRequest),
+      meshClientInstructions: Math.round(meshClient.perRequest),
+      poolClientInstructions: Math.round(poolClient.perRequest),
+      s3aPrime: round(meshClient.perRequest / poolClient.perRequest),
     };
     log(
       `instructions/request: SDK ${measured.meshInstructions}, node:https ${measured.httpsInstructions}, node:http ${measured.httpInstructions}; S1a ${measured.s1a}×, S1c ${measured.s1c}×`,
+    );
+    log(
+      `client instructions/request: mesh dispatcher ${measured.meshClientInstructions}, undici Pool ${measured.poolClientInstructions}; S3a' ${measured.s3aPrime}×`,
     );
     if (UPDATE) {
       writeFileSync(
@@ -117,12 +145,17 @@ try {
           `instruction gate skipped: the baseline is for Node ${major(baseline.node)}, this is ${process.version}`,
         );
       } else {
-        for (const id of ["s1a", "s1c"]) {
+        for (const id of ["s1a", "s1c", "s3aPrime"]) {
+          const name = id === "s3aPrime" ? "S3a'" : id.toUpperCase();
+          if (baseline[id] === undefined) {
+            log(`${name}: ${measured[id]}× (no baseline yet: --update-baseline records it)`);
+            continue;
+          }
           const limit = baseline[id] * TOLERANCE;
-          log(`${id.toUpperCase()}: ${measured[id]}× (baseline ${baseline[id]}×, limit ${round(limit)}×)`);
+          log(`${name}: ${measured[id]}× (baseline ${baseline[id]}×, limit ${round(limit)}×)`);
           if (measured[id] > limit)
             failures.push(
-              `${id.toUpperCase()} regressed: ${measured[id]}× > ${round(limit)}× (baseline ${baseline[id]}× + 5%)`,
+              `${name} regressed: ${measured[id]}× > ${round(limit)}× (baseline ${baseline[id]}× + 5%)`,
             );
         }
       }

@@ -13,20 +13,9 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CLIENT_IDENTITY, identityOf, startCluster } from "./lib/cluster.mjs";
-import {
-  distOf,
-  hasTaskset,
-  median,
-  pin,
-  ROOT,
-  requireFrom,
-  rssBytes,
-  sleep,
-  summary,
-  totalCpu,
-} from "./lib/env.mjs";
-import { hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
+import { identityOf, startCluster } from "./lib/cluster.mjs";
+import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
+import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { closedLoop, createPool, openLoop } from "./lib/load.mjs";
 import { renderMarkdown, renderSvg } from "./lib/report.mjs";
 
@@ -300,62 +289,45 @@ async function outbound() {
     extra: { serverIdentity: identityOf("target"), pod: "target-0" },
   });
   await cluster.setTargetPort(target.port);
-  const undici = requireFrom("http", "undici");
-  const { credentials } = requireFrom("proto", "@grpc/grpc-js");
-  const { createIdentityProvider } = await import(distOf("identity"));
-  const { createDiscovery, createContextToken } = await import(distOf("destination"));
-  const { destination } = await import(distOf("proto"));
-  const { createMeshDispatcher } = await import(distOf("http"));
-  const cp = cluster.cp;
-  const identity = createIdentityProvider({
-    localName: CLIENT_IDENTITY,
-    trustAnchorsPem: cp.trustAnchorsPem,
-    identityServiceAddress: cp.addresses.identity,
-    identityServiceName: cp.serverNames.identity,
-    readToken: () => cp.tokenFor("default", "cli"),
-  });
-  await identity.ready();
-  const discovery = createDiscovery({
-    destinationClient: new destination.DestinationClient(
-      cp.addresses.destination,
-      credentials.createInsecure(),
-    ),
-    contextToken: createContextToken({ ns: "default", pod: "cli" }),
-  });
-  const dispatcher = createMeshDispatcher({ identity, discovery, http2PriorKnowledge: false });
-  const pool = new undici.Pool(`https://127.0.0.1:${target.port}`, {
-    connect: { ...identity.tlsClientOptions(identityOf("target")), ALPNProtocols: undefined },
-  });
-  const meshUrl = "http://target.default.svc.cluster.local/";
-  const poolUrl = `https://127.0.0.1:${target.port}/`;
-  const phases = {
-    sdk: async () => (await undici.request(meshUrl, { dispatcher })).body.dump(),
-    pool: async () => (await undici.request(poolUrl, { dispatcher: pool })).body.dump(),
-    fetch: async () => (await undici.fetch(poolUrl, { dispatcher: pool })).arrayBuffer(),
-  };
-  const run = async (fn, seconds) => {
-    const deadline = performance.now() + seconds * 1000;
-    let count = 0;
-    const cpu = process.cpuUsage();
-    const started = performance.now();
-    await Promise.all(
-      Array.from({ length: CONFIG.concurrency }, async () => {
-        while (performance.now() < deadline) {
-          await fn();
-          count += 1;
-        }
-      }),
+  if (hasCallgrind()) {
+    log("S3a': instructions per request of the client under callgrind (mesh dispatcher, bare Pool)…");
+    const [mesh, pool] = await Promise.all(
+      ["mesh", "pool"].map((kind) =>
+        clientInstructionsPerRequest(cluster, kind, { ...CONFIG.cg, targetPort: target.port }),
+      ),
     );
-    const used = process.cpuUsage(cpu);
-    return { rps: count / ((performance.now() - started) / 1000), cpuUs: (used.user + used.system) / count };
-  };
-  for (const fn of Object.values(phases)) await run(fn, 1);
+    raw.outboundInstructions = { mesh, pool };
+    rows.push(
+      row(
+        "S3a'",
+        "instructions/request, client: mesh dispatcher ÷ bare undici Pool (same mTLS; JIT excluded)",
+        mesh.perRequest / pool.perRequest,
+        "×",
+        "≤ 1.09",
+        (v) => v <= 1.09,
+        `${fmtK(mesh.perRequest)} vs ${fmtK(pool.perRequest)}`,
+      ),
+    );
+  } else {
+    log("S3a': skipped (valgrind not installed; scripts/install-system-tools.sh installs it)");
+  }
+  // Each client in its own process (lib/client.mjs), pinned to the load generator's core, phases
+  // interleaved: in one process the three clients would share V8's type feedback and GC.
+  const clients = {};
+  for (const [name, kind] of [
+    ["sdk", "mesh"],
+    ["pool", "pool"],
+    ["fetch", "fetch"],
+  ])
+    clients[name] = await cluster.startClient(kind, { targetPort: target.port, core: LOAD_CORE });
+  for (const client of Object.values(clients)) await client.loop(1, CONFIG.concurrency);
   const results = { sdk: [], pool: [], fetch: [] };
   for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
-    for (const [name, fn] of Object.entries(phases)) results[name].push(await run(fn, CONFIG.seconds));
+    for (const [name, client] of Object.entries(clients))
+      results[name].push(await client.loop(CONFIG.seconds, CONFIG.concurrency));
     log(
       `  pair ${pair + 1}: ${Object.entries(results)
-        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s`)
+        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s ${l.at(-1).cpuUs.toFixed(1)}µs cpu/req`)
         .join(", ")}`,
     );
   }
@@ -369,7 +341,7 @@ async function outbound() {
       "×",
       "≥ 0.92",
       (v) => v >= 0.92,
-      absolute(results, "rps", ["sdk", "pool"], "/s"),
+      `${absolute(results, "rps", ["sdk", "pool"], "/s")}; client CPU/request ${absolute(results, "cpuUs", ["sdk", "pool"], " µs")}`,
     ),
   );
   rows.push(
@@ -383,10 +355,7 @@ async function outbound() {
       absolute(results, "rps", ["sdk", "fetch"], "/s"),
     ),
   );
-  await dispatcher.close();
-  await pool.close();
-  await discovery.close();
-  await identity.close();
+  await Promise.all(Object.values(clients).map((client) => client.stop()));
   await target.stop();
 }
 

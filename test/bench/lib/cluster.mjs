@@ -114,6 +114,85 @@ export async function startCluster() {
     return { kind, pid: child.pid, pids: [child.pid], port, child, stop: () => stopChild(child) };
   }
 
+  /**
+   * Starts `lib/client.mjs <kind>` as pod `cli` against Service `target` (mesh) or its endpoint at
+   * `targetPort` (pool); resolves once its first request succeeded. `run(n)` sends n sequential requests.
+   */
+  async function startClient(kind, { targetPort, core, wrap = [], nodeFlags = [] }) {
+    const setup = await setupFor({
+      pod: "cli",
+      namespace: NS,
+      destinationAddress: cp.addresses.destination,
+      targetPort,
+      targetIdentity: identityOf("target"),
+      meshUrl: `http://target.${NS}.svc.cluster.local/`,
+    });
+    const args = [
+      ...wrap,
+      process.execPath,
+      ...nodeFlags,
+      path.join(ROOT, "test/bench/lib/client.mjs"),
+      kind,
+      setup,
+    ];
+    const child = spawn(args[0], args.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
+    children.add(child);
+    child.once("exit", () => children.delete(child));
+    if (core !== undefined) pin(child.pid, core);
+    let stderr = "";
+    child.stderr.on("data", (chunk) => {
+      stderr = (stderr + chunk).slice(-4000);
+    });
+    let out = "";
+    const waiters = [];
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      let newline = out.indexOf("\n");
+      while (newline >= 0) {
+        const line = out.slice(0, newline);
+        out = out.slice(newline + 1);
+        waiters.shift()?.resolve(line);
+        newline = out.indexOf("\n");
+      }
+    });
+    child.once("exit", (code) => {
+      for (const waiter of waiters.splice(0))
+        waiter.reject(new Error(`${kind} client exited (${code}): ${stderr}`));
+    });
+    const nextLine = () => new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+    const ready = await nextLine();
+    if (ready !== "READY") throw new Error(`${kind} client: ${ready} ${stderr}`);
+    if (core !== undefined) pin(child.pid, core);
+    return {
+      kind,
+      pid: child.pid,
+      async run(n) {
+        const done = nextLine();
+        child.stdin.write(`${n}\n`);
+        const line = await done;
+        if (line !== `DONE ${n}`) throw new Error(`${kind} client: ${line} ${stderr}`);
+      },
+      /** A closed loop of `concurrency` workers for `seconds`: requests/s and the client's CPU µs/request. */
+      async loop(seconds, concurrency) {
+        const done = nextLine();
+        child.stdin.write(`loop ${seconds} ${concurrency}\n`);
+        const match = /^LOOP (\d+) ([\d.]+) ([\d.]+)$/.exec(await done);
+        if (!match) throw new Error(`${kind} client: no loop result ${stderr}`);
+        const [count, elapsed, cpuUs] = match.slice(1).map(Number);
+        return { rps: count / elapsed, cpuUs: cpuUs / count };
+      },
+      /** Closing stdin lets it exit on its own (profiles get written); SIGTERM after 5 s. */
+      async stop() {
+        if (child.exitCode === null && child.signalCode === null) {
+          const exited = new Promise((resolve) => child.once("exit", resolve));
+          child.stdin.end();
+          await Promise.race([exited, sleep(5000)]);
+        }
+        return stopChild(child);
+      },
+    };
+  }
+
   /** nginx terminating mesh mTLS (TLS 1.3, client certificate verified against the trust anchors). */
   async function startNginx({ core, upstreamPort }) {
     const server = await cp.certificateAuthority.issueCredentials(SERVER_IDENTITY);
@@ -221,6 +300,7 @@ http {
     startApp,
     clientTls,
     startServer,
+    startClient,
     startNginx,
     setTargetPort: (port) => cp.setManifests(manifests(port, appPort)),
     async close() {

@@ -73,3 +73,73 @@ export async function instructionsPerRequest(cluster, kind, options = {}) {
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * The same slope for an outbound client (S3a'): `lib/client.mjs <kind>` runs under callgrind and sends
+ * `small` and `large` sequential requests per segment to the server at `targetPort` (not under
+ * callgrind); the parent dumps between segments while the client waits on stdin. A client keeps
+ * re-optimizing (and deoptimizing) code long after warm-up, and one TurboFan pass landing in a segment
+ * moved its slope by ±20%; the instructions spent in V8's compile entry points (inclusive) are one-off
+ * work, so they are taken out of every segment (GC stays: it is paid per request).
+ * @param kind `mesh` (the mesh dispatcher) or `pool` (a bare undici Pool with the same mTLS options)
+ */
+export async function clientInstructionsPerRequest(cluster, kind, options) {
+  const { targetPort, warmup = 4000, small = 300, large = 1200, pairs = 5, core } = options;
+  const dir = mkdtempSync(path.join(tmpdir(), "inmesh-callgrind-"));
+  const client = await cluster.startClient(kind, {
+    targetPort,
+    core,
+    wrap: ["valgrind", "--tool=callgrind", `--callgrind-out-file=${dir}/cg.%p`, "--dump-instr=no"],
+    nodeFlags: ["--predictable"],
+  });
+  let dumps = 0;
+  const dump = () => {
+    execFileSync("callgrind_control", ["--dump", String(client.pid)], { stdio: "ignore" });
+    dumps += 1;
+  };
+  const segment = (n) => segmentWithoutJit(path.join(dir, `cg.${client.pid}.${n}`));
+  try {
+    await client.run(warmup);
+    dump();
+    const slopes = [];
+    for (let pair = 0; pair < pairs + 1; pair += 1) {
+      await client.run(small);
+      dump();
+      const smallCost = segment(dumps);
+      await client.run(large);
+      dump();
+      const largeCost = segment(dumps);
+      if (pair > 0) slopes.push((largeCost - smallCost) / (large - small));
+    }
+    return { perRequest: median(slopes), slopes, dir };
+  } finally {
+    await client.stop();
+    if (!options.keep) {
+      readdirSync(dir);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+}
+
+/** V8 runtime entry points that compile (lazy, baseline, optimized, OSR) or trigger tier-up. */
+const JIT_ENTRY = /^v8::internal::Runtime_(?:Compile\w*|InstallBaselineCode|BytecodeBudgetInterrupt\w*)\(/;
+
+/** A segment's instructions minus those spent (inclusively) under V8's compile entry points. */
+export function segmentWithoutJit(file) {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=yes", "--threshold=100", file], {
+    encoding: "utf8",
+    maxBuffer: 256 * 2 ** 20,
+  });
+  let total;
+  let jit = 0;
+  for (const line of text.split("\n")) {
+    const match = /^\s*([\d,]+) \([\d. ]+%\)\s+(.*)$/.exec(line);
+    if (!match) continue;
+    const count = Number(match[1].replaceAll(",", ""));
+    if (match[2].startsWith("PROGRAM TOTALS")) total = count;
+    // `file:function [object]`; recursion levels (`fn'2`) are inside their outer level already.
+    else if (JIT_ENTRY.test(match[2].replace(/^[^:]*:/, ""))) jit += count;
+  }
+  if (total === undefined) throw new Error(`no totals in ${file}`);
+  return total - jit;
+}

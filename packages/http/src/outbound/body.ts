@@ -20,6 +20,40 @@ export interface ReplayableBody {
 
 type Chunk = string | Uint8Array;
 
+/** A request without a body replays trivially; one shared object serves them all. */
+const NO_BODY: ReplayableBody = Object.freeze({
+  next: () => undefined,
+  canReplay: () => true,
+  reason: () => undefined,
+});
+
+/**
+ * A body sent exactly once, untouched (never teed nor copied): for calls that cannot be retried.
+ * Asked again, it says no, so a caller that retries anyway cannot send an empty body by mistake.
+ */
+export function createOneShotBody(body: unknown): ReplayableBody {
+  if (body === undefined || body === null) return NO_BODY;
+  return new OneShotBody(body);
+}
+
+class OneShotBody implements ReplayableBody {
+  readonly #body: unknown;
+  #sent = false;
+  constructor(body: unknown) {
+    this.#body = body;
+  }
+  next(): unknown {
+    this.#sent = true;
+    return this.#body;
+  }
+  canReplay(): boolean {
+    return !this.#sent;
+  }
+  reason(): "too-large" | undefined {
+    return this.#sent ? "too-large" : undefined;
+  }
+}
+
 function chunkLength(chunk: Chunk): number {
   return typeof chunk === "string" ? Buffer.byteLength(chunk) : chunk.byteLength;
 }
@@ -43,9 +77,7 @@ export function createReplayableBody(
   contentLength: number | undefined,
   maxBytes: number,
 ): ReplayableBody {
-  if (body === undefined || body === null) {
-    return { next: () => body, canReplay: () => true, reason: () => undefined };
-  }
+  if (body === undefined || body === null) return NO_BODY;
   if (typeof body === "string" || body instanceof Uint8Array) {
     const fits = chunkLength(body) <= maxBytes;
     return {

@@ -16,3 +16,18 @@ export function composeInterceptors(
 ): Dispatcher.ComposedDispatcher {
   return dispatcher.compose([...interceptors].reverse());
 }
+
+/**
+ * The pipeline's own chain: the same request order as composeInterceptors, as a plain function. undici's
+ * `compose` answers every `dispatch` through a Proxy and re-checks the handler's API at each layer; the
+ * mesh dispatcher hands its interceptors controller-API handlers only, so neither is needed per request.
+ */
+export function chainInterceptors(
+  dispatch: Dispatcher.Dispatch,
+  interceptors: readonly MeshInterceptor[],
+): Dispatcher.Dispatch {
+  let chained = dispatch;
+  for (let i = interceptors.length - 1; i >= 0; i -= 1)
+    chained = (interceptors[i] as MeshInterceptor)(chained);
+  return chained;
+}

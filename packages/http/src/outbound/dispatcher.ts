@@ -1,9 +1,15 @@
 import type { Socket } from "node:net";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import { Agent, Dispatcher } from "undici";
-import { composeInterceptors } from "./compose.js";
+import { chainInterceptors, composeInterceptors } from "./compose.js";
 import { createMeshConnect, type MeshConnectOptions } from "./connect.js";
-import { syntheticController } from "./controller.js";
+import {
+  EndpointResponseHandler,
+  isLegacyHandler,
+  LegacyResponseHandler,
+  type RawResponse,
+  syntheticController,
+} from "./controller.js";
 import { AddressCache } from "./dns.js";
 import { opaqueDecision } from "./egress.js";
 import { getHeader, headerPairs, isGrpcContentType } from "./headers.js";
@@ -19,10 +25,17 @@ import { classifyOrigin } from "./names.js";
 import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
 import { rescueInterceptor } from "./proxy-errors.js";
 import { type OutboundDecision, OutboundResolver } from "./resolve.js";
-import { attemptOf, type CallState, kCall } from "./state.js";
+import { attemptOf, type CallState, callOf, kCall, type MeshDispatchOptions } from "./state.js";
 import { TargetRegistry } from "./targets.js";
 
 type DispatchFn = (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => boolean;
+
+/** Shared by every call that strips no header and applies no filter (both lists are read-only). */
+const NONE: readonly never[] = Object.freeze([]);
+
+function originalHost(opts: Dispatcher.DispatchOptions): string {
+  return new URL(String(opts.origin)).hostname;
+}
 
 /** A Dispatcher around a function, so interceptors can be composed over it with undici's `compose`. */
 class FunctionDispatcher extends Dispatcher {
@@ -113,10 +126,14 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     idleTimeoutMs: resolved.targetIdleTimeoutMs,
   });
 
-  const endpoints = new FunctionDispatcher(
-    (opts, handler) => attemptOf(opts).lease?.pool.dispatch(opts, handler) ?? false,
-  );
-  const mesh = composeInterceptors(endpoints, [
+  const endpoints: DispatchFn = (opts, handler) => {
+    const lease = attemptOf(opts).lease;
+    if (!lease) return false;
+    // Old handler API to the pool: what its clients speak natively (no adapter added by undici).
+    const bottom = new EndpointResponseHandler(handler, callOf(opts).rawResponse);
+    return lease.pool.dispatch(opts, bottom as unknown as Dispatcher.DispatchHandler);
+  };
+  const mesh = chainInterceptors(endpoints, [
     ...(resolved.proxyErrorResponses ? [rescueInterceptor()] : []),
     telemetryInterceptor(),
     routeInterceptor(resolved, registry),
@@ -186,49 +203,47 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     const classified = classify(opts.origin);
     if (classified === undefined) return fallback.dispatch(opts, handler);
     const { name, secure } = classified;
-    const originalHost = (): string => new URL(String(opts.origin)).hostname;
-    if (secure) {
-      // The application's own TLS: a Service name goes as is; an address can still be refused by policy.
-      if (name.kind === "service") return fallback.dispatch(opts, handler);
-      const gate = (decision: OutboundDecision): void => {
-        if (decision.kind !== "address") {
-          fallback.dispatch(opts, handler);
-          return;
-        }
-        const target = registry.addressTarget(
-          decision.address.key,
-          decision.address.ip,
-          decision.address.port,
-        );
-        const check = (): void => {
-          try {
-            const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
-            if (verdict.denied) fail(handler, verdict.denied);
-            else fallback.dispatch(opts, handler);
-          } catch (error) {
-            fail(handler, error);
-          }
-        };
-        if (target.isReady) check();
-        else
-          target
-            .ready(new AbortController().signal, resolved.discoveryTimeoutMs)
-            .then(check, (error: unknown) => fail(handler, error));
-      };
+    if (!secure) {
       const now = resolver.now(name);
-      if (now) {
-        gate(now);
-        return true;
-      }
-      return later(resolver.resolve(name, originalHost()), handler, gate);
+      if (now)
+        return now.kind === "passthrough"
+          ? fallback.dispatch(opts, handler)
+          : dispatchMesh(opts, handler, now);
+      return later(resolver.resolve(name, originalHost(opts)), handler, (decision) =>
+        decision.kind === "passthrough"
+          ? fallback.dispatch(opts, handler)
+          : dispatchMesh(opts, handler, decision),
+      );
     }
-    const go = (decision: OutboundDecision): boolean =>
-      decision.kind === "passthrough"
-        ? fallback.dispatch(opts, handler)
-        : dispatchMesh(opts, handler, decision);
+    // The application's own TLS: a Service name goes as is; an address can still be refused by policy.
+    if (name.kind === "service") return fallback.dispatch(opts, handler);
+    const gate = (decision: OutboundDecision): void => {
+      if (decision.kind !== "address") {
+        fallback.dispatch(opts, handler);
+        return;
+      }
+      const target = registry.addressTarget(decision.address.key, decision.address.ip, decision.address.port);
+      const check = (): void => {
+        try {
+          const verdict = opaqueDecision(decision.authority, target.outboundPolicy());
+          if (verdict.denied) fail(handler, verdict.denied);
+          else fallback.dispatch(opts, handler);
+        } catch (error) {
+          fail(handler, error);
+        }
+      };
+      if (target.isReady) check();
+      else
+        target
+          .ready(new AbortController().signal, resolved.discoveryTimeoutMs)
+          .then(check, (error: unknown) => fail(handler, error));
+    };
     const now = resolver.now(name);
-    if (now) return go(now);
-    return later(resolver.resolve(name, originalHost()), handler, go);
+    if (now) {
+      gate(now);
+      return true;
+    }
+    return later(resolver.resolve(name, originalHost(opts)), handler, gate);
   };
 
   const dispatchMesh = (
@@ -237,6 +252,10 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     decision: Exclude<OutboundDecision, { kind: "passthrough" }>,
   ): boolean => {
     const pairs = headerPairs(opts.headers);
+    // An old-API handler (undici's request, fetch) gets the endpoint's raw headers handed through.
+    const rawResponse: RawResponse | undefined = isLegacyHandler(handler)
+      ? { headers: undefined, rawHeaders: undefined, trailers: undefined, rawTrailers: undefined }
+      : undefined;
     const call: CallState = {
       authority: decision.authority,
       address: decision.kind === "address" ? decision.address : undefined,
@@ -251,20 +270,30 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
       target: undefined,
       group: undefined,
       policy: undefined,
-      stripHeaders: [],
-      headerFilters: [],
+      stripHeaders: NONE,
+      headerFilters: NONE,
       deadlineAtMs: undefined,
       budget: undefined,
       splitPolicy: undefined,
       attempts: 0,
+      rawResponse,
     };
-    return mesh.dispatch({ ...opts, [kCall]: call } as Dispatcher.DispatchOptions, handler);
+    // A store after the copy: a computed key inside the literal goes through a slow runtime path in V8.
+    const meshOpts: Dispatcher.DispatchOptions & MeshDispatchOptions = { ...opts };
+    meshOpts[kCall] = call;
+    return mesh(meshOpts, rawResponse ? new LegacyResponseHandler(handler, rawResponse) : handler);
   };
-  const entry = composeInterceptors(new FunctionDispatcher(route), resolved.interceptors);
+  const entry: DispatchFn =
+    resolved.interceptors.length === 0
+      ? route
+      : (() => {
+          const composed = composeInterceptors(new FunctionDispatcher(route), resolved.interceptors);
+          return (opts, handler) => composed.dispatch(opts, handler);
+        })();
 
   class MeshDispatcherImpl extends Dispatcher {
     override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-      return entry.dispatch(opts, handler);
+      return entry(opts, handler);
     }
   }
   const dispatcher = new MeshDispatcherImpl() as unknown as MeshDispatcher;

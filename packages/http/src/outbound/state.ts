@@ -1,5 +1,6 @@
 import type { OutboundCallMessage } from "@inmesh/core";
 import type { HeaderModifier, RequestPolicy, RetryBudget } from "@inmesh/destination";
+import type { RawResponse } from "./controller.js";
 import type { HeaderPairs } from "./headers.js";
 import type { EndpointGroup, EndpointLease, LogicalTarget } from "./targets.js";
 
@@ -46,6 +47,8 @@ export interface CallState {
   /** The policy, when its rule splits traffic: a retry draws its backend again (`redistributeInterceptor`). */
   splitPolicy: RequestPolicy | undefined;
   attempts: number;
+  /** Where the endpoint's raw response headers are kept for an old-API caller (see controller.ts). */
+  readonly rawResponse: RawResponse | undefined;
 }
 
 export interface AttemptState {

@@ -1,7 +1,7 @@
 import { Readable } from "node:stream";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { createReplayableBody } from "../../src/outbound/body.js";
+import { createOneShotBody, createReplayableBody } from "../../src/outbound/body.js";
 
 async function drain(body: unknown): Promise<Buffer> {
   if (typeof body === "string") return Buffer.from(body);
@@ -24,6 +24,19 @@ describe("the retry body rule (contract §7.1)", () => {
     expect(text.canReplay()).toBe(true);
     expect(createReplayableBody("é".repeat(33), undefined, 64).canReplay()).toBe(false);
     expect(createReplayableBody(null, undefined, 0).canReplay()).toBe(true);
+  });
+
+  it("sends the body of a call that cannot be retried once, as given, without teeing or keeping it", async () => {
+    const stream = Readable.from([Buffer.from("abc")]);
+    const once = createOneShotBody(stream);
+    expect(once.canReplay()).toBe(true);
+    expect(once.next()).toBe(stream);
+    expect(once.canReplay()).toBe(false);
+    expect(once.reason()).toBe("too-large");
+    expect((await drain(stream)).toString()).toBe("abc");
+    const none = createOneShotBody(undefined);
+    expect(none.next()).toBeUndefined();
+    expect(none.canReplay()).toBe(true);
   });
 
   it("replays a stream that ended within the limit with exactly its bytes", async () => {

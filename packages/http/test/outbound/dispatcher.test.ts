@@ -122,6 +122,60 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     expect(await second.text()).toBe("ok");
   });
 
+  it("hands undici's request an HTTP/1 endpoint's raw response headers and trailers, and controller-API handlers parsed ones", async () => {
+    for (const backend of plain)
+      backend.handler = (_request, response) => {
+        response.writeHead(200, [
+          ["X-Mixed-Case", "a"],
+          ["Set-Cookie", "one=1"],
+          ["Set-Cookie", "two=2"],
+          ["Trailer", "X-Sum"],
+        ]);
+        response.write("o");
+        response.addTrailers({ "X-Sum": "3" });
+        response.end("k");
+      };
+    const raw = await request(`${PLAIN}/raw`, { dispatcher, responseHeaders: "raw" });
+    expect(await raw.body.text()).toBe("ok");
+    const names = (raw.headers as unknown as string[]).filter((_, i) => i % 2 === 0);
+    expect(names).toContain("X-Mixed-Case");
+    expect(names.filter((name) => name === "Set-Cookie")).toHaveLength(2);
+    expect(raw.trailers).toEqual({ "x-sum": "3" });
+
+    const parsed = await request(`${PLAIN}/parsed`, { dispatcher });
+    expect(await parsed.body.text()).toBe("ok");
+    expect(parsed.headers["x-mixed-case"]).toBe("a");
+    expect(parsed.headers["set-cookie"]).toEqual(["one=1", "two=2"]);
+
+    const seen = await new Promise<{ headers: unknown; trailers: unknown; body: string }>(
+      (resolve, reject) => {
+        let body = "";
+        let headers: unknown;
+        dispatcher.dispatch(
+          { origin: PLAIN, path: "/controller", method: "GET" },
+          {
+            onRequestStart() {},
+            onResponseStart(_controller, _status, responseHeaders) {
+              headers = responseHeaders;
+            },
+            onResponseData(_controller, chunk) {
+              body += chunk.toString();
+            },
+            onResponseEnd(_controller, trailers) {
+              resolve({ headers, trailers, body });
+            },
+            onResponseError(_controller, error) {
+              reject(error);
+            },
+          },
+        );
+      },
+    );
+    expect(seen.body).toBe("ok");
+    expect(seen.headers).toMatchObject({ "x-mixed-case": "a", "set-cookie": ["one=1", "two=2"] });
+    expect(seen.trailers).toEqual({ "x-sum": "3" });
+  });
+
   it("balances concurrent requests across every endpoint", async () => {
     for (const backend of books) {
       backend.handler = (_request, response) => {

@@ -26,7 +26,8 @@ class LeaseHandler extends PassThroughHandler {
   readonly #owner: BalancedAttempt;
   readonly #lease: EndpointLease;
   readonly #message: OutboundAttemptMessage | undefined;
-  readonly #startedAtMs = performance.now();
+  /** Only attempt telemetry reads it. */
+  readonly #startedAtMs: number = 0;
   #started = false;
   #firstByte = false;
   #status: number | undefined;
@@ -39,6 +40,7 @@ class LeaseHandler extends PassThroughHandler {
     this.#lease = lease;
     const call = owner.call;
     if (call.telemetry && (attemptStart.hasSubscribers || attemptEnd.hasSubscribers)) {
+      this.#startedAtMs = performance.now();
       this.#message = {
         call: call.telemetry,
         attempt: owner.attempt.number,

@@ -39,6 +39,16 @@ class OrigProtoHandler extends PassThroughHandler {
   }
 }
 
+/** Whether a request header stays off the wire of this attempt. */
+function skipHeader(name: string, http2: boolean, extra: ReadonlySet<string> | undefined): boolean {
+  return (
+    name === "host" ||
+    LOCAL_HEADERS.has(name) ||
+    (http2 && H2_FORBIDDEN.has(name)) ||
+    extra?.has(name) === true
+  );
+}
+
 function applyModifiers(
   pairs: HeaderPairs,
   modifiers: ReturnType<typeof callOf>["headerFilters"],
@@ -87,13 +97,8 @@ export function identityHeadersInterceptor(): MeshInterceptor {
         );
         return true;
       }
-      const http2 = lease.route.http2;
+      const http2 = lease.route.http2 === true;
       const extra = call.stripHeaders.length > 0 ? new Set(call.stripHeaders) : undefined;
-      const skip = (name: string) =>
-        name === "host" ||
-        LOCAL_HEADERS.has(name) ||
-        (http2 && H2_FORBIDDEN.has(name)) ||
-        extra?.has(name) === true;
       let flat: string[];
       const simple =
         call.headerFilters.length === 0 &&
@@ -103,10 +108,13 @@ export function identityHeadersInterceptor(): MeshInterceptor {
       if (simple) {
         // The common case, in one pass and one allocation.
         flat = ["host", call.hostHeader ?? call.authority];
-        for (const [name, value] of pairs) if (!skip(name)) flat.push(name, value);
+        for (let i = 0; i < pairs.length; i += 1) {
+          const pair = pairs[i] as [string, string];
+          if (!skipHeader(pair[0], http2, extra)) flat.push(pair[0], pair[1]);
+        }
         if (http2 && call.protocol !== "grpc") flat.push("l5d-orig-proto", "HTTP/1.1");
       } else {
-        let list: HeaderPairs = pairs.filter(([name]) => !skip(name));
+        let list: HeaderPairs = pairs.filter(([name]) => !skipHeader(name, http2, extra));
         list = applyModifiers(list, call.headerFilters);
         for (const [name, value] of call.extraHeaders) setHeader(list, name, value);
         list.unshift(["host", call.hostHeader ?? call.authority]);
@@ -118,6 +126,9 @@ export function identityHeadersInterceptor(): MeshInterceptor {
         if (http2 && call.protocol !== "grpc") setHeader(list, "l5d-orig-proto", "HTTP/1.1");
         flat = flattenHeaders(list);
       }
-      return dispatch({ ...opts, headers: flat }, http2 ? new OrigProtoHandler(handler) : handler);
+      // `opts` is the attempt's own copy (made by the retry interceptor), never the caller's object, and
+      // every pass here rebuilds the headers from the call: set in place rather than copied once more.
+      (opts as { headers: unknown }).headers = flat;
+      return dispatch(opts, http2 ? new OrigProtoHandler(handler) : handler);
     };
 }

@@ -7,13 +7,13 @@ import {
   type RetryPolicy,
 } from "@inmesh/destination";
 import type { Dispatcher } from "undici";
-import { createReplayableBody, type ReplayableBody } from "../body.js";
+import { createOneShotBody, createReplayableBody, type ReplayableBody } from "../body.js";
 import type { MeshInterceptor } from "../compose.js";
 import { ForwardingController, type ResponseHeaders } from "../controller.js";
 import { getHeader, grpcStatusOf, isGrpcContentType, responseHeader } from "../headers.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
 import { formatProxyDuration } from "../proxy-errors.js";
-import { type AttemptState, type CallState, callOf, kAttempt } from "../state.js";
+import { type AttemptState, type CallState, callOf, kAttempt, type MeshDispatchOptions } from "../state.js";
 
 type Controller = Dispatcher.DispatchController;
 type DispatchOptions = Dispatcher.DispatchOptions;
@@ -279,8 +279,15 @@ class RetryingCall {
     this.#outer = outer;
     this.#call = call;
     this.#policy = call.policy?.retry ?? NO_RETRY;
-    const maxBytes = Math.min(options.maxRetryBodyBytes, this.#policy.maxRequestBytes);
-    this.#body = createReplayableBody(opts.body, contentLengthOf(call), maxBytes);
+    // A route without retries sends its body once, as given: nothing is teed or kept.
+    this.#body =
+      this.#policy.kind === "none" || opts.body === undefined || opts.body === null
+        ? createOneShotBody(opts.body)
+        : createReplayableBody(
+            opts.body,
+            contentLengthOf(call),
+            Math.min(options.maxRetryBodyBytes, this.#policy.maxRequestBytes),
+          );
     this.#perTryTimeoutMs =
       this.#policy.kind === "route"
         ? (this.#policy.perTryTimeoutMs ?? options.perTryTimeoutMs)
@@ -312,10 +319,11 @@ class RetryingCall {
     this.#current = attempt;
     this.controller.target = undefined;
     try {
-      this.#dispatch(
-        { ...this.#opts, body: this.#body.next(), [kAttempt]: attempt.state } as DispatchOptions,
-        attempt,
-      );
+      // Stores after the copy: a computed key inside the literal goes through a slow runtime path in V8.
+      const opts: DispatchOptions & MeshDispatchOptions = { ...this.#opts };
+      (opts as MeshDispatchOptions).body = this.#body.next();
+      opts[kAttempt] = attempt.state;
+      this.#dispatch(opts, attempt);
     } catch (error) {
       this.attemptFailed(attempt, error as Error);
     }

@@ -77,9 +77,33 @@ class RouteHandler extends PassThroughHandler {
   }
 }
 
-function splitPath(path: string): { path: string; query: string } {
-  const q = path.indexOf("?");
-  return q < 0 ? { path, query: "" } : { path: path.slice(0, q), query: path.slice(q + 1) };
+/** The call as route matching sees it: one object per request, no closure. */
+class RouteRequest implements OutboundRequest {
+  readonly method: string;
+  readonly host: string;
+  readonly path: string;
+  readonly query: string;
+  readonly #pairs: CallState["headers"];
+
+  constructor(call: CallState) {
+    this.method = call.method;
+    this.host = call.hostHeader ?? call.authority;
+    const q = call.path.indexOf("?");
+    this.path = q < 0 ? call.path : call.path.slice(0, q);
+    this.query = q < 0 ? "" : call.path.slice(q + 1);
+    this.#pairs = call.headers;
+  }
+
+  getHeader(name: string): string | string[] | undefined {
+    let found: string | string[] | undefined;
+    for (const [key, value] of this.#pairs) {
+      if (key !== name) continue;
+      if (found === undefined) found = value;
+      else if (typeof found === "string") found = [found, value];
+      else found.push(value);
+    }
+    return found;
+  }
 }
 
 function headerModifiers(filters: readonly AnyFilter[]): HeaderModifier[] {
@@ -210,25 +234,7 @@ class RoutingCall {
     const call = this.#call;
     const target = call.target;
     if (!target) return;
-    const pairs = call.headers;
-    const getHeader = (name: string) => {
-      let found: string | string[] | undefined;
-      for (const [key, value] of pairs) {
-        if (key !== name) continue;
-        if (found === undefined) found = value;
-        else if (typeof found === "string") found = [found, value];
-        else found.push(value);
-      }
-      return found;
-    };
-    const { path, query } = splitPath(call.path);
-    const request: OutboundRequest = {
-      method: call.method,
-      host: call.hostHeader ?? call.authority,
-      path,
-      query,
-      getHeader,
-    };
+    const request = new RouteRequest(call);
     const selected = selectRoute(target.routingModel(), request, SELECT_OPTIONS);
     if (!selected) {
       this.#respond(noRouteResponse(call));
@@ -244,7 +250,7 @@ class RoutingCall {
       return;
     }
     const { policy, stripHeaders } = selected.allowL5dRequestHeaders
-      ? applyL5dRequestHeaders(selected, getHeader)
+      ? applyL5dRequestHeaders(selected, (name) => request.getHeader(name))
       : { policy: selected, stripHeaders: NO_HEADERS };
     call.policy = policy;
     call.stripHeaders = stripHeaders;
