@@ -21,7 +21,7 @@ import {
   type MeshAuthorization,
   sendSynthetic,
 } from "./gate.js";
-import { MeshIncomingMessage } from "./message.js";
+import { Http1Drain, MeshIncomingMessage } from "./message.js";
 import { type ConnectionActivity, debug, type ShutdownFlag } from "./pipeline.js";
 import { type CallTelemetry, callsObserved, finishCall, runHandler, startCall } from "./telemetry.js";
 
@@ -82,11 +82,14 @@ type ServedResponse = ServerResponse & {
 
 export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   const { gate, port, handler, shutdown } = options;
-  const activeResponses = new Set<ServerResponse>();
+  // Draining finds the response in flight through each connection: a set of responses, added to and
+  // deleted from per request, rehashed every few requests, and V8 links each retired table to its
+  // successor, so one promoted table kept every later one (and the requests they held) alive through
+  // young-generation collections: the S8 service grew its young generation to the maximum (32 MiB).
+  const drain = new Http1Drain();
   const closeIdle = () => server.closeIdleConnections();
 
   function onResponseClose(this: ServedResponse): void {
-    activeResponses.delete(this);
     const connection = this[kConnection];
     connection.inFlight -= 1;
     if (connection.inFlight === 0) connection.activity?.setIdle(true);
@@ -128,6 +131,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     }
     const activity = options.activity(raw);
     (socket as ServedSocket)[kConnection] = { state, activity, inFlight: 0 };
+    drain.track(socket);
     // Waiting for its first request: node:http's headersTimeout bounds it, and the cap may reap it.
     activity?.setIdle(true);
     server.emit("connection", socket);
@@ -152,7 +156,6 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     const state = connection.state;
     connection.inFlight += 1;
     if (connection.inFlight === 1) connection.activity?.setIdle(false);
-    activeResponses.add(res);
     const served = res as ServedResponse;
     served[kConnection] = connection;
     served[kCall] = undefined;
@@ -244,8 +247,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
       (socket as ServedSocket)[kBridged] = { context, telemetry };
     },
     startDrain() {
-      for (const res of activeResponses) if (!res.headersSent) res.setHeader("connection", "close");
-      server.closeIdleConnections();
+      drain.start(closeIdle);
     },
     close: () => {
       server.close();
