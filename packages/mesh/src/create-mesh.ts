@@ -238,6 +238,10 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
 
   const mesh: Omit<Mesh, keyof MeshOutbound> = {
     ...core,
+    // The core's discovery is created on first read, so it is not enumerable (not spread).
+    get discovery() {
+      return core.discovery;
+    },
     ready,
     createServer,
     // Fastify types its serverFactory result as an http.Server; the mesh listener is a net.Server that
