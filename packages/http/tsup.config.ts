@@ -1,3 +1,5 @@
 import { packageBuild } from "../../tsup.base.js";
 
-export default packageBuild();
+// Two entries sharing chunks: `@inmesh/http/inbound` loads the server side without undici and the
+// outbound stack (createMesh loads those on first outbound use).
+export default packageBuild({ index: "src/index.ts", inbound: "src/inbound.ts" }, { splitting: true });

@@ -152,6 +152,15 @@ export function createPartTable(maxParts: number): PartTable {
   };
 }
 
+interface KeyNode {
+  readonly next: Map<number, KeyNode>;
+  series: Series | undefined;
+}
+
+function newKeyNode(): KeyNode {
+  return { next: new Map(), series: undefined };
+}
+
 function newSeries(type: FamilyType, bucketCount: number, nowMs: number, overflow: boolean): Series {
   return {
     value: 0,
@@ -179,7 +188,11 @@ export function createFamily(
   // part lists that render the same text can never make a duplicate series (Prometheus rejects a whole
   // scrape for that).
   const byText = new Map<LabelText, Series>();
-  const byKey = new Map<string, Series>();
+  // Keyed by the ids of the non-empty parts, as a tree of maps: finding a known label set allocates
+  // nothing (a key string built per call was most of what metrics allocated per request, and every
+  // allocation per request counts towards the young generation the process keeps: S8).
+  let byKey: KeyNode = newKeyNode();
+  let keyCount = 0;
   const maxKeys = limits.maxSeriesPerFamily * 2;
   let regularCount = 0;
   let lastEvictionMs = Number.NEGATIVE_INFINITY;
@@ -208,7 +221,10 @@ export function createFamily(
       if (!series.overflow) regularCount -= 1;
       evicted += 1;
     }
-    if (evicted > 0) byKey.clear();
+    if (evicted > 0) {
+      byKey = newKeyNode();
+      keyCount = 0;
+    }
     return evicted;
   };
 
@@ -224,9 +240,17 @@ export function createFamily(
 
   const resolve = (parts: Parts): Series => {
     const nowMs = limits.nowMs();
-    let key = "";
-    for (const part of parts) if (part.text !== "") key += `${part.id}.`;
-    let series = byKey.get(key);
+    let node = byKey;
+    for (const part of parts) {
+      if (part.text === "") continue;
+      let next = node.next.get(part.id);
+      if (next === undefined) {
+        next = newKeyNode();
+        node.next.set(part.id, next);
+      }
+      node = next;
+    }
+    let series = node.series;
     if (series === undefined) {
       const text = joinParts(parts);
       series = byText.get(text);
@@ -241,8 +265,20 @@ export function createFamily(
           series = overflowSeries(text, nowMs);
         }
       }
-      if (byKey.size >= maxKeys) byKey.clear();
-      byKey.set(key, series);
+      if (keyCount >= maxKeys) {
+        // The cache is full: start a new one (its first entry is this label set).
+        byKey = newKeyNode();
+        keyCount = 0;
+        node = byKey;
+        for (const part of parts) {
+          if (part.text === "") continue;
+          const next = newKeyNode();
+          node.next.set(part.id, next);
+          node = next;
+        }
+      }
+      node.series = series;
+      keyCount += 1;
     }
     if (series.overflow) onOverflow(definition.name);
     series.touchedMs = nowMs;

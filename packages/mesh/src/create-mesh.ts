@@ -1,22 +1,19 @@
 import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { type AdminServer, createMeshMetrics, type MeshMetrics, startAdminServer } from "@inmesh/admin";
-import { ConfigError, DestinationError, MeshErrorCode } from "@inmesh/core";
+import { ConfigError, DestinationError, MeshError, MeshErrorCode } from "@inmesh/core";
+import type { MeshDispatcher, MeshDispatcherOptions, MeshFetch } from "@inmesh/http";
 import {
-  createMeshDispatcher,
-  createMeshFetch,
   createMeshServer,
   createTransportHeaderListener,
-  type MeshDispatcher,
-  type MeshDispatcherOptions,
-  type MeshFetch,
   type MeshServer,
   type MeshServerOptions,
   type TransportHeaderListener,
-} from "@inmesh/http";
+} from "@inmesh/http/inbound";
 import type { OtelBridge } from "@inmesh/otel";
 import { createMeshCore, type MeshCore, type MeshOptions } from "./mesh.js";
 import { attachOutbound, type MeshOutbound, profileNetworks, searchContext } from "./outbound.js";
+import { loadOutbound, outboundLoadsUpFront, outboundModule } from "./outbound-module.js";
 
 /** Everything `createMeshServer` takes except what the mesh supplies (identity and policy). */
 export type MeshServeOptions = Omit<MeshServerOptions, "identity" | "policy" | "handler">;
@@ -62,9 +59,12 @@ export interface Mesh extends MeshCore, MeshOutbound {
   serverFactory(
     options: MeshServeOptions,
   ): (handler: NonNullable<MeshServerOptions["handler"]>) => HttpServer;
-  /** An undici Dispatcher: discovery, mTLS to each endpoint's identity, balancing, timeouts, retries. */
+  /**
+   * An undici Dispatcher: discovery, mTLS to each endpoint's identity, balancing, timeouts, retries.
+   * Created (and undici loaded) on first use, so an inbound-only service never pays for it.
+   */
   readonly dispatcher: MeshDispatcher;
-  /** `fetch` bound to `dispatcher`. */
+  /** `fetch` bound to `dispatcher` (which its first call creates). */
   readonly fetch: MeshFetch;
   readonly metrics: MeshMetrics | undefined;
   /** The admin server once started (after `start()` or `ready()`). */
@@ -106,16 +106,33 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   otelLoading.catch(() => {});
 
   const names = searchContext(options.env ?? process.env, core);
-  const dispatcher = createMeshDispatcher({
-    ...(core.config.outboundLocalAddress ? { localAddress: core.config.outboundLocalAddress } : {}),
-    clusterDomain: names.clusterDomain,
-    profileNetworks: profileNetworks(options.env ?? process.env, core),
-    ...(names.namespace ? { searchNamespace: names.namespace } : {}),
-    ...options.outbound,
-    identity: core.identity,
-    discovery: core.discovery ?? noDiscovery(),
-  });
-  const fetch = createMeshFetch(dispatcher);
+  // Checked now, so a bad LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS fails createMesh(), not a first call.
+  const outboundNetworks = profileNetworks(options.env ?? process.env, core);
+  // The outbound stack is created on first use: an inbound-only service loads no undici, opens no
+  // dispatcher and starts no discovery watch.
+  const outboundLoading = outboundLoadsUpFront ? loadOutbound() : undefined;
+  outboundLoading?.catch(() => {});
+  let dispatcher: MeshDispatcher | undefined;
+  let fetchNow: MeshFetch | undefined;
+  const outboundDispatcher = (): MeshDispatcher => {
+    if (dispatcher) return dispatcher;
+    if (closed) throw new MeshError(MeshErrorCode.CLOSED, "the mesh was closed");
+    dispatcher = outboundModule().createMeshDispatcher({
+      ...(core.config.outboundLocalAddress ? { localAddress: core.config.outboundLocalAddress } : {}),
+      clusterDomain: names.clusterDomain,
+      profileNetworks: outboundNetworks,
+      ...(names.namespace ? { searchNamespace: names.namespace } : {}),
+      ...options.outbound,
+      identity: core.identity,
+      discovery: core.discovery ?? noDiscovery(),
+    });
+    return dispatcher;
+  };
+  const fetch: MeshFetch = async (input, init) => {
+    if (outboundLoading) await outboundLoading;
+    fetchNow ??= outboundModule().createMeshFetch(outboundDispatcher());
+    return fetchNow(input, init);
+  };
 
   let admin: AdminServer | undefined;
   let adminStarting: Promise<AdminServer | undefined> | undefined;
@@ -204,15 +221,16 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
   core.onClose(async () => {
     await transportHeader?.close();
     await Promise.allSettled([...servers].map((server) => server.close()));
-    await dispatcher.close();
+    closed = true;
+    await dispatcher?.close();
     await admin?.close();
     metrics?.unsubscribe();
-    closed = true;
     otel?.unregister();
   });
 
   const ready: Mesh["ready"] = async (readyOptions) => {
     await otelLoading;
+    await outboundLoading;
     await startAdmin();
     await startTransportHeader();
     await core.ready(readyOptions);
@@ -220,13 +238,19 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
 
   const mesh: Omit<Mesh, keyof MeshOutbound> = {
     ...core,
+    // The core's discovery is created on first read, so it is not enumerable (not spread).
+    get discovery() {
+      return core.discovery;
+    },
     ready,
     createServer,
     // Fastify types its serverFactory result as an http.Server; the mesh listener is a net.Server that
     // feeds one, and offers what Fastify calls on it (listen, close, address, closeIdleConnections).
     serverFactory: (serveOptions: MeshServeOptions) => (handler: NonNullable<MeshServerOptions["handler"]>) =>
       createServer(handler, serveOptions).server as unknown as HttpServer,
-    dispatcher,
+    get dispatcher() {
+      return outboundDispatcher();
+    },
     fetch,
     metrics,
     admin: () => admin,
@@ -234,7 +258,7 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
     close: core.close,
     [Symbol.asyncDispose]: core.close,
   };
-  return attachOutbound(mesh, core, dispatcher, names);
+  return attachOutbound(mesh, core, outboundDispatcher, names);
 }
 
 /** Without a destination controller, calls to cluster names fail each with a typed error. */

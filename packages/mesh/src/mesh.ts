@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import { type Env, MeshChannel, MeshError, MeshErrorCode, meshChannel } from "@inmesh/core";
-import { createDiscovery, type Discovery } from "@inmesh/destination";
+import type { Discovery } from "@inmesh/destination";
 import type { MeshPolicySource } from "@inmesh/http";
 import {
   createIdentityProvider,
@@ -23,6 +23,7 @@ import {
   defaultControlPlaneCredentials,
   openControlPlaneClients,
 } from "./control-plane.js";
+import { destinationModule, lazyModulesLoadUpFront } from "./outbound-module.js";
 import { defaultWarningHandler, type MeshWarningHandler, ReadinessReporter } from "./readiness.js";
 
 export interface MeshOptions extends MeshConfigOptions {
@@ -131,15 +132,23 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     identity,
     credentialsFor,
   );
-  const discovery: Discovery | undefined =
-    clients.destination || clients.outboundPolicy
-      ? createDiscovery({
-          ...(clients.destination ? { destinationClient: clients.destination } : {}),
-          ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
-          contextToken: config.destination?.contextToken ?? "",
-          ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
-        })
-      : undefined;
+  // Discovery (and @inmesh/destination with it) is created on first use: the outbound side asks for it,
+  // an inbound-only service never does.
+  const discoveryConfigured = clients.destination !== undefined || clients.outboundPolicy !== undefined;
+  const discoveryLoading =
+    discoveryConfigured && lazyModulesLoadUpFront ? destinationModule.load() : undefined;
+  discoveryLoading?.catch(() => {});
+  let discovery: Discovery | undefined;
+  const discoveryNow = (): Discovery | undefined => {
+    if (discovery !== undefined || !discoveryConfigured || closing !== undefined) return discovery;
+    discovery = destinationModule.now().createDiscovery({
+      ...(clients.destination ? { destinationClient: clients.destination } : {}),
+      ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
+      contextToken: config.destination?.contextToken ?? "",
+      ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
+    });
+    return discovery;
+  };
   const watcher: PolicyWatcher | undefined =
     clients.policy && config.policy && config.inboundPorts.length > 0
       ? createPolicyWatcher({
@@ -234,6 +243,7 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     if (readyOptions.timeoutMs !== undefined) signals.push(AbortSignal.timeout(readyOptions.timeoutMs));
     const signal = signals.length === 1 ? lifetime.signal : AbortSignal.any(signals);
     await readiness.track(async () => {
+      await discoveryLoading;
       await identity.ready({ signal });
       await watcher?.ready({ signal });
     }, signal);
@@ -256,11 +266,11 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     return closing;
   }
 
-  return {
+  const core: MeshCore = {
     config,
     identity,
     policy,
-    discovery,
+    discovery: undefined,
     ready,
     isReady,
     state: () => ({ status, identity: identity.state(), policy: watcher?.state() ?? [], reasons: reasons() }),
@@ -274,6 +284,8 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     close,
     [Symbol.asyncDispose]: close,
   };
+  // Not enumerable: spreading the core (createMesh does) must not create discovery.
+  return Object.defineProperty(core, "discovery", { enumerable: false, get: discoveryNow });
 }
 
 /** The identity service's address for messages; undefined when the configuration does not say. */

@@ -1,14 +1,9 @@
 import type { Socket } from "node:net";
 import { type Cidr, ConfigError, type Env, parseCidrList, readEnv } from "@inmesh/core";
 import type { MeshGrpcChannel, MeshGrpcChannelOptions } from "@inmesh/grpc";
-import {
-  classifyHost,
-  installGlobalDispatcher,
-  type MeshConnectOptions,
-  type MeshDispatcher,
-  MeshHttpAgent,
-} from "@inmesh/http";
+import type { MeshConnectOptions, MeshDispatcher, MeshHttpAgent } from "@inmesh/http";
 import type { MeshCore } from "./mesh.js";
+import { loadOutbound, outboundModule } from "./outbound-module.js";
 
 /** The outbound ways into the mesh besides `mesh.fetch` and `mesh.dispatcher`. */
 export interface MeshOutbound {
@@ -89,13 +84,13 @@ function namespaceOf(text: string | undefined, legacy: RegExp): string | undefin
 }
 
 /**
- * Adds the `MeshOutbound` members to `mesh`. The agent and the gRPC stack are created on first use:
- * a service that never calls them never loads them.
+ * Adds the `MeshOutbound` members to `mesh`. The dispatcher, the agent and the gRPC stack are created on
+ * first use: a service that never calls them never loads them.
  */
 export function attachOutbound<T extends object>(
   mesh: T,
   core: MeshCore,
-  dispatcher: MeshDispatcher,
+  dispatcher: () => MeshDispatcher,
   names: { namespace: string | undefined; clusterDomain: string },
 ): T & MeshOutbound {
   let agent: MeshHttpAgent | undefined;
@@ -108,7 +103,7 @@ export function attachOutbound<T extends object>(
   };
   // Idempotent: a second install keeps the first undo, so uninstall restores what was there before.
   const install = (): (() => void) => {
-    undo ??= installGlobalDispatcher(dispatcher);
+    undo ??= outboundModule().installGlobalDispatcher(dispatcher());
     return uninstall;
   };
 
@@ -122,6 +117,7 @@ export function attachOutbound<T extends object>(
         },
       );
     }
+    const { classifyHost } = await loadOutbound();
     const separator = target.lastIndexOf(":");
     const port = separator > 0 ? Number(target.slice(separator + 1)) : Number.NaN;
     const name = Number.isInteger(port)
@@ -159,7 +155,7 @@ export function attachOutbound<T extends object>(
     httpAgent: {
       enumerable: true,
       get: () => {
-        agent ??= new MeshHttpAgent(dispatcher.openConnection);
+        agent ??= new (outboundModule().MeshHttpAgent)(dispatcher().openConnection);
         return agent;
       },
     },
@@ -167,7 +163,10 @@ export function attachOutbound<T extends object>(
     uninstall: { enumerable: true, value: uninstall },
     connect: {
       enumerable: true,
-      value: (target: string, options?: MeshConnectOptions) => dispatcher.openConnection(target, options),
+      value: async (target: string, options?: MeshConnectOptions) => {
+        await loadOutbound();
+        return dispatcher().openConnection(target, options);
+      },
     },
     grpcChannel: { enumerable: true, value: grpcChannel },
   }) as T & MeshOutbound;

@@ -228,13 +228,21 @@ function resolveOptions(options: OtelBridgeOptions): OtelBridgeOptions {
  */
 export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
   const config = resolveOptions(options);
-  const { context, propagation, ROOT_CONTEXT, SpanKind, trace } = loadOtelApi();
+  const { context, propagation, ProxyTracerProvider, ROOT_CONTEXT, SpanKind, trace } = loadOtelApi();
   const propagator: Propagator = config.propagator ?? propagation;
   // A given provider's tracer is resolved once. The global one is looked up per span: the application's
   // copy of the API (ESM) and the one loaded here may be different module instances, and only the
   // registered global (shared by every copy) reaches an SDK registered after this bridge.
   let fixedTracer: Tracer | undefined;
   const tracer = (): Tracer => fixedTracer ?? trace.getTracerProvider().getTracer("@inmesh/otel", VERSION);
+  // The API's own no-op provider, which an unset global proxies to.
+  const noopProvider = new ProxyTracerProvider().getDelegate();
+  /** False while no SDK is registered: every span would be a no-op. */
+  const sdkRegistered = (): boolean => {
+    if (fixedTracer) return true;
+    const provider = trace.getTracerProvider();
+    return !(provider instanceof ProxyTracerProvider && provider.getDelegate() === noopProvider);
+  };
 
   const inboundSpans = new WeakMap<InboundCallMessage, Span>();
   const callSpans = new WeakMap<OutboundCallMessage, { span: Span; context: Context }>();
@@ -242,6 +250,10 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
 
   const inboundStart = (message: InboundCallMessage) => {
     const parent = propagator.extract(ROOT_CONTEXT, message, inboundGetter);
+    // No SDK and no trace context to carry on: the span would record nothing and propagate nothing. This
+    // runs for every request by default, and the context, tracer, attributes and scope closure it built
+    // outlived young-generation collections (most of what the S8 service promoted to the old generation).
+    if (parent === ROOT_CONTEXT && !sdkRegistered()) return;
     const { host, port } = splitAuthority(message.authority);
     const peer = message.peer;
     const attributes: Attributes = {

@@ -30,7 +30,11 @@ describe("without an OpenTelemetry SDK", () => {
     const onError = (error: unknown) => errors.push(error);
     process.on("uncaughtException", onError);
     try {
-      inboundCall({ headers: { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" } });
+      const inbound = inboundCall({
+        headers: { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" },
+      });
+      // No span, context or scope is built for a call nobody records (the handler runs directly).
+      expect(inbound.runInScope).toBeUndefined();
       const { headers } = outboundCall({ attempts: [{ endpointAddress: "10.0.0.1:80", statusCode: 200 }] });
       await new Promise((resolve) => setImmediate(resolve));
       expect(headers.size).toBe(0);

@@ -15,7 +15,15 @@ import type { CompiledServerPolicy } from "@inmesh/policy";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
 import type { ConnectionState, GateConfig } from "./gate.js";
-import { type Admission, chooseProtocol, debug, type Pipeline, remainingMs, swallow } from "./pipeline.js";
+import {
+  type Admission,
+  type ConnectionActivity,
+  chooseProtocol,
+  debug,
+  type Pipeline,
+  remainingMs,
+  swallow,
+} from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
 
@@ -48,6 +56,11 @@ export interface AcceptStage {
    */
   adopt(raw: Socket): void;
   setIdle(raw: Socket, idle: boolean): void;
+  /**
+   * The connection's activity marker, for a stage that flips it on every request (no lookup per
+   * request); undefined once the connection is forgotten or when it was never tracked.
+   */
+  activity(raw: Socket): ConnectionActivity | undefined;
   /** Draining: connections still in detection or handshake are closed at once. */
   startDrain(): void;
   destroyAll(): void;
@@ -63,11 +76,21 @@ export interface AcceptStage {
  */
 type Phase = "detecting" | "tls" | "idle" | "busy";
 
-interface Tracked {
+class Tracked implements ConnectionActivity {
   phase: Phase;
   /** A request has started on it: a client that did real work, reaped after those that did not. */
-  served: boolean;
+  served = false;
   readonly listener: Listener;
+
+  constructor(phase: Phase, listener: Listener) {
+    this.phase = phase;
+    this.listener = listener;
+  }
+
+  setIdle(idle: boolean): void {
+    this.phase = idle ? "idle" : "busy";
+    if (!idle) this.served = true;
+  }
 }
 
 /**
@@ -142,7 +165,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     raw.on("error", swallow);
     const listener = direct ? directConnections : mainConnections;
     if (listener.size >= options.maxConnections) reap(listener);
-    const entry: Tracked = { phase: "detecting", served: false, listener };
+    const entry = new Tracked("detecting", listener);
     tracked.set(raw, entry);
     listener.set(raw, entry);
     raw.once("close", () => forget(raw));
@@ -247,17 +270,15 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     classified: (raw) => setPhase(raw, "busy"),
     adopt(raw) {
       if (tracked.has(raw)) return;
-      const entry: Tracked = { phase: "busy", served: false, listener: adoptedConnections };
+      const entry = new Tracked("busy", adoptedConnections);
       tracked.set(raw, entry);
       adoptedConnections.set(raw, entry);
       raw.once("close", () => forget(raw));
     },
     setIdle(raw, idle) {
-      const entry = tracked.get(raw);
-      if (entry === undefined) return;
-      entry.phase = idle ? "idle" : "busy";
-      if (!idle) entry.served = true;
+      tracked.get(raw)?.setIdle(idle);
     },
+    activity: (raw) => tracked.get(raw),
     startDrain() {
       for (const [socket, entry] of tracked) {
         if (entry.phase === "detecting" || entry.phase === "tls") socket.destroy();

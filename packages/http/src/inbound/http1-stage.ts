@@ -21,9 +21,9 @@ import {
   type MeshAuthorization,
   sendSynthetic,
 } from "./gate.js";
-import { MeshIncomingMessage } from "./message.js";
-import { debug, type ShutdownFlag } from "./pipeline.js";
-import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
+import { Http1Drain, MeshIncomingMessage } from "./message.js";
+import { type ConnectionActivity, debug, type ShutdownFlag } from "./pipeline.js";
+import { type CallTelemetry, callsObserved, finishCall, runHandler, startCall } from "./telemetry.js";
 
 export type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -36,8 +36,8 @@ export interface Http1StageOptions {
   readonly headersTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly keepAliveTimeoutMs: number;
-  /** Tells the accept stage whether a connection is between requests (reaped first at the cap). */
-  setIdle(raw: Socket, idle: boolean): void;
+  /** The accept stage's marker of whether a connection is between requests (reaped first at the cap). */
+  activity(raw: Socket): ConnectionActivity | undefined;
 }
 
 export interface Http1Stage {
@@ -50,21 +50,62 @@ export interface Http1Stage {
   close(): void;
 }
 
+/** One served connection, kept on its socket (a property read per request rather than a map lookup). */
 interface Http1Connection {
   readonly state: ConnectionState;
-  readonly raw: Socket;
+  readonly activity: ConnectionActivity | undefined;
   /** Requests whose responses are not closed yet (pipelining can make it more than one). */
   inFlight: number;
 }
 
+interface Bridged {
+  readonly context: MeshRequestContext;
+  readonly telemetry: CallTelemetry | undefined;
+}
+
+const kConnection = Symbol("inmesh.http1.connection");
+const kBridged = Symbol("inmesh.http1.bridged");
+const kCall = Symbol("inmesh.http1.call");
+const kSyntheticGrpcStatus = Symbol("inmesh.http1.syntheticGrpcStatus");
+
+type ServedSocket = Duplex & { [kConnection]?: Http1Connection; [kBridged]?: Bridged };
+/**
+ * What one response carries until it closes: its connection (for in-flight counting) and, when calls are
+ * observed, its call. One shared close listener reads them, instead of a closure (and a `once` wrapper)
+ * per request.
+ */
+type ServedResponse = ServerResponse & {
+  [kConnection]: Http1Connection;
+  [kCall]: CallTelemetry | undefined;
+  [kSyntheticGrpcStatus]: number | undefined;
+};
+
 export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   const { gate, port, handler, shutdown } = options;
-  const connections = new WeakMap<object, Http1Connection>();
-  const bridged = new WeakMap<
-    object,
-    { readonly context: MeshRequestContext; readonly telemetry: CallTelemetry | undefined }
-  >();
-  const activeResponses = new Set<ServerResponse>();
+  // Draining finds the response in flight through each connection: a set of responses, added to and
+  // deleted from per request, rehashed every few requests, and V8 links each retired table to its
+  // successor, so one promoted table kept every later one (and the requests they held) alive through
+  // young-generation collections: the S8 service grew its young generation to the maximum (32 MiB).
+  const drain = new Http1Drain();
+  const closeIdle = () => server.closeIdleConnections();
+
+  function onResponseClose(this: ServedResponse): void {
+    const connection = this[kConnection];
+    connection.inFlight -= 1;
+    if (connection.inFlight === 0) connection.activity?.setIdle(true);
+    if (shutdown.closing) setImmediate(closeIdle);
+    const call = this[kCall];
+    if (call !== undefined) {
+      finishCall(
+        call,
+        this.statusCode,
+        this[kSyntheticGrpcStatus],
+        this.writableFinished
+          ? undefined
+          : new MeshError(MeshErrorCode.CANCELED, "response closed before it finished"),
+      );
+    }
+  }
 
   const server = createHttpServer({
     // headersDistinct is built only if the app reads it (see message.ts).
@@ -88,38 +129,38 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
       socket.destroy();
       return;
     }
-    connections.set(socket, { state, raw, inFlight: 0 });
+    const activity = options.activity(raw);
+    (socket as ServedSocket)[kConnection] = { state, activity, inFlight: 0 };
+    drain.track(socket);
     // Waiting for its first request: node:http's headersTimeout bounds it, and the cap may reap it.
-    options.setIdle(raw, true);
+    activity?.setIdle(true);
     server.emit("connection", socket);
     // Detection left the socket paused with its first bytes pushed back; node:http only listens.
     socket.resume();
   }
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectContinue = false): void {
-    const socket = req.socket;
-    const bridge = bridged.get(socket);
+    const socket = req.socket as ServedSocket;
+    const bridge = socket[kBridged];
     if (bridge !== undefined) {
       attachMeshContext(req, bridge.context);
       if (expectContinue) res.writeContinue();
       runHandler(bridge.telemetry, handler as Http1Handler, req, res);
       return;
     }
-    const connection = connections.get(socket);
+    const connection = socket[kConnection];
     if (connection === undefined || handler === undefined) {
       res.destroy();
       return;
     }
     const state = connection.state;
     connection.inFlight += 1;
-    if (connection.inFlight === 1) options.setIdle(connection.raw, false);
-    activeResponses.add(res);
-    res.once("close", () => {
-      activeResponses.delete(res);
-      connection.inFlight -= 1;
-      if (connection.inFlight === 0) options.setIdle(connection.raw, true);
-      if (shutdown.closing) setImmediate(() => server.closeIdleConnections());
-    });
+    if (connection.inFlight === 1) connection.activity?.setIdle(false);
+    const served = res as ServedResponse;
+    served[kConnection] = connection;
+    served[kCall] = undefined;
+    served[kSyntheticGrpcStatus] = undefined;
+    res.on("close", onResponseClose);
     if (shutdown.closing) res.setHeader("connection", "close");
     const result = authorizeRequest(gate, state, {
       method: req.method ?? "GET",
@@ -148,7 +189,9 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     expectContinue: boolean,
   ): void {
     if (res.destroyed) return;
-    const telemetry = callsObserved() ? observeResponse(req, res, state, result) : undefined;
+    const telemetry = callsObserved()
+      ? observeResponse(req, res as ServedResponse, state, result)
+      : undefined;
     if (!result.allowed) {
       // The body the client held back must not be read as the next request.
       if (expectContinue) res.setHeader("connection", "close");
@@ -172,7 +215,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
 
   function observeResponse(
     req: IncomingMessage,
-    res: ServerResponse,
+    res: ServedResponse,
     state: ConnectionState,
     result: MeshAuthorization,
   ): CallTelemetry {
@@ -191,15 +234,9 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
       },
       result.decision,
     );
-    res.once("close", () =>
-      endCall(telemetry, {
-        statusCode: res.statusCode,
-        grpcStatus: result.response?.grpcStatus,
-        error: res.writableFinished
-          ? undefined
-          : new MeshError(MeshErrorCode.CANCELED, "response closed before it finished"),
-      }),
-    );
+    // Ended by onResponseClose.
+    res[kCall] = telemetry;
+    res[kSyntheticGrpcStatus] = result.response?.grpcStatus;
     return telemetry;
   }
 
@@ -207,11 +244,10 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     server,
     serve,
     markBridged: (socket, context, telemetry) => {
-      bridged.set(socket, { context, telemetry });
+      (socket as ServedSocket)[kBridged] = { context, telemetry };
     },
     startDrain() {
-      for (const res of activeResponses) if (!res.headersSent) res.setHeader("connection", "close");
-      server.closeIdleConnections();
+      drain.start(closeIdle);
     },
     close: () => {
       server.close();

@@ -32,6 +32,11 @@ export function remainingMs(deadline: number): number {
   return Math.max(1, deadline - Date.now());
 }
 
+/** Whether a served connection is between requests: idle connections are reaped first at the cap. */
+export interface ConnectionActivity {
+  setIdle(idle: boolean): void;
+}
+
 /** How a stage passes a connection on once it knows what it is. */
 export interface Pipeline {
   readonly shutdown: ShutdownFlag;
@@ -42,6 +47,8 @@ export interface Pipeline {
    * at the connection cap, idle connections are reaped first after those still in detection.
    */
   setIdle(raw: Socket, idle: boolean): void;
+  /** The same marker as an object a stage keeps per connection and flips per request. */
+  activity(raw: Socket): ConnectionActivity | undefined;
   serveOpaque(
     socket: Socket | TLSSocket,
     state: ConnectionState,

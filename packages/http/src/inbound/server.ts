@@ -262,6 +262,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     shutdown,
     classified: (raw) => accept.classified(raw),
     setIdle: (raw, idle) => accept.setIdle(raw, idle),
+    activity: (raw) => accept.activity(raw),
     serveOpaque: (socket, state, policy, raw) => opaque.serve(socket, state, policy, raw),
     serveProtocol,
   };
@@ -275,7 +276,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     headersTimeoutMs,
     requestTimeoutMs,
     keepAliveTimeoutMs,
-    setIdle: pipeline.setIdle,
+    activity: pipeline.activity,
   });
   const http2 = createHttp2Stage({
     gate,

@@ -132,9 +132,19 @@ export function endCall(
   call: CallTelemetry,
   outcome: { statusCode: number | undefined; grpcStatus: number | undefined; error: unknown },
 ): void {
-  call.statusCode = outcome.statusCode;
-  call.grpcStatus = outcome.grpcStatus;
-  call.error = outcome.error;
+  finishCall(call, outcome.statusCode, outcome.grpcStatus, outcome.error);
+}
+
+/** {@link endCall} without an outcome object (the HTTP/1 stage ends every observed call through it). */
+export function finishCall(
+  call: CallTelemetry,
+  statusCode: number | undefined,
+  grpcStatus: number | undefined,
+  error: unknown,
+): void {
+  call.statusCode = statusCode;
+  call.grpcStatus = grpcStatus;
+  call.error = error;
   call.durationMs = performance.now() - call.startedAt;
   if (callEnd.hasSubscribers) callEnd.publish(call);
 }
