@@ -183,7 +183,9 @@ export function createEndpointGroup(
       for (const address of changes.removed) retireChanged(previous.get(address), undefined);
       for (const endpoint of changes.upserted) retireChanged(previous.get(endpoint.address), endpoint);
     } else if (channels.size > 0) {
-      const live = new Set(set.endpoints.map((endpoint) => channelKey(endpoint, settings.useTransportHeader)));
+      const live = new Set(
+        set.endpoints.map((endpoint) => channelKey(endpoint, settings.useTransportHeader)),
+      );
       for (const entry of [...channels.values()]) if (!live.has(entry.key)) retire(entry);
     }
     for (const address of excluded.keys()) if (!set.get(address)) excluded.delete(address);

@@ -4,6 +4,8 @@
  * filters, a ServiceProfile's weighted `dstOverrides`, and the `l5d-*` request headers a route honours
  * when the controller runs with `--allow-l5d-request-headers`.
  */
+
+import { Readable } from "node:stream";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import type { Discovery } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
@@ -271,7 +273,7 @@ describe("outbound routing through the dev control plane", () => {
       const response = await request(url("web", "/response-timeout/upload"), {
         dispatcher,
         method: "POST",
-        body: slowUpload(),
+        body: Readable.from(slowUpload()),
       });
       expect(response.statusCode).toBe(200);
       expect(await response.body.text()).toBe("got 20 bytes");
