@@ -1,6 +1,6 @@
 import { type ChannelCredentials, type ChannelOptions, credentials, experimental } from "@grpc/grpc-js";
 import type { ControlPlaneAddress } from "@inmesh/core";
-import { createMeshCertificateProvider } from "@inmesh/grpc";
+import { createMeshCertificateProvider } from "@inmesh/grpc/credentials";
 import type { IdentityProvider } from "@inmesh/identity";
 import { destination, inbound, outbound } from "@inmesh/proto";
 

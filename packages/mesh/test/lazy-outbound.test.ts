@@ -3,12 +3,12 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-// An inbound-only service loads no outbound stack: undici and the dispatcher come with the first
-// outbound use. Runs the built dist in a child process, as a user's service runs it (from sources the
+// An inbound-only service loads no outbound stack: undici, the dispatcher, discovery (@inmesh/destination),
+// the gRPC mesh channel and re2js come with the first outbound use. Runs the built dist in a child process, as a user's service runs it (from sources the
 // stack is imported up front; see outbound-module.ts).
 
 const meshDist = fileURLToPath(new URL("../dist/index.js", import.meta.url));
@@ -52,22 +52,42 @@ describe("the outbound stack of a built mesh", () => {
     if (!existsSync(meshDist))
       throw new Error("run `pnpm run build` before this test: packages/mesh/dist missing");
     const script = path.join(dir, "service.mjs");
+    const loadedList = path.join(dir, "esm-loaded.txt");
+    // ES modules are not in require.cache: a load hook (on the loader's thread) lists each one as it loads.
+    const hooks = path.join(dir, "hooks.mjs");
+    await writeFile(
+      hooks,
+      `import { appendFileSync } from "node:fs";
+export async function load(url, context, next) {
+  appendFileSync(${JSON.stringify(loadedList)}, url + "\\n");
+  return next(url, context);
+}
+`,
+    );
     await writeFile(
       script,
       `import http from "node:http";
-import { createRequire } from "node:module";
-import { createMesh } from ${JSON.stringify(meshDist)};
+import { readFileSync, existsSync } from "node:fs";
+import { createRequire, register } from "node:module";
+register(${JSON.stringify(pathToFileURL(hooks).href)});
+const { createMesh } = await import(${JSON.stringify(meshDist)});
 const require = createRequire(import.meta.url);
-const undiciLoaded = () => Object.keys(require.cache).some((file) => file.includes("/undici/"));
+const loaded = () => [
+  ...Object.keys(require.cache),
+  ...(existsSync(${JSON.stringify(loadedList)}) ? readFileSync(${JSON.stringify(loadedList)}, "utf8").split("\\n") : []),
+];
+const undiciLoaded = () => loaded().some((file) => file.includes("/undici/"));
 const mesh = createMesh({ admin: false, transportHeader: false });
 await mesh.ready();
 const server = mesh.createServer((req, res) => res.end("meshed"), { port: 8081 });
 await server.listen(0, "127.0.0.1");
 const served = undiciLoaded();
+const lazyLoaded = !served;
+const outboundOnly = loaded().filter((file) => /\\/(destination|grpc)\\/dist\\/index\\.js$|\\/re2js\\//.test(file));
 const plain = http.createServer((req, res) => res.end("plain"));
 await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
 const response = await mesh.fetch("http://127.0.0.1:" + plain.address().port + "/");
-const result = { served, body: await response.text(), afterFetch: undiciLoaded(), dispatch: typeof mesh.dispatcher.dispatch };
+const result = { served, outboundOnly: lazyLoaded ? outboundOnly : [], body: await response.text(), afterFetch: undiciLoaded(), dispatch: typeof mesh.dispatcher.dispatch };
 plain.close();
 await mesh.close();
 console.log(JSON.stringify(result));
@@ -90,6 +110,12 @@ console.log(JSON.stringify(result));
     const result = JSON.parse(stdout.trim().split("\n").at(-1) ?? "{}");
     const lazy = (process.features as { require_module?: boolean }).require_module === true;
     // Where Node cannot require an ES module, the stack is imported when the mesh is created.
-    expect(result).toEqual({ served: !lazy, body: "plain", afterFetch: true, dispatch: "function" });
+    expect(result).toEqual({
+      served: !lazy,
+      outboundOnly: [],
+      body: "plain",
+      afterFetch: true,
+      dispatch: "function",
+    });
   });
 });
