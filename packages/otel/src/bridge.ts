@@ -45,14 +45,31 @@ function loadOtelApi(): OtelApi {
   return api;
 }
 
-/** Whether `@opentelemetry/api` can be loaded here (`createMesh()` bridges only then). */
+/** Whether `@opentelemetry/api` can be loaded here (`createMesh()` bridges only then). Resolves, loads nothing. */
 export function isOtelApiInstalled(): boolean {
+  if (api) return true;
   try {
-    loadOtelApi();
+    createRequire(import.meta.url).resolve("@opentelemetry/api");
     return true;
   } catch {
     return false;
   }
+}
+
+// Where every copy of @opentelemetry/api 1.x keeps what the application registered (its tracer provider,
+// propagator, context manager): the key of the major version our peer range allows.
+const OTEL_API_GLOBALS = Symbol.for("opentelemetry.js.api.1");
+
+/**
+ * Whether a tracer provider or a propagator is registered globally. Without either, a bridge to the
+ * globals would only build no-op spans and propagate nothing, so it does not even load the API: most
+ * meshed services never register an SDK, and the API was ~0.6 MB of heap in each of them (S8).
+ */
+function otelGlobalsRegistered(): boolean {
+  const globals = (globalThis as { [OTEL_API_GLOBALS]?: { trace?: unknown; propagation?: unknown } })[
+    OTEL_API_GLOBALS
+  ];
+  return globals !== undefined && (globals.trace !== undefined || globals.propagation !== undefined);
 }
 
 /** The propagation calls the bridge makes; both `propagation` and any `TextMapPropagator` fit. */
@@ -228,12 +245,83 @@ function resolveOptions(options: OtelBridgeOptions): OtelBridgeOptions {
  */
 export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
   const config = resolveOptions(options);
+  const globalOnly = config.tracerProvider === undefined && config.propagator === undefined;
+  // A missing API is a configuration error now, not at the first call (loadOtelApi throws it).
+  if (!isOtelApiInstalled()) loadOtelApi();
+  let handlers: SpanHandlers | undefined;
+  /** The span handlers, created (and the API loaded) once there is something to record or propagate. */
+  const active = (): SpanHandlers | undefined => {
+    if (handlers === undefined && (!globalOnly || otelGlobalsRegistered())) handlers = spanHandlers(config);
+    return handlers;
+  };
+  if (!globalOnly) active();
+
+  const channels = createMeshChannelSubscription(
+    {
+      [MeshChannel.inboundCallStart]: (message) => active()?.inboundStart(message),
+      // A call that started before the handlers existed has no span to end.
+      [MeshChannel.inboundCallEnd]: (message) => handlers?.inboundEnd(message),
+      [MeshChannel.outboundCallStart]: (message) => active()?.outboundStart(message),
+      [MeshChannel.outboundCallEnd]: (message) => handlers?.outboundEnd(message),
+      [MeshChannel.outboundAttemptStart]: (message) => active()?.attemptStart(message),
+      [MeshChannel.outboundAttemptEnd]: (message) => handlers?.attemptEnd(message),
+    },
+    (name, error) => log("otel handler for %s failed: %o", name, error),
+  );
+
+  const subscription: BridgeSubscription = {
+    subscribe() {
+      if (channels.active) return;
+      channels.subscribe();
+    },
+    unsubscribe() {
+      channels.unsubscribe();
+    },
+  };
+  // Bridges to the global provider and propagator are interchangeable: however many are registered
+  // (the application's registerOtel() and each createMesh()), one of them records, so every span is
+  // exported once.
+  const registry = globalOnly ? globalBridges() : undefined;
+
+  return {
+    register() {
+      if (!registry) return subscription.subscribe();
+      if (registry.includes(subscription)) return;
+      registry.push(subscription);
+      if (registry.length === 1) subscription.subscribe();
+    },
+    unregister() {
+      if (!registry) return subscription.unsubscribe();
+      const index = registry.indexOf(subscription);
+      if (index === -1) return;
+      registry.splice(index, 1);
+      if (index === 0) {
+        subscription.unsubscribe();
+        registry[0]?.subscribe();
+      }
+    },
+    get registered() {
+      return registry ? registry.includes(subscription) : channels.active;
+    },
+  };
+}
+
+interface SpanHandlers {
+  inboundStart(message: InboundCallMessage): void;
+  inboundEnd(message: InboundCallMessage): void;
+  outboundStart(message: OutboundCallMessage): void;
+  outboundEnd(message: OutboundCallMessage): void;
+  attemptStart(message: OutboundAttemptMessage): void;
+  attemptEnd(message: OutboundAttemptMessage): void;
+}
+
+function spanHandlers(config: OtelBridgeOptions): SpanHandlers {
   const { context, propagation, ProxyTracerProvider, ROOT_CONTEXT, SpanKind, trace } = loadOtelApi();
   const propagator: Propagator = config.propagator ?? propagation;
   // A given provider's tracer is resolved once. The global one is looked up per span: the application's
   // copy of the API (ESM) and the one loaded here may be different module instances, and only the
   // registered global (shared by every copy) reaches an SDK registered after this bridge.
-  let fixedTracer: Tracer | undefined;
+  const fixedTracer: Tracer | undefined = config.tracerProvider?.getTracer("@inmesh/otel", VERSION);
   const tracer = (): Tracer => fixedTracer ?? trace.getTracerProvider().getTracer("@inmesh/otel", VERSION);
   // The API's own no-op provider, which an unset global proxies to.
   const noopProvider = new ProxyTracerProvider().getDelegate();
@@ -364,55 +452,7 @@ export function createOtelBridge(options: OtelBridgeOptions = {}): OtelBridge {
     span.end();
   };
 
-  const channels = createMeshChannelSubscription(
-    {
-      [MeshChannel.inboundCallStart]: inboundStart,
-      [MeshChannel.inboundCallEnd]: inboundEnd,
-      [MeshChannel.outboundCallStart]: outboundStart,
-      [MeshChannel.outboundCallEnd]: outboundEnd,
-      [MeshChannel.outboundAttemptStart]: attemptStart,
-      [MeshChannel.outboundAttemptEnd]: attemptEnd,
-    },
-    (name, error) => log("otel handler for %s failed: %o", name, error),
-  );
-
-  const subscription: BridgeSubscription = {
-    subscribe() {
-      if (channels.active) return;
-      fixedTracer = config.tracerProvider?.getTracer("@inmesh/otel", VERSION);
-      channels.subscribe();
-    },
-    unsubscribe() {
-      channels.unsubscribe();
-    },
-  };
-  // Bridges to the global provider and propagator are interchangeable: however many are registered
-  // (the application's registerOtel() and each createMesh()), one of them records, so every span is
-  // exported once.
-  const shared = options.tracerProvider === undefined && options.propagator === undefined;
-  const registry = shared ? globalBridges() : undefined;
-
-  return {
-    register() {
-      if (!registry) return subscription.subscribe();
-      if (registry.includes(subscription)) return;
-      registry.push(subscription);
-      if (registry.length === 1) subscription.subscribe();
-    },
-    unregister() {
-      if (!registry) return subscription.unsubscribe();
-      const index = registry.indexOf(subscription);
-      if (index === -1) return;
-      registry.splice(index, 1);
-      if (index === 0) {
-        subscription.unsubscribe();
-        registry[0]?.subscribe();
-      }
-    },
-    get registered() {
-      return registry ? registry.includes(subscription) : channels.active;
-    },
-  };
+  return { inboundStart, inboundEnd, outboundStart, outboundEnd, attemptStart, attemptEnd };
 }
 
 interface BridgeSubscription {

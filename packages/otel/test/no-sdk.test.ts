@@ -1,26 +1,23 @@
+import { createRequire } from "node:module";
 import { context, propagation, trace } from "@opentelemetry/api";
-import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import {
-  BasicTracerProvider,
-  InMemorySpanExporter,
-  SimpleSpanProcessor,
-} from "@opentelemetry/sdk-trace-base";
 import { afterAll, describe, expect, it } from "vitest";
 import { inboundCall, outboundCall } from "../../../test/support/mesh-traffic.js";
 import { type OtelBridge, registerOtel } from "../src/index.js";
 
+const isOtelApi = (file: string) => /[/\\]@opentelemetry[/\\]api[/\\]/.test(file);
+
 // Runs in its own process (vitest forks per file), so no global SDK is registered until the second test.
+// The SDK is imported by the second test only: it loads the CommonJS build of the API, which the first
+// test checks the bridge did not load.
 let bridge: OtelBridge | undefined;
-const exporter = new InMemorySpanExporter();
-const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+let shutdown: (() => Promise<void>) | undefined;
 
 afterAll(async () => {
   bridge?.unregister();
   trace.disable();
   propagation.disable();
   context.disable();
-  await provider.shutdown();
+  await shutdown?.();
 });
 
 describe("without an OpenTelemetry SDK", () => {
@@ -40,12 +37,22 @@ describe("without an OpenTelemetry SDK", () => {
       expect(headers.size).toBe(0);
       expect(errors).toEqual([]);
       expect(trace.getActiveSpan()).toBeUndefined();
+      // Nothing to record or propagate: the bridge has not even loaded its copy of the API (CommonJS).
+      expect(Object.keys(createRequire(import.meta.url).cache).filter(isOtelApi)).toEqual([]);
     } finally {
       process.off("uncaughtException", onError);
     }
   });
 
-  it("starts recording once an SDK is registered later, without registering the bridge again", () => {
+  it("starts recording once an SDK is registered later, without registering the bridge again", async () => {
+    const { AsyncLocalStorageContextManager } = await import("@opentelemetry/context-async-hooks");
+    const { W3CTraceContextPropagator } = await import("@opentelemetry/core");
+    const { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } = await import(
+      "@opentelemetry/sdk-trace-base"
+    );
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    shutdown = () => provider.shutdown();
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     propagation.setGlobalPropagator(new W3CTraceContextPropagator());
     trace.setGlobalTracerProvider(provider);
