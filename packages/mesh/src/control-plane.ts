@@ -46,8 +46,12 @@ export const defaultControlPlaneCredentials: ControlPlaneCredentialsFactory = (a
 
 export interface ControlPlaneClients {
   readonly policy: InstanceType<typeof inbound.InboundServerPoliciesClient> | undefined;
+  /** Created on first read: only discovery (the outbound side) reads it. */
   readonly outboundPolicy: InstanceType<typeof outbound.OutboundPoliciesClient> | undefined;
+  /** Created on first read: only discovery (the outbound side) reads it. */
   readonly destination: InstanceType<typeof destination.DestinationClient> | undefined;
+  /** Whether discovery has a controller to ask (reading the clients would create them). */
+  readonly discoveryConfigured: boolean;
   close(): void;
 }
 
@@ -67,26 +71,36 @@ export function openControlPlaneClients(
           channelOptions(policyAddress),
         )
       : undefined;
-  // Inbound and outbound policy are one controller: share its channel.
-  const outboundPolicy =
-    policyAddress && policyCredentials && policy
-      ? new outbound.OutboundPoliciesClient(grpcTarget(policyAddress), policyCredentials, {
-          ...channelOptions(policyAddress),
-          channelOverride: policy.getChannel(),
-        })
-      : undefined;
-  const destinationClient = destinationAddress
-    ? new destination.DestinationClient(
-        grpcTarget(destinationAddress),
-        credentialsFor(destinationAddress, identity),
-        channelOptions(destinationAddress),
-      )
-    : undefined;
+  // The outbound clients (a grpc-js client and, for the destination controller, a channel and its
+  // credentials each) are only needed by discovery, which an inbound-only service never starts.
+  let closed = false;
+  let outboundPolicy: InstanceType<typeof outbound.OutboundPoliciesClient> | undefined;
+  let destinationClient: InstanceType<typeof destination.DestinationClient> | undefined;
   return {
     policy,
-    outboundPolicy,
-    destination: destinationClient,
+    get outboundPolicy() {
+      // Inbound and outbound policy are one controller: share its channel.
+      if (outboundPolicy === undefined && !closed && policyAddress && policyCredentials && policy) {
+        outboundPolicy = new outbound.OutboundPoliciesClient(grpcTarget(policyAddress), policyCredentials, {
+          ...channelOptions(policyAddress),
+          channelOverride: policy.getChannel(),
+        });
+      }
+      return outboundPolicy;
+    },
+    get destination() {
+      if (destinationClient === undefined && !closed && destinationAddress) {
+        destinationClient = new destination.DestinationClient(
+          grpcTarget(destinationAddress),
+          credentialsFor(destinationAddress, identity),
+          channelOptions(destinationAddress),
+        );
+      }
+      return destinationClient;
+    },
+    discoveryConfigured: destinationAddress !== undefined || policy !== undefined,
     close() {
+      closed = true;
       outboundPolicy?.close();
       policy?.close();
       destinationClient?.close();

@@ -134,16 +134,18 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
   );
   // Discovery (and @inmesh/destination with it) is created on first use: the outbound side asks for it,
   // an inbound-only service never does.
-  const discoveryConfigured = clients.destination !== undefined || clients.outboundPolicy !== undefined;
+  const discoveryConfigured = clients.discoveryConfigured;
   const discoveryLoading =
     discoveryConfigured && lazyModulesLoadUpFront ? destinationModule.load() : undefined;
   discoveryLoading?.catch(() => {});
   let discovery: Discovery | undefined;
   const discoveryNow = (): Discovery | undefined => {
     if (discovery !== undefined || !discoveryConfigured || closing !== undefined) return discovery;
+    const destinationClient = clients.destination;
+    const policyClient = clients.outboundPolicy;
     discovery = destinationModule.now().createDiscovery({
-      ...(clients.destination ? { destinationClient: clients.destination } : {}),
-      ...(clients.outboundPolicy ? { policyClient: clients.outboundPolicy } : {}),
+      ...(destinationClient ? { destinationClient } : {}),
+      ...(policyClient ? { policyClient } : {}),
       contextToken: config.destination?.contextToken ?? "",
       ...(config.policy ? { sourceWorkload: config.policy.workload } : {}),
     });
