@@ -327,6 +327,20 @@ const IDENTITY_ERROR = /error|fail/i;
 
 const NO_PARTS: Parts = [];
 
+/**
+ * `[...parts, first, second?]` written into a scratch array that is reused call after call: families
+ * only read the parts they are given (a new series keeps their text, not the array), and recording is
+ * synchronous, so one scratch array per use saves an array per call.
+ */
+function partsWith(scratch: LabelPart[], parts: Parts, first: LabelPart, second?: LabelPart): Parts {
+  let length = 0;
+  for (const part of parts) scratch[length++] = part;
+  scratch[length++] = first;
+  if (second !== undefined) scratch[length++] = second;
+  scratch.length = length;
+  return scratch;
+}
+
 /** Bounded caches keyed by strings: cleared when full, since they only save work. */
 function boundedCache<TValue>(max: number) {
   const map = new Map<string, TValue>();
@@ -385,6 +399,10 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
   const EMPTY = table.part("");
   const RESULT_OK: Parts = [table.part('result="ok"')];
   const RESULT_ERROR: Parts = [table.part('result="error"')];
+  // Scratch arrays for the label parts of one call (see partsWith).
+  const inboundScratch: LabelPart[] = [EMPTY, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY];
+  const responseScratch: LabelPart[] = [];
+  const latencyScratch: LabelPart[] = [];
 
   const peerParts = new WeakMap<PeerIdentity, LabelPart>();
   const serverTls = (peer: PeerIdentity | undefined): LabelPart => {
@@ -409,12 +427,41 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     cache.set(value, created);
     return created;
   };
-  const targets = boundedCache<LabelPart>(256);
-  const target = (address: string | undefined, port: number | undefined) =>
-    targets(`${address}|${port}`, () => part(targetLabels(address, port)));
-  const ports = boundedCache<LabelPart>(256);
-  const srvPort = (port: number) => ports(`srv|${port}`, () => part([["srv_port", String(port)]]));
-  const targetPort = (port: number) => ports(`target|${port}`, () => part([["target_port", String(port)]]));
+  // Looked up for every call: maps keyed by the values themselves, so a known target costs no key string
+  // or closure per call (what metrics allocated per request counted towards the young generation: S8).
+  const targets = new Map<number | undefined, Map<string | undefined, LabelPart>>();
+  let targetCount = 0;
+  const target = (address: string | undefined, port: number | undefined): LabelPart => {
+    let byAddress = targets.get(port);
+    const cached = byAddress?.get(address);
+    if (cached) return cached;
+    if (targetCount >= 256) {
+      targets.clear();
+      targetCount = 0;
+      byAddress = undefined;
+    }
+    if (!byAddress) {
+      byAddress = new Map();
+      targets.set(port, byAddress);
+    }
+    const created = part(targetLabels(address, port));
+    byAddress.set(address, created);
+    targetCount += 1;
+    return created;
+  };
+  const portPart = (name: "srv_port" | "target_port") => {
+    const byPort = new Map<number, LabelPart>();
+    return (port: number): LabelPart => {
+      const cached = byPort.get(port);
+      if (cached) return cached;
+      if (byPort.size >= 256) byPort.clear();
+      const created = part([[name, String(port)]]);
+      byPort.set(port, created);
+      return created;
+    };
+  };
+  const srvPort = portPart("srv_port");
+  const targetPort = portPart("target_port");
   const authorities = boundedCache<LabelPart>(1024);
   const authority = (value: string) => authorities(value, () => part([["authority", value]]));
   const labelObjects = new WeakMap<object, number>();
@@ -443,35 +490,58 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     );
   };
   // Status and outcome fragments come from small fixed sets once mapped, so they are constants.
-  const statuses = new Map<string, LabelPart>();
+  // Keyed by the numbers themselves (every out-of-range value shares one key), so no label string is
+  // built per call once a status has been seen.
+  const statuses = new Map<number, LabelPart>();
   const status = (statusCode: number | undefined): LabelPart => {
-    const label = statusCodeLabel(statusCode) ?? "";
-    let cached = statuses.get(label);
+    // statusCodeLabel's ranges: a valid code is its own key, every invalid one shares -2.
+    const key =
+      statusCode === undefined
+        ? -1
+        : Number.isInteger(statusCode) && statusCode >= 100 && statusCode <= 599
+          ? statusCode
+          : -2;
+    let cached = statuses.get(key);
     if (!cached) {
-      cached = part([["status_code", label === "" ? undefined : label]]);
-      statuses.set(label, cached);
+      cached = part([["status_code", statusCodeLabel(statusCode)]]);
+      statuses.set(key, cached);
     }
     return cached;
   };
-  const outcomes = new Map<string, LabelPart>();
+  const outcomes = new Map<string, Map<number, Map<string | undefined, LabelPart>>>();
   const outcome = (
     protocol: "http" | "grpc",
     statusCode: number | undefined,
     grpcStatus: number | undefined,
     error: unknown,
-  ) => {
+  ): LabelPart => {
     const cls = classification(protocol, statusCode, grpcStatus, error);
-    const grpc = protocol === "grpc" ? grpcStatusLabel(grpcStatus) : undefined;
+    // grpcStatusLabel's ranges, as for status codes.
+    const grpcKey =
+      protocol !== "grpc" || grpcStatus === undefined
+        ? -1
+        : Number.isInteger(grpcStatus) && grpcStatus >= 0 && grpcStatus <= 16
+          ? grpcStatus
+          : -2;
     const err = errorLabel(error);
-    const key = `${cls}|${grpc}|${err}`;
-    let cached = outcomes.get(key);
+    let byGrpc = outcomes.get(cls);
+    if (!byGrpc) {
+      byGrpc = new Map();
+      outcomes.set(cls, byGrpc);
+    }
+    let byError = byGrpc.get(grpcKey);
+    if (!byError) {
+      byError = new Map();
+      byGrpc.set(grpcKey, byError);
+    }
+    let cached = byError.get(err);
     if (!cached) {
       cached = part([
         ["classification", cls],
-        ["grpc_status", grpc],
+        ["grpc_status", protocol === "grpc" ? grpcStatusLabel(grpcStatus) : undefined],
         ["error", err],
       ]);
-      outcomes.set(key, cached);
+      byError.set(err, cached);
     }
     return cached;
   };
@@ -498,14 +568,11 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
   ) => {
     const statusPart = status(result.statusCode);
     families.requestTotal.inc(endpointParts);
-    families.responseTotal.inc([
-      ...endpointParts,
-      statusPart,
-      outcome(protocol, result.statusCode, result.grpcStatus, result.error),
-    ]);
+    const outcomePart = outcome(protocol, result.statusCode, result.grpcStatus, result.error);
+    families.responseTotal.inc(partsWith(responseScratch, endpointParts, statusPart, outcomePart));
     const duration = result.durationMs;
     if (typeof duration === "number" && Number.isFinite(duration) && duration >= 0)
-      families.responseLatency.observe([...endpointParts, statusPart], duration);
+      families.responseLatency.observe(partsWith(latencyScratch, endpointParts, statusPart), duration);
   };
 
   const rateLimitParts = new WeakMap<object, Map<string, LabelPart>>();
@@ -544,7 +611,15 @@ export function createMeshMetrics(options: MeshMetricsOptions = {}): MeshMetrics
     const route = resource("route", decision?.route);
     const authz = decision?.allowed ? resource("authz", decision.authz) : EMPTY;
 
-    recordCall([INBOUND, targetPart, tls, server, port, route, authz], message.protocol, message);
+    const endpointParts = inboundScratch;
+    endpointParts[0] = INBOUND;
+    endpointParts[1] = targetPart;
+    endpointParts[2] = tls;
+    endpointParts[3] = server;
+    endpointParts[4] = port;
+    endpointParts[5] = route;
+    endpointParts[6] = authz;
+    recordCall(endpointParts, message.protocol, message);
 
     if (!decision) return;
     if (decision.allowed) families.httpAuthzAllow.inc([targetPart, server, port, route, authz, tls]);
