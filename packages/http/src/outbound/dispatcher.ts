@@ -157,8 +157,18 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
   );
   // Parsing the origin is a visible share of the per-request cost; applications use few origins.
   const origins = new Map<string, ReturnType<typeof classifyOrigin>>();
+  // undici's `request` and `fetch` build a new origin string per call: a Map lookup hashes it each
+  // time, a comparison with the last one (the common case: one origin after another) does not.
+  let lastOrigin: string | undefined;
+  let lastClassified: ReturnType<typeof classifyOrigin>;
   const classify = (origin: unknown): ReturnType<typeof classifyOrigin> => {
     if (typeof origin !== "string") return classifyOrigin(origin, resolved);
+    if (origin === lastOrigin) return lastClassified;
+    lastClassified = cachedClassify(origin);
+    lastOrigin = origin;
+    return lastClassified;
+  };
+  const cachedClassify = (origin: string): ReturnType<typeof classifyOrigin> => {
     if (origins.has(origin)) return origins.get(origin);
     const classified = classifyOrigin(origin, resolved);
     if (origins.size >= 1024) origins.clear();
