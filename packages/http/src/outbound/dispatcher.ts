@@ -23,7 +23,7 @@ import { telemetryInterceptor } from "./interceptors/telemetry.js";
 import { timeoutInterceptor } from "./interceptors/timeout.js";
 import { classifyOrigin } from "./names.js";
 import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
-import { rescueInterceptor } from "./proxy-errors.js";
+import { RescuingLegacyHandler, rescueInterceptor } from "./proxy-errors.js";
 import { type OutboundDecision, OutboundResolver } from "./resolve.js";
 import { attemptOf, type CallState, callOf, kCall, type MeshDispatchOptions } from "./state.js";
 import { TargetRegistry } from "./targets.js";
@@ -291,7 +291,13 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     // A store after the copy: a computed key inside the literal goes through a slow runtime path in V8.
     const meshOpts: Dispatcher.DispatchOptions & MeshDispatchOptions = { ...opts };
     meshOpts[kCall] = call;
-    return mesh(meshOpts, rawResponse ? new LegacyResponseHandler(handler, rawResponse) : handler);
+    if (!rawResponse) return mesh(meshOpts, handler);
+    return mesh(
+      meshOpts,
+      resolved.proxyErrorResponses
+        ? new RescuingLegacyHandler(handler, rawResponse, call)
+        : new LegacyResponseHandler(handler, rawResponse),
+    );
   };
   const entry: DispatchFn =
     resolved.interceptors.length === 0
