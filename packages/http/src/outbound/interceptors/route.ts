@@ -228,7 +228,7 @@ class RoutingCall {
       const address = this.#call.address;
       const target = address
         ? this.#registry.addressTarget(address.key, address.ip, address.port)
-        : this.#registry.target(this.#call.authority);
+        : this.#registry.target(this.#call.authority, this.#call.startedAtMs);
       this.#call.target = target;
       this.#call.group = target.group;
       if (target.isReady) this.#route();
