@@ -164,9 +164,16 @@ async function inbound() {
   for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
     for (const [name, target] of Object.entries(targets)) {
       const cpuBefore = totalCpu(target.pids);
+      const clientBefore = process.cpuUsage();
       const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
       const cpu = totalCpu(target.pids) - cpuBefore;
-      results[name].push({ rps: count / seconds, cpuUs: (cpu / count) * 1e6, busy: cpu / seconds });
+      const client = process.cpuUsage(clientBefore);
+      results[name].push({
+        rps: count / seconds,
+        cpuUs: (cpu / count) * 1e6,
+        busy: cpu / seconds,
+        clientCpuUs: (client.user + client.system) / count,
+      });
     }
     log(
       `  pair ${pair + 1}: ${Object.entries(results)
@@ -223,7 +230,12 @@ async function inbound() {
   const busy = Object.entries(results)
     .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
     .join(", ");
-  const note = `Server core busy during the closed-loop phases (median): ${busy}. Well below ~90%, the load generator (or a contended core 0) limited those runs: their throughput ratios then say more about the client than the servers; CPU per request and instruction counts do not depend on it.`;
+  // What the load generator spends per request, against what the server does: with less, one core of
+  // it can keep a server core busy, so a server core well below 100% busy means other work on core 1.
+  const clientCpu = Object.entries(results)
+    .map(([n, l]) => `${n} ${median(l.map((v) => v.clientCpuUs)).toFixed(1)} µs`)
+    .join(", ");
+  const note = `Server core busy during the closed-loop phases (median): ${busy}; load generator CPU per request: ${clientCpu}. Well below ~90% busy, the load generator or other work on the cores limited those runs: their throughput ratios then say more about the machine than the servers; CPU per request and instruction counts do not depend on it.`;
   notes.push(note);
   log(`  ${note}`);
   for (const client of Object.values(clients)) client.close();
