@@ -16,7 +16,8 @@ import path from "node:path";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
-import { closedLoop, createPool, openLoop } from "./lib/load.mjs";
+import { createLeanClient } from "./lib/lean-load.mjs";
+import { createPool, openLoop } from "./lib/load.mjs";
 import { renderMarkdown, renderSvg } from "./lib/report.mjs";
 
 const args = process.argv.slice(2);
@@ -153,21 +154,26 @@ async function inbound() {
     http: { port: http.port, tls: undefined, pids: http.pids },
     nginx: { port: nginx.port, tls: cluster.clientTls, pids: [...nginx.pids, app.pid] },
   };
-  const pools = Object.fromEntries(
-    Object.entries(targets).map(([name, t]) => [name, createPool(t.port, t.tls, CONFIG.concurrency)]),
-  );
-  for (const name of Object.keys(targets))
-    await closedLoop(pools[name], { seconds: 1, concurrency: CONFIG.concurrency });
+  // The lean client (lib/lean-load.mjs), not undici: with undici the load generator's core ran out
+  // first and the ratios measured the client.
+  const clients = {};
+  for (const [name, t] of Object.entries(targets))
+    clients[name] = await createLeanClient(t.port, t.tls, CONFIG.concurrency);
+  for (const name of Object.keys(targets)) await clients[name].closedLoop({ seconds: 1 });
   const results = Object.fromEntries(Object.keys(targets).map((name) => [name, []]));
   for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
     for (const [name, target] of Object.entries(targets)) {
       const cpuBefore = totalCpu(target.pids);
-      const { count, seconds } = await closedLoop(pools[name], {
-        seconds: CONFIG.seconds,
-        concurrency: CONFIG.concurrency,
-      });
+      const clientBefore = process.cpuUsage();
+      const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
       const cpu = totalCpu(target.pids) - cpuBefore;
-      results[name].push({ rps: count / seconds, cpuUs: (cpu / count) * 1e6, busy: cpu / seconds });
+      const client = process.cpuUsage(clientBefore);
+      results[name].push({
+        rps: count / seconds,
+        cpuUs: (cpu / count) * 1e6,
+        busy: cpu / seconds,
+        clientCpuUs: (client.user + client.system) / count,
+      });
     }
     log(
       `  pair ${pair + 1}: ${Object.entries(results)
@@ -224,10 +230,15 @@ async function inbound() {
   const busy = Object.entries(results)
     .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
     .join(", ");
-  const note = `Server core busy during the closed-loop phases (median): ${busy}. Well below ~90%, the load generator (or a contended core 0) limited those runs: their throughput ratios then say more about the client than the servers; CPU per request and instruction counts do not depend on it.`;
+  // What the load generator spends per request, against what the server does: with less, one core of
+  // it can keep a server core busy, so a server core well below 100% busy means other work on core 1.
+  const clientCpu = Object.entries(results)
+    .map(([n, l]) => `${n} ${median(l.map((v) => v.clientCpuUs)).toFixed(1)} µs`)
+    .join(", ");
+  const note = `Server core busy during the closed-loop phases (median): ${busy}; load generator CPU per request: ${clientCpu}. Well below ~90% busy, the load generator or other work on the cores limited those runs: their throughput ratios then say more about the machine than the servers; CPU per request and instruction counts do not depend on it.`;
   notes.push(note);
   log(`  ${note}`);
-  await Promise.all(Object.values(pools).map((pool) => pool.close()));
+  for (const client of Object.values(clients)) client.close();
   await Promise.all([mesh, https, http, nginx, app].map((server) => server.stop()));
 }
 

@@ -126,6 +126,61 @@ function isEndpointSet(value: unknown): value is EndpointSet {
   return typeof value === "object" && value !== null && !Array.isArray(value) && "exists" in value;
 }
 
+/** What a pick needs from its balancer, shared by all of its picks. */
+interface PickOwner<TEndpoint extends BalancerEndpoint> {
+  readonly clock: Clock;
+  observe(slot: Slot<TEndpoint>, sampleMs: number, now: number): void;
+  /** Records an outcome on the breaker the pick began on, if the slot still has it. */
+  settle(slot: Slot<TEndpoint>, gate: FailureAccrualGate, outcome: PickOutcome, probe: boolean): void;
+}
+
+/** One pick as one object: it is made on every request, so no closures (a context and three functions). */
+class SlotPick<TEndpoint extends BalancerEndpoint> implements Pick<TEndpoint> {
+  readonly endpoint: TEndpoint;
+  readonly #owner: PickOwner<TEndpoint>;
+  readonly #slot: Slot<TEndpoint>;
+  /** The breaker the pick began on: new settings replace it, and an outcome is not carried across. */
+  readonly #gate: FailureAccrualGate | undefined;
+  readonly #probe: boolean;
+  #startedAt: number;
+  #sent = false;
+  #measured = false;
+  #completed = false;
+
+  constructor(owner: PickOwner<TEndpoint>, slot: Slot<TEndpoint>) {
+    this.endpoint = slot.endpoint;
+    this.#owner = owner;
+    this.#slot = slot;
+    this.#startedAt = owner.clock.now();
+    const gate = slot.gate;
+    this.#gate = gate;
+    this.#probe = gate?.begin() ?? false;
+    slot.pending += 1;
+  }
+
+  onSent(): void {
+    if (this.#sent || this.#measured) return;
+    this.#sent = true;
+    this.#startedAt = this.#owner.clock.now();
+  }
+
+  onFirstByte(): void {
+    if (this.#measured) return;
+    this.#measured = true;
+    const slot = this.#slot;
+    slot.pending = Math.max(0, slot.pending - 1);
+    const now = this.#owner.clock.now();
+    this.#owner.observe(slot, Math.max(0, now - this.#startedAt), now);
+  }
+
+  onComplete(outcome: PickOutcome): void {
+    if (this.#completed) return;
+    this.#completed = true;
+    this.onFirstByte();
+    if (this.#gate) this.#owner.settle(this.#slot, this.#gate, outcome, this.#probe);
+  }
+}
+
 export function createBalancer<TEndpoint extends BalancerEndpoint>(
   options: BalancerOptions<TEndpoint> = {},
 ): Balancer<TEndpoint> {
@@ -247,43 +302,18 @@ export function createBalancer<TEndpoint extends BalancerEndpoint>(
     slots = nextSlots;
   };
 
-  const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => {
-    let startedAt = clock.now();
-    let sent = false;
-    // The breaker the pick began on: new settings replace it, and an outcome is not carried across.
-    const gate = slot.gate;
-    const probe = gate?.begin() ?? false;
-    slot.pending += 1;
-    let measured = false;
-    let completed = false;
-    const measure = () => {
-      if (measured) return;
-      measured = true;
-      slot.pending = Math.max(0, slot.pending - 1);
-      const now = clock.now();
-      observe(slot, Math.max(0, now - startedAt), now);
-    };
-    return {
-      endpoint: slot.endpoint,
-      onSent() {
-        if (sent || measured) return;
-        sent = true;
-        startedAt = clock.now();
-      },
-      onFirstByte: measure,
-      onComplete(outcome) {
-        if (completed) return;
-        completed = true;
-        measure();
-        // A removed endpoint's breaker is gone with it; `byAddress` no longer holds this slot.
-        if (gate && slot.gate === gate && byAddress.get(slot.endpoint.address) === slot) {
-          const minReady = accrual?.minReadyEndpoints ?? 0;
-          gate.record(outcome, probe, () => openCount() - 1 >= minReady);
-          if (probe) options.onProbeSettled?.();
-        }
-      },
-    };
+  const owner: PickOwner<TEndpoint> = {
+    clock,
+    observe,
+    settle(slot, gate, outcome, probe) {
+      // A removed endpoint's breaker is gone with it; `byAddress` no longer holds this slot.
+      if (slot.gate !== gate || byAddress.get(slot.endpoint.address) !== slot) return;
+      const minReady = accrual?.minReadyEndpoints ?? 0;
+      gate.record(outcome, probe, () => openCount() - 1 >= minReady);
+      if (probe) options.onProbeSettled?.();
+    },
   };
+  const makePick = (slot: Slot<TEndpoint>): Pick<TEndpoint> => new SlotPick(owner, slot);
 
   /** Power of two choices over `candidates` (at least two): two distinct uniform picks, lower load wins. */
   const twoChoices = (candidates: readonly Slot<TEndpoint>[]): [Slot<TEndpoint>, Slot<TEndpoint>] => {

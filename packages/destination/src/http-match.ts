@@ -73,9 +73,26 @@ export function normalizeRequestHost(authority: string): string {
   return host;
 }
 
+/** The score of a route without hostnames; shared, since scores are only read. */
+const ANY_HOST_SCORE: MatchScore = Object.freeze([0, 0, 0]);
+
+/**
+ * Lexicographic order of two (host score, rule score) pairs, as `compareScores` orders their
+ * concatenations: host scores all have three entries, so no array need be built per rule.
+ */
+export function compareRouteScores(
+  hostA: MatchScore,
+  ruleA: MatchScore,
+  hostB: MatchScore,
+  ruleB: MatchScore,
+): number {
+  const byHost = compareScores(hostA, hostB);
+  return byHost !== 0 ? byHost : compareScores(ruleA, ruleB);
+}
+
 /** Host score: [kind (0 none, 1 suffix, 2 exact), length…]; undefined when the route's hosts exclude it. */
 export function scoreHost(hosts: readonly HostMatcher[], host: string): MatchScore | undefined {
-  if (hosts.length === 0) return [0, 0, 0];
+  if (hosts.length === 0) return ANY_HOST_SCORE;
   let best: MatchScore | undefined;
   const withoutDot = host.endsWith(".") ? host.slice(0, -1) : host;
   let labels: string[] | undefined;

@@ -4,6 +4,7 @@ import { defaultRandom, type RandomSource } from "./clock.js";
 import {
   CATCH_ALL_GRPC_SCORE,
   CATCH_ALL_HTTP_SCORE,
+  compareRouteScores,
   compareScores,
   type HttpRequestMatch,
   type MatchScore,
@@ -344,7 +345,11 @@ function selectHttpRoute(
     pairs ??= parseQuery(request.query);
     return pairs;
   };
-  let best: { route: HttpRoute; rule: HttpRoute["rules"][number]; score: MatchScore } | undefined;
+  // The best match so far, in locals: selection runs on every request.
+  let bestRoute: HttpRoute | undefined;
+  let bestRule: HttpRoute["rules"][number] | undefined;
+  let bestHostScore: MatchScore = [];
+  let bestRuleScore: MatchScore = [];
   for (const route of routes) {
     const hostScore = scoreHost(route.hosts, host);
     if (!hostScore) continue;
@@ -356,26 +361,34 @@ function selectHttpRoute(
         if (score && (!ruleScore || compareScores(score, ruleScore) > 0)) ruleScore = score;
       }
       if (!ruleScore) continue;
-      const score = [...hostScore, ...ruleScore];
-      if (!best || compareScores(score, best.score) > 0) best = { route, rule, score };
+      if (
+        bestRoute === undefined ||
+        compareRouteScores(hostScore, ruleScore, bestHostScore, bestRuleScore) > 0
+      ) {
+        bestRoute = route;
+        bestRule = rule;
+        bestHostScore = hostScore;
+        bestRuleScore = ruleScore;
+      }
     }
   }
-  if (!best) return undefined;
-  const { route, rule } = best;
-  return cached(rule, () =>
-    Object.freeze({
-      source: "http-route",
-      route: route.metadata,
-      metricLabels: routeLabels(route.metadata),
-      timeouts: rule.timeouts,
-      retry: httpRouteRetryPolicy(rule.retry),
-      backends: rule.backends,
-      filters: rule.filters,
-      allowL5dRequestHeaders: rule.allowL5dRequestHeaders,
-      failureAccrual,
-      httpMatches: rule.matches,
-    }),
-  );
+  if (bestRoute === undefined || bestRule === undefined) return undefined;
+  const known = rulePolicies.get(bestRule);
+  if (known) return known;
+  const policy: RequestPolicy = Object.freeze({
+    source: "http-route",
+    route: bestRoute.metadata,
+    metricLabels: routeLabels(bestRoute.metadata),
+    timeouts: bestRule.timeouts,
+    retry: httpRouteRetryPolicy(bestRule.retry),
+    backends: bestRule.backends,
+    filters: bestRule.filters,
+    allowL5dRequestHeaders: bestRule.allowL5dRequestHeaders,
+    failureAccrual,
+    httpMatches: bestRule.matches,
+  });
+  rulePolicies.set(bestRule, policy);
+  return policy;
 }
 
 function selectGrpcRoute(
@@ -387,7 +400,11 @@ function selectGrpcRoute(
   const rpc = splitGrpcPath(requestPath(request.path));
   if (!rpc) return undefined;
   const host = normalizeRequestHost(request.host);
-  let best: { route: GrpcRoute; rule: GrpcRoute["rules"][number]; score: MatchScore } | undefined;
+  // The best match so far, in locals: selection runs on every request.
+  let bestRoute: GrpcRoute | undefined;
+  let bestRule: GrpcRoute["rules"][number] | undefined;
+  let bestHostScore: MatchScore = [];
+  let bestRuleScore: MatchScore = [];
   for (const route of routes) {
     const hostScore = scoreHost(route.hosts, host);
     if (!hostScore) continue;
@@ -399,25 +416,33 @@ function selectGrpcRoute(
         if (score && (!ruleScore || compareScores(score, ruleScore) > 0)) ruleScore = score;
       }
       if (!ruleScore) continue;
-      const score = [...hostScore, ...ruleScore];
-      if (!best || compareScores(score, best.score) > 0) best = { route, rule, score };
+      if (
+        bestRoute === undefined ||
+        compareRouteScores(hostScore, ruleScore, bestHostScore, bestRuleScore) > 0
+      ) {
+        bestRoute = route;
+        bestRule = rule;
+        bestHostScore = hostScore;
+        bestRuleScore = ruleScore;
+      }
     }
   }
-  if (!best) return undefined;
-  const { route, rule } = best;
-  return cached(rule, () =>
-    Object.freeze({
-      source: "grpc-route",
-      route: route.metadata,
-      metricLabels: routeLabels(route.metadata),
-      timeouts: rule.timeouts,
-      retry: grpcRouteRetryPolicy(rule.retry),
-      backends: rule.backends,
-      filters: rule.filters,
-      allowL5dRequestHeaders: rule.allowL5dRequestHeaders,
-      failureAccrual,
-    }),
-  );
+  if (bestRoute === undefined || bestRule === undefined) return undefined;
+  const known = rulePolicies.get(bestRule);
+  if (known) return known;
+  const policy: RequestPolicy = Object.freeze({
+    source: "grpc-route",
+    route: bestRoute.metadata,
+    metricLabels: routeLabels(bestRoute.metadata),
+    timeouts: bestRule.timeouts,
+    retry: grpcRouteRetryPolicy(bestRule.retry),
+    backends: bestRule.backends,
+    filters: bestRule.filters,
+    allowL5dRequestHeaders: bestRule.allowL5dRequestHeaders,
+    failureAccrual,
+  });
+  rulePolicies.set(bestRule, policy);
+  return policy;
 }
 
 function opaquePolicy(policy: OutboundPolicy): RequestPolicy | undefined {

@@ -1,8 +1,9 @@
 /**
- * The load generator: undici (already a dependency of @inmesh/http, so nothing to install), keep-alive
- * HTTP/1.1 with a fixed number of connections. Closed loop for throughput (each connection sends its next
- * request when the previous one ends); open loop for latency (requests sent on a fixed schedule, latency
- * counted from the scheduled send time so a slow server cannot hide its queueing).
+ * Load through undici (already a dependency of @inmesh/http, so nothing to install), keep-alive HTTP/1.1
+ * with a fixed number of connections: open loop for latency (requests sent on a fixed schedule, latency
+ * counted from the scheduled send time so a slow server cannot hide its queueing), sequential requests
+ * for callgrind, steady load for memory. Closed-loop throughput uses lean-load.mjs: undici's own cost per
+ * request kept one core from saturating a server's.
  */
 import { requireFrom } from "./env.mjs";
 
@@ -22,22 +23,6 @@ async function once(pool) {
   const { statusCode, body } = await pool.request({ path: "/", method: "GET" });
   await body.dump();
   if (statusCode !== 200) throw new Error(`status ${statusCode}`);
-}
-
-/** Requests completed in `seconds` by `concurrency` workers, each waiting for its previous response. */
-export async function closedLoop(pool, { seconds, concurrency }) {
-  const deadline = performance.now() + seconds * 1000;
-  let count = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() < deadline) {
-        await once(pool);
-        count += 1;
-      }
-    }),
-  );
-  return { count, seconds: (performance.now() - started) / 1000 };
 }
 
 /** `n` requests one after another (deterministic work per request, for callgrind). */

@@ -23,7 +23,7 @@ import { telemetryInterceptor } from "./interceptors/telemetry.js";
 import { timeoutInterceptor } from "./interceptors/timeout.js";
 import { classifyOrigin } from "./names.js";
 import { type MeshDispatcherOptions, resolveDispatcherOptions } from "./options.js";
-import { rescueInterceptor } from "./proxy-errors.js";
+import { RescuingLegacyHandler, rescueInterceptor } from "./proxy-errors.js";
 import { type OutboundDecision, OutboundResolver } from "./resolve.js";
 import { attemptOf, type CallState, callOf, kCall, type MeshDispatchOptions } from "./state.js";
 import { TargetRegistry } from "./targets.js";
@@ -157,8 +157,18 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
   );
   // Parsing the origin is a visible share of the per-request cost; applications use few origins.
   const origins = new Map<string, ReturnType<typeof classifyOrigin>>();
+  // undici's `request` and `fetch` build a new origin string per call: a Map lookup hashes it each
+  // time, a comparison with the last one (the common case: one origin after another) does not.
+  let lastOrigin: string | undefined;
+  let lastClassified: ReturnType<typeof classifyOrigin>;
   const classify = (origin: unknown): ReturnType<typeof classifyOrigin> => {
     if (typeof origin !== "string") return classifyOrigin(origin, resolved);
+    if (origin === lastOrigin) return lastClassified;
+    lastClassified = cachedClassify(origin);
+    lastOrigin = origin;
+    return lastClassified;
+  };
+  const cachedClassify = (origin: string): ReturnType<typeof classifyOrigin> => {
     if (origins.has(origin)) return origins.get(origin);
     const classified = classifyOrigin(origin, resolved);
     if (origins.size >= 1024) origins.clear();
@@ -281,7 +291,13 @@ export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispat
     // A store after the copy: a computed key inside the literal goes through a slow runtime path in V8.
     const meshOpts: Dispatcher.DispatchOptions & MeshDispatchOptions = { ...opts };
     meshOpts[kCall] = call;
-    return mesh(meshOpts, rawResponse ? new LegacyResponseHandler(handler, rawResponse) : handler);
+    if (!rawResponse) return mesh(meshOpts, handler);
+    return mesh(
+      meshOpts,
+      resolved.proxyErrorResponses
+        ? new RescuingLegacyHandler(handler, rawResponse, call)
+        : new LegacyResponseHandler(handler, rawResponse),
+    );
   };
   const entry: DispatchFn =
     resolved.interceptors.length === 0

@@ -1,7 +1,12 @@
 import { isMeshError, MeshError, MeshErrorCode } from "@inmesh/core";
 import type { Dispatcher } from "undici";
 import type { MeshInterceptor } from "./compose.js";
-import { PassThroughHandler, type ResponseHeaders } from "./controller.js";
+import {
+  LegacyResponseHandler,
+  PassThroughHandler,
+  type RawResponse,
+  type ResponseHeaders,
+} from "./controller.js";
 import { type CallState, callOf } from "./state.js";
 
 type Controller = Dispatcher.DispatchController;
@@ -195,6 +200,60 @@ class RescueHandler extends PassThroughHandler {
 }
 
 /**
+ * The rescue layer and the old-API adapter above it as one object: undici's `request` and `fetch` hand
+ * the dispatcher old-API handlers, so this is what nearly every call would otherwise build as two.
+ * Behaves as `LegacyResponseHandler` under `RescueHandler`.
+ */
+export class RescuingLegacyHandler extends LegacyResponseHandler {
+  readonly #call: CallState;
+  #started = false;
+  #done = false;
+
+  constructor(inner: Dispatcher.DispatchHandler, raw: RawResponse, call: CallState) {
+    super(inner, raw);
+    this.#call = call;
+  }
+
+  override onRequestUpgrade(
+    controller: Controller,
+    statusCode: number,
+    headers: Parameters<LegacyResponseHandler["onRequestUpgrade"]>[2],
+    socket: Parameters<LegacyResponseHandler["onRequestUpgrade"]>[3],
+  ): void {
+    this.#started = true;
+    super.onRequestUpgrade(controller, statusCode, headers, socket);
+  }
+
+  override onResponseStart(
+    controller: Controller,
+    statusCode: number,
+    headers: ResponseHeaders,
+    statusMessage?: string,
+  ): void {
+    this.#started = true;
+    super.onResponseStart(controller, statusCode, headers, statusMessage);
+  }
+
+  override onResponseEnd(controller: Controller, trailers: ResponseHeaders): void {
+    this.#done = true;
+    super.onResponseEnd(controller, trailers);
+  }
+
+  override onResponseError(controller: Controller, error: Error): void {
+    if (this.#done) return;
+    this.#done = true;
+    const answer = this.#started ? undefined : rescueError(error, this.#call);
+    if (!answer) {
+      super.onResponseError(controller, error);
+      return;
+    }
+    const { status, headers } = synthesizedHeaders(answer, this.#call);
+    super.onResponseStart(controller, status, headers, "");
+    super.onResponseEnd(controller, {});
+  }
+}
+
+/**
  * Outermost mesh layer: a timeout, fail-fast or endpoint failure that happens before the response
  * starts answers as linkerd2-proxy answers its application (504 or 502 with `l5d-proxy-error`, and
  * `l5d-proxy-connection: close` where the proxy would close; gRPC: HTTP 200 with `grpc-status`), not as
@@ -203,6 +262,8 @@ class RescueHandler extends PassThroughHandler {
 export function rescueInterceptor(): MeshInterceptor {
   return (dispatch) =>
     function meshRescue(opts, handler) {
+      // The dispatcher built this layer into the old-API adapter already.
+      if (handler instanceof RescuingLegacyHandler) return dispatch(opts, handler);
       return dispatch(opts, new RescueHandler(handler, callOf(opts)));
     };
 }

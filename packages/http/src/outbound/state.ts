@@ -60,6 +60,8 @@ export interface AttemptState {
   readonly signal: AbortSignal;
   /** Set by the balance interceptor. */
   lease: EndpointLease | undefined;
+  /** Marks the attempt abandoned and aborts its signal; the first reason wins. */
+  abandon(reason: Error): void;
 }
 
 /** Dispatch options as they travel through our interceptors. */
@@ -79,4 +81,12 @@ export function attemptOf(opts: object): AttemptState {
   const attempt = (opts as MeshDispatchOptions)[kAttempt];
   if (!attempt) throw new TypeError("inmesh outbound interceptor used outside createMeshDispatcher");
   return attempt;
+}
+
+/**
+ * The attempt the retry layer left in the call's own options when it had nothing to do (a route without
+ * retries): the layer above abandons it when the caller aborts before it reaches a socket.
+ */
+export function passedThroughAttempt(opts: object): AttemptState | undefined {
+  return (opts as MeshDispatchOptions)[kAttempt];
 }

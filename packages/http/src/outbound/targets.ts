@@ -135,9 +135,12 @@ export class EndpointGroup {
     return this.#set?.size ?? 0;
   }
 
-  /** A balanced pick with its pool, or undefined when no endpoint is ready now. */
-  lease(): EndpointLease | undefined {
-    this.lastUsedMs = performance.now();
+  /**
+   * A balanced pick with its pool, or undefined when no endpoint is ready now.
+   * @param nowMs the caller's reading of `performance.now()`, when it has one.
+   */
+  lease(nowMs: number = performance.now()): EndpointLease | undefined {
+    this.lastUsedMs = nowMs;
     const pick = this.#balancer.tryPick();
     if (!pick) {
       this.#breakers.noneReady();
@@ -516,11 +519,12 @@ export class TargetRegistry {
     this.#sweeper.unref();
   }
 
-  target(authority: string): LogicalTarget {
+  /** @param nowMs the caller's reading of `performance.now()`, when it has one (a clock read per call is not free). */
+  target(authority: string, nowMs: number = performance.now()): LogicalTarget {
     this.#checkOpen();
     const existing = this.#targets.get(authority);
     if (existing) {
-      existing.lastUsedMs = performance.now();
+      existing.lastUsedMs = nowMs;
       return existing;
     }
     this.#makeRoom(this.#targets.size + this.#groups.size);

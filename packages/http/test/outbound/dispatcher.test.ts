@@ -230,6 +230,27 @@ describe("mesh dispatcher against meshed and plain backends", () => {
     }
   });
 
+  it("answers a caller's abort at once while the call waits for an endpoint, with no retry layer in the way", async () => {
+    // A fail-fast wait far longer than the test: only the abort can end the call in time.
+    const waiting = createMeshDispatcher({ identity: clientIdentity, discovery, failFastTimeoutMs: 60_000 });
+    try {
+      const controller = new AbortController();
+      const reason = new Error("caller gave up");
+      const pending = request("http://empty.default.svc.cluster.local/", {
+        dispatcher: waiting,
+        signal: controller.signal,
+      }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      controller.abort(reason);
+      expect(await pending).toBe(reason);
+    } finally {
+      await waiting.destroy();
+    }
+  }, 20_000);
+
   it("sends requests outside the cluster domain to the fallback dispatcher", async () => {
     const response = await request(`http://127.0.0.1:${plain[0]?.port}/direct`, { dispatcher });
     expect(response.statusCode).toBe(200);

@@ -129,6 +129,8 @@ class BalancedAttempt {
   readonly #opts: Dispatcher.DispatchOptions;
   readonly #handler: Dispatcher.DispatchHandler;
   readonly #failFastAtMs: number;
+  /** When the attempt began, for the first lease (its group's idle clock) without reading the clock again. */
+  #startedAtMs: number | undefined;
   readonly #options: ResolvedDispatcherOptions;
   #lastConnectError: Error | undefined;
   #finished = false;
@@ -148,7 +150,9 @@ class BalancedAttempt {
     if (!group) throw new MeshError(MeshErrorCode.INTERNAL, "no endpoint group selected");
     this.group = group;
     this.#options = options;
-    this.#failFastAtMs = performance.now() + options.failFastTimeoutMs;
+    const now = performance.now();
+    this.#startedAtMs = now;
+    this.#failFastAtMs = now + options.failFastTimeoutMs;
   }
 
   run(): void {
@@ -157,7 +161,8 @@ class BalancedAttempt {
       this.#fail(this.attempt.abandoned);
       return;
     }
-    const lease = this.group.lease();
+    const lease = this.group.lease(this.#startedAtMs);
+    this.#startedAtMs = undefined;
     if (lease) {
       this.#send(lease);
       return;

@@ -126,9 +126,16 @@ export function identityHeadersInterceptor(): MeshInterceptor {
         if (http2 && call.protocol !== "grpc") setHeader(list, "l5d-orig-proto", "HTTP/1.1");
         flat = flattenHeaders(list);
       }
-      // `opts` is the attempt's own copy (made by the retry interceptor), never the caller's object, and
-      // every pass here rebuilds the headers from the call: set in place rather than copied once more.
+      // `opts` is the attempt's own copy (made by the retry interceptor) or, for a route without retries,
+      // the call's (made by the dispatcher), never the caller's object, and every pass here rebuilds the
+      // headers from the call: set in place rather than copied once more.
       (opts as { headers: unknown }).headers = flat;
+      // undici derives a TLS server name from the Host of every request (an IP test with two regexes)
+      // unless one is given; its `http:` endpoint pools never use it (mTLS is the connector's, which
+      // names the peer's identity) beyond telling null from a name. A Service's Host is a DNS name, so
+      // the answer is known: a name. An address's stays undici's to derive (null).
+      if (call.address === undefined)
+        (opts as { servername?: string }).servername = call.hostHeader ?? call.authority;
       return dispatch(opts, http2 ? new OrigProtoHandler(handler) : handler);
     };
 }

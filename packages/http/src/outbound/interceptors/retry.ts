@@ -54,7 +54,7 @@ function contentLengthOf(call: CallState): number | undefined {
 }
 
 /** Attempt state whose AbortSignal exists only if a layer below asks for it. */
-class LazyAttemptState implements AttemptState {
+export class LazyAttemptState implements AttemptState {
   readonly number: number;
   lease: AttemptState["lease"] = undefined;
   abandoned: Error | undefined;
@@ -458,7 +458,16 @@ class RetryingCall {
 export function retryInterceptor(options: ResolvedDispatcherOptions): MeshInterceptor {
   return (dispatch) =>
     function meshRetry(opts, handler) {
-      new RetryingCall(dispatch, opts, handler, callOf(opts), options).start();
-      return true;
+      const call = callOf(opts);
+      if ((call.policy?.retry ?? NO_RETRY).kind !== "none") {
+        new RetryingCall(dispatch, opts, handler, call, options).start();
+        return true;
+      }
+      // A route without retries has one attempt and no per-try timeout (it is cleared on the last
+      // attempt): no layer, no copy of the options. The route layer abandons the attempt on an abort
+      // that comes before it reaches a socket (see `abandonAttempt`).
+      call.attempts = 1;
+      (opts as unknown as MeshDispatchOptions)[kAttempt] = new LazyAttemptState(1);
+      return dispatch(opts, handler);
     };
 }

@@ -21,7 +21,7 @@ import {
 import { egressParent, httpEgressDenial } from "../egress.js";
 import type { ResolvedDispatcherOptions } from "../options.js";
 import { redirectAnswer, withResponseHeaderFilters } from "../route-filters.js";
-import { type CallState, callOf } from "../state.js";
+import { type CallState, callOf, passedThroughAttempt } from "../state.js";
 import type { EndpointGroup, TargetRegistry } from "../targets.js";
 
 type Controller = Dispatcher.DispatchController;
@@ -36,13 +36,23 @@ const NO_FILTERS: readonly AnyFilter[] = Object.freeze([]);
  */
 class RouteHandler extends PassThroughHandler {
   readonly #controller: ForwardingController;
+  /** Set once the caller has its answer; later callbacks from below are dropped. */
+  #done = false;
 
   constructor(inner: Dispatcher.DispatchHandler, controller: ForwardingController) {
     super(inner);
     this.#controller = controller;
   }
 
+  /** Answers the caller now (an abort before the attempt reached a socket); the attempt is abandoned. */
+  cut(reason: Error): void {
+    if (this.#done) return;
+    this.#done = true;
+    super.onResponseError(this.#controller, reason);
+  }
+
   override onRequestStart(controller: Controller): void {
+    // Even after a cut: the forwarding controller aborts the late attempt on its socket.
     this.#controller.target = controller;
   }
 
@@ -52,6 +62,8 @@ class RouteHandler extends PassThroughHandler {
     headers: Parameters<PassThroughHandler["onRequestUpgrade"]>[2],
     socket: Parameters<PassThroughHandler["onRequestUpgrade"]>[3],
   ): void {
+    if (this.#done) return;
+    this.#done = true;
     super.onRequestUpgrade(this.#controller, statusCode, headers, socket);
   }
 
@@ -61,18 +73,24 @@ class RouteHandler extends PassThroughHandler {
     headers: ResponseHeaders,
     statusMessage?: string,
   ): void {
+    if (this.#done) return;
     super.onResponseStart(this.#controller, statusCode, headers, statusMessage);
   }
 
   override onResponseData(_controller: Controller, chunk: Buffer): void {
+    if (this.#done) return;
     super.onResponseData(this.#controller, chunk);
   }
 
   override onResponseEnd(_controller: Controller, trailers: ResponseHeaders): void {
+    if (this.#done) return;
+    this.#done = true;
     super.onResponseEnd(this.#controller, trailers);
   }
 
   override onResponseError(_controller: Controller, error: Error): void {
+    if (this.#done) return;
+    this.#done = true;
     super.onResponseError(this.#controller, error);
   }
 }
@@ -159,6 +177,8 @@ class RoutingCall {
   #waitAbort: AbortController | undefined;
   #finished = false;
   #filters: readonly AnyFilter[] = NO_FILTERS;
+  /** The handler handed down, once the call is dispatched below. */
+  #below: RouteHandler | undefined;
 
   constructor(
     dispatch: Dispatcher.Dispatch,
@@ -173,7 +193,20 @@ class RoutingCall {
     this.#call = callOf(opts);
     this.#options = options;
     this.#registry = registry;
-    this.controller = new ForwardingController((reason) => this.#waitAbort?.abort(reason));
+    this.controller = new ForwardingController((reason) => this.#aborted(reason));
+  }
+
+  #aborted(reason: Error): void {
+    this.#waitAbort?.abort(reason);
+    const below = this.#below;
+    if (below === undefined || this.controller.target !== undefined) return;
+    // Sent down but not on a socket yet, and no retry layer took the call (it left its attempt in our
+    // options): abandon the attempt (a wait for an endpoint ends now) and answer the caller now; the
+    // forwarding controller aborts the attempt if it still reaches a socket.
+    const attempt = passedThroughAttempt(this.#opts);
+    if (attempt === undefined) return;
+    attempt.abandon(reason);
+    below.cut(reason);
   }
 
   /** Created only when the request has to wait for discovery. */
@@ -195,7 +228,7 @@ class RoutingCall {
       const address = this.#call.address;
       const target = address
         ? this.#registry.addressTarget(address.key, address.ip, address.port)
-        : this.#registry.target(this.#call.authority);
+        : this.#registry.target(this.#call.authority, this.#call.startedAtMs);
       this.#call.target = target;
       this.#call.group = target.group;
       if (target.isReady) this.#route();
@@ -316,12 +349,16 @@ class RoutingCall {
     call.group = group;
     this.#finished = true;
     try {
-      this.#dispatch(
-        this.#opts,
-        new RouteHandler(withResponseHeaderFilters(this.#handler, this.#filters), this.controller),
+      const below = new RouteHandler(
+        withResponseHeaderFilters(this.#handler, this.#filters),
+        this.controller,
       );
+      this.#below = below;
+      this.#dispatch(this.#opts, below);
     } catch (error) {
-      this.#handler.onResponseError?.(this.controller, MeshError.from(error));
+      const below = this.#below;
+      if (below) below.onResponseError(this.controller, MeshError.from(error));
+      else this.#handler.onResponseError?.(this.controller, MeshError.from(error));
     }
   }
 }
