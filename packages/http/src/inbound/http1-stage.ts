@@ -86,8 +86,9 @@ type ServedSocket = Duplex & { [kConnection]?: Http1Connection; [kBridged]?: Bri
 type ServedResponse = ServerResponse & {
   _keepAliveTimeout: number;
   [kConnection]: Http1Connection;
-  [kCall]: CallTelemetry | undefined;
-  [kSyntheticGrpcStatus]: number | undefined;
+  /** Set only when calls are observed (absent reads as undefined: no two stores per request otherwise). */
+  [kCall]?: CallTelemetry;
+  [kSyntheticGrpcStatus]?: number | undefined;
 };
 
 export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
@@ -222,8 +223,6 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     // node:http advertises `Keep-Alive: timeout=…` from this field (its own keepAliveTimeout is 0 here).
     served._keepAliveTimeout = keepAliveTimeoutMs;
     served[kConnection] = connection;
-    served[kCall] = undefined;
-    served[kSyntheticGrpcStatus] = undefined;
     res.on("close", onResponseClose);
     if (shutdown.closing) res.setHeader("connection", "close");
     const result = authorizeRequest(gate, state, {
