@@ -1,5 +1,6 @@
 import { type PeerIdentity, parseIpAddress } from "@inmesh/core";
 import type { ClientFacts } from "./types.js";
+import { indexedList } from "./util.js";
 
 const U32 = 0xffffffffn;
 const NO_SUFFIXES: readonly string[] = Object.freeze([]);
@@ -62,7 +63,8 @@ export function clientFacts(address: string | undefined, peer: PeerIdentity): Cl
     tlsEstablished,
     identity,
     identityKind,
-    ipWords: Object.freeze(words),
+    // Not frozen: read by index per request (see indexedList).
+    ipWords: words,
     identitySuffixes,
   });
 }
@@ -71,7 +73,7 @@ export function clientFacts(address: string | undefined, peer: PeerIdentity): Cl
 function dotSuffixes(name: string): readonly string[] {
   const suffixes: string[] = [];
   for (let i = name.indexOf("."); i >= 0; i = name.indexOf(".", i + 1)) suffixes.push(name.slice(i));
-  return Object.freeze(suffixes);
+  return indexedList(suffixes);
 }
 
 function formatV4(word: number): string {

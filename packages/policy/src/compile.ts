@@ -23,7 +23,7 @@ import { DEFAULT_ROUTE_META, defaultMeta, isAuditMeta, LOCALHOST_META, resourceM
 import type { IrRateLimit } from "./rate-limit.js";
 import { compileRustRegex, isRustRegexCached, type RustRegex } from "./regex.js";
 import type { HeaderEntry, ResourceMeta, RouteFilter, ServerProtocol } from "./types.js";
-import { utf8Length } from "./util.js";
+import { indexedList, utf8Length } from "./util.js";
 
 /**
  * Converts an `inbound.Server` the way linkerd2-proxy does (`ServerPolicy::try_from`): server
@@ -54,17 +54,17 @@ const U32 = 0xffffffffn;
 export function dotCounts(suffixes: ReadonlySet<string> | undefined): readonly number[] {
   const counts = new Set<number>();
   for (const suffix of suffixes ?? []) counts.add(suffix.split(".").length - 1);
-  return Object.freeze([...counts].sort((a, b) => a - b));
+  return indexedList([...counts].sort((a, b) => a - b));
 }
 
 export function localhostAuthz(): IrAuthz {
   return Object.freeze({
     meta: LOCALHOST_META,
-    networks: Object.freeze([network(4, [0x7f000001, 0, 0, 0], 32, []), network(6, [0, 0, 0, 1], 128, [])]),
+    networks: indexedList([network(4, [0x7f000001, 0, 0, 0], 32, []), network(6, [0, 0, 0, 1], 128, [])]),
     authn: AUTHN_UNAUTHENTICATED,
     identities: undefined,
     suffixes: undefined,
-    suffixDots: Object.freeze([]),
+    suffixDots: indexedList([]),
     anyDnsIdentity: false,
     audit: false,
   });
@@ -93,7 +93,7 @@ export function network(
     m1,
     m2,
     m3,
-    except: Object.freeze([...except]),
+    except: indexedList([...except]),
   });
 }
 
@@ -127,7 +127,7 @@ function convertAuthz(pb: inbound.Authz, what: string): IrAuthz {
   const networks = pb.networks.map((n, i) => {
     const base = convertNetwork(n.net, `${what}: network ${i}`);
     const except = n.except.map((e, j) => convertNetwork(e, `${what}: network ${i} except ${j}`));
-    return except.length === 0 ? base : Object.freeze({ ...base, except: Object.freeze(except) });
+    return except.length === 0 ? base : Object.freeze({ ...base, except: indexedList(except) });
   });
 
   const permit = pb.authentication?.permit;
@@ -161,7 +161,7 @@ function convertAuthz(pb: inbound.Authz, what: string): IrAuthz {
       : metaFromLabels(pb.labels, "policy.linkerd.io", "serverauthorization", what);
   return Object.freeze({
     meta,
-    networks: Object.freeze(networks),
+    networks: indexedList(networks),
     authn,
     identities: identities !== undefined && identities.size > 0 ? identities : undefined,
     suffixes: suffixes !== undefined && suffixes.size > 0 ? suffixes : undefined,
@@ -221,7 +221,7 @@ function convertHost(pb: httpRoute.HostMatch, what: string): IrHost {
       exact: true,
       value,
       patternEndsWithDot: value.endsWith("."),
-      labels: Object.freeze([]),
+      labels: indexedList([]),
       score: 2 * HOST_KIND_UNIT + utf8Length(value),
     });
   }
@@ -232,7 +232,7 @@ function convertHost(pb: httpRoute.HostMatch, what: string): IrHost {
     exact: false,
     value: "",
     patternEndsWithDot: false,
-    labels: Object.freeze(labels),
+    labels: indexedList(labels),
     score: HOST_KIND_UNIT + length,
   });
 }
@@ -346,8 +346,8 @@ function convertHttpMatch(pb: httpRoute.HttpRouteMatch, what: string): IrHttpMat
   return Object.freeze({
     method,
     path,
-    headers: Object.freeze(headers),
-    query: Object.freeze(query),
+    headers: indexedList(headers),
+    query: indexedList(query),
     prefixLength,
   });
 }
@@ -530,8 +530,8 @@ function convertRouteCommon(
   const meta = convertMetadata(pb.metadata, what);
   return {
     meta,
-    hosts: Object.freeze(hosts),
-    authorizations: Object.freeze([...routeAuthz, ...serverAuthorizations]),
+    hosts: indexedList(hosts),
+    authorizations: indexedList([...routeAuthz, ...serverAuthorizations]),
   };
 }
 
@@ -579,7 +579,7 @@ function convertGrpcRoute(
 export function defaultRoute<TMatch>(authorizations: readonly IrAuthz[]): IrRoute<TMatch> {
   return Object.freeze({
     meta: DEFAULT_ROUTE_META,
-    hosts: Object.freeze([]),
+    hosts: indexedList([]),
     authorizations,
     rules: Object.freeze([Object.freeze({ matches: Object.freeze([]), filters: Object.freeze([]) })]),
   });
@@ -713,7 +713,7 @@ export function convertServer(pb: inbound.Server): IrServer {
   if (kind === undefined) invalid("missing proxy protocol");
   const over = serverOverLimits(pb);
   if (over !== undefined) invalid(`policy too large: ${over}`);
-  const serverAuthorizations = Object.freeze([
+  const serverAuthorizations = indexedList([
     ...pb.authorizations.map((a, i) => convertAuthz(a, `authorization ${i}`)),
     localhostAuthz(),
   ]);

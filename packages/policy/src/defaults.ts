@@ -11,6 +11,7 @@ import {
 } from "./ir.js";
 import { defaultMeta, isAuditMeta } from "./meta.js";
 import type { CompiledServerPolicy } from "./types.js";
+import { indexedList } from "./util.js";
 
 /** The default-policy names Linkerd accepts (`config.linkerd.io/default-inbound-policy`, `--default-policy`). */
 export type DefaultPolicyName =
@@ -54,7 +55,7 @@ export function cidrToNetwork(cidr: Cidr): IrNetwork {
   );
 }
 
-const ALL_NETWORKS: readonly IrNetwork[] = Object.freeze([
+const ALL_NETWORKS: readonly IrNetwork[] = indexedList([
   network(4, [0, 0, 0, 0], 0, []),
   network(6, [0, 0, 0, 0], 0, []),
 ]);
@@ -119,16 +120,16 @@ export function defaultServerPolicy(
   const authn: AuthnKind = name.endsWith("-authenticated") ? AUTHN_TLS_AUTHENTICATED : AUTHN_UNAUTHENTICATED;
   const authz: IrAuthz = Object.freeze({
     meta,
-    networks: name.startsWith("cluster-") ? Object.freeze(clusterNetworks) : ALL_NETWORKS,
+    networks: name.startsWith("cluster-") ? indexedList(clusterNetworks) : ALL_NETWORKS,
     authn,
     identities: undefined,
     suffixes: undefined,
-    suffixDots: Object.freeze([]),
+    suffixDots: indexedList([]),
     // `*-authenticated` is one empty suffix: any DNS-like client identity.
     anyDnsIdentity: authn === AUTHN_TLS_AUTHENTICATED,
     audit: isAuditMeta(meta),
   });
-  const authorizations = Object.freeze([authz]);
+  const authorizations = indexedList([authz]);
   return buildPolicy(
     {
       status: "default",

@@ -39,7 +39,7 @@ import type {
   ServerMeta,
   ServerProtocol,
 } from "./types.js";
-import { asciiEqualsIgnoreCaseAt, formDecode, isVisibleAscii, utf8Length } from "./util.js";
+import { asciiEqualsIgnoreCaseAt, formDecode, indexedList, isVisibleAscii, utf8Length } from "./util.js";
 
 /** Above this many (rule, authorization) pairs, allowed decisions are built on first use instead of eagerly. */
 const EAGER_DECISION_BUDGET = 65_536;
@@ -536,8 +536,7 @@ function buildIndex<TMatch>(
       }
     }
   }
-  for (const [key, list] of buckets) buckets.set(key, Object.freeze(list) as Entry<TMatch>[]);
-  return { buckets, wildcard: Object.freeze(wildcard) };
+  return { buckets, wildcard: indexedList(wildcard) };
 }
 
 function httpBucket(match: IrHttpMatch): number | undefined {

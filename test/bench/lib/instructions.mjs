@@ -7,9 +7,13 @@
  * whatever a segment pays once (a timer, the dump) cancels out. The first pair is left out (the JIT is
  * still settling); the result is the median of the other pairs (forcing a GC at segment ends instead
  * was tried: its cost grows with the segment and swamps the slope).
+ * Garbage collection is paid per request too, but a scavenge (millions of instructions) lands in one
+ * segment or the other at random: it moved single slopes by ±5k instructions (±7%), more than the 5%
+ * gate. So the slopes are taken without collections (and without V8's compile work, one-off), and the
+ * collections' instructions over all measured segments, divided by their requests, are added back.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { median } from "./env.mjs";
@@ -45,16 +49,13 @@ export async function instructionsPerRequest(cluster, kind, options = {}) {
     execFileSync("callgrind_control", ["--dump", String(server.pid)], { stdio: "ignore" });
     dumps += 1;
   };
-  const segment = (n) => {
-    const file = path.join(dir, `cg.${server.pid}.${n}`);
-    const match = /^summary: (\d+)/m.exec(readFileSync(file, "utf8"));
-    if (!match) throw new Error(`no summary in ${file}`);
-    return Number(match[1]);
-  };
+  const segment = (n) => segmentParts(path.join(dir, `cg.${server.pid}.${n}`));
   try {
     await sequential(pool, warmup);
     dump();
     const slopes = [];
+    let collected = 0;
+    let requests = 0;
     for (let pair = 0; pair < pairs + 1; pair += 1) {
       await sequential(pool, small);
       dump();
@@ -62,9 +63,18 @@ export async function instructionsPerRequest(cluster, kind, options = {}) {
       await sequential(pool, large);
       dump();
       const largeCost = segment(dumps);
-      if (pair > 0) slopes.push((largeCost - smallCost) / (large - small));
+      if (pair > 0) {
+        slopes.push((largeCost.rest - smallCost.rest) / (large - small));
+        collected += smallCost.gc + largeCost.gc;
+        requests += small + large;
+      }
     }
-    return { perRequest: median(slopes), slopes };
+    const gcPerRequest = collected / requests;
+    return {
+      perRequest: median(slopes) + gcPerRequest,
+      gcPerRequest,
+      slopes: slopes.map((slope) => slope + gcPerRequest),
+    };
   } finally {
     await pool.close();
     await server.stop();
@@ -123,8 +133,44 @@ export async function clientInstructionsPerRequest(cluster, kind, options) {
 
 /** V8 runtime entry points that compile (lazy, baseline, optimized, OSR) or trigger tier-up. */
 const JIT_ENTRY = /^v8::internal::Runtime_(?:Compile\w*|InstallBaselineCode|BytecodeBudgetInterrupt\w*)\(/;
+/** V8's one entry point of every collection (scavenge, mark-compact). */
+const GC_ENTRY = /^v8::internal::Heap::CollectGarbage\(/;
 
-/** A segment's instructions minus those spent (inclusively) under V8's compile entry points. */
+/**
+ * A segment's instructions split into those spent (inclusively) under V8's compile entry points, under
+ * its collector, and the rest.
+ */
+export function segmentParts(file) {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=yes", "--threshold=100", file], {
+    encoding: "utf8",
+    maxBuffer: 256 * 2 ** 20,
+  });
+  let total;
+  let jit = 0;
+  let gc = 0;
+  for (const line of text.split("\n")) {
+    const match = /^\s*([\d,]+) \([\d. ]+%\)\s+(.*)$/.exec(line);
+    if (!match) continue;
+    const count = Number(match[1].replaceAll(",", ""));
+    if (match[2].startsWith("PROGRAM TOTALS")) {
+      total = count;
+      continue;
+    }
+    // `file:function [object]`; recursion levels (`fn'2`) are inside their outer level already.
+    const name = match[2].replace(/^[^:]*:/, "");
+    if (/'\d+ \[[^\]]*\]$/.test(name)) continue;
+    if (JIT_ENTRY.test(name)) jit += count;
+    else if (GC_ENTRY.test(name)) gc += count;
+  }
+  if (total === undefined) throw new Error(`no totals in ${file}`);
+  return { total, jit, gc, rest: total - jit - gc };
+}
+
+/**
+ * A segment's instructions minus those spent (inclusively) under V8's compile entry points, as the
+ * S3a' baseline was measured (recursion levels of a compile entry are subtracted again; segmentParts
+ * skips them).
+ */
 export function segmentWithoutJit(file) {
   const text = execFileSync("callgrind_annotate", ["--inclusive=yes", "--threshold=100", file], {
     encoding: "utf8",
@@ -137,7 +183,6 @@ export function segmentWithoutJit(file) {
     if (!match) continue;
     const count = Number(match[1].replaceAll(",", ""));
     if (match[2].startsWith("PROGRAM TOTALS")) total = count;
-    // `file:function [object]`; recursion levels (`fn'2`) are inside their outer level already.
     else if (JIT_ENTRY.test(match[2].replace(/^[^:]*:/, ""))) jit += count;
   }
   if (total === undefined) throw new Error(`no totals in ${file}`);

@@ -186,12 +186,15 @@ export function authorizeWithPolicy(
       headers.host = request.authority;
     }
   }
-  const { path, query } = splitTarget(request.target);
+  // The common origin-form target without a query needs no split (and no object for its parts).
+  const target = request.target;
+  const plain = target.charCodeAt(0) === 0x2f && target.indexOf("?") < 0;
+  const split = plain ? undefined : splitTarget(target);
   const facts: HttpRequestFacts = {
     method: request.method,
     authority: request.authority,
-    path,
-    query,
+    path: split === undefined ? target : split.path,
+    query: split === undefined ? "" : split.query,
     headers,
     rawHeaders: request.rawHeaders,
     client: connection.facts,
@@ -310,13 +313,15 @@ export function authorizeRequest(
   request: RequestParts,
 ): MeshAuthorization | Promise<MeshAuthorization> {
   const policy = gate.source.policyFor(gate.port);
+  // The clock is read only while the port has no policy yet, not for every request.
+  if (policy.status !== "not-loaded" || gate.source.waitForPolicy === undefined) {
+    return authorizeWithPolicy(gate, connection, request, policy);
+  }
   const waitMs =
     connection.policyWaitUntil === undefined
       ? gate.initialPolicyWaitMs
       : Math.max(0, connection.policyWaitUntil - Date.now());
-  if (policy.status !== "not-loaded" || gate.source.waitForPolicy === undefined || waitMs === 0) {
-    return authorizeWithPolicy(gate, connection, request, policy);
-  }
+  if (waitMs === 0) return authorizeWithPolicy(gate, connection, request, policy);
   return gate.source
     .waitForPolicy(gate.port, { timeoutMs: waitMs })
     .catch(() => gate.source.policyFor(gate.port))

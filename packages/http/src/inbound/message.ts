@@ -70,7 +70,8 @@ export function deferHeadersDistinct(message: object): void {
  * the connection, or, if its headers are already out, the connection is closed once it is idle again.
  */
 export class Http1Drain {
-  private readonly sockets = new Set<Duplex>();
+  /** The served connections (the keep-alive sweep walks them too). */
+  readonly sockets = new Set<Duplex>();
   private draining = false;
 
   track(socket: Duplex): void {

@@ -404,6 +404,47 @@ describe("inbound bounds (small configured timeouts)", () => {
     });
   });
 
+  describe("HTTP/1 keep-alive", () => {
+    const request = Buffer.from("GET / HTTP/1.1\r\nHost: foo\r\n\r\n", "latin1");
+
+    for (const tls of [false, true]) {
+      it(`closes a connection idle after its response at the keep-alive timeout, not before${tls ? " (mesh TLS)" : ""}`, async () => {
+        const { port } = await serve({ keepAliveTimeoutMs: 1500 });
+        const socket = track(tls ? meshTlsSocket({ port }, FOO, cp.trustAnchorsPem) : plainSocket({ port }));
+        const closed = await untilClosed(socket, request, tls);
+        const response = closed.bytes.toString("latin1");
+        expect(response).toMatch(/^HTTP\/1\.1 200/);
+        // Still advertised to clients, as node:http does for its own keepAliveTimeout.
+        expect(response).toMatch(/\r\nKeep-Alive: timeout=1\r\n/i);
+        expect(closed.elapsedMs).toBeGreaterThanOrEqual(1400);
+        await legitimateHttp1(port);
+      });
+    }
+
+    it("does not close a connection whose request takes longer than the keep-alive timeout", async () => {
+      const { port } = await serve({
+        keepAliveTimeoutMs: 200,
+        handler: (_req, res) => {
+          setTimeout(() => res.end("late"), 900);
+        },
+      });
+      const response = await rawHttp1(track(plainSocket({ port })), request.toString("latin1"));
+      expect(response.status).toBe(200);
+    });
+
+    it("closes a connection that starts a next request and stalls, without waiting for the headers timeout", async () => {
+      const { port } = await serve({ keepAliveTimeoutMs: 300, headersTimeoutMs: 30_000 });
+      const socket = track(plainSocket({ port }));
+      const closing = untilClosed(socket, request);
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      socket.write("GET / HTTP/1.1\r\nHost: f");
+      const closed = await closing;
+      expect(closed.bytes.toString("latin1")).toMatch(/^HTTP\/1\.1 200/);
+      expect(closed.elapsedMs).toBeLessThan(6000);
+      await legitimateHttp1(port);
+    });
+  });
+
   it("HTTP/1: closes a client that never finishes its headers at the headers timeout", async () => {
     const { port } = await serve({ headersTimeoutMs: 300 });
     const closed = await untilClosed(
