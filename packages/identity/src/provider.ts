@@ -120,7 +120,10 @@ export interface TlsServerOptionsInput {
 
 export interface IdentityProvider extends AsyncDisposable {
   readonly localName: string;
-  /** Resolves once a certificate is installed and valid; rejects on abort or close. */
+  /**
+   * Resolves once a certificate is installed and valid; rejects on abort or close. Keeps the process
+   * alive while it waits.
+   */
   ready(options?: { signal?: AbortSignal }): Promise<void>;
   state(): IdentityState;
   /** Runs a Certify attempt now (single-flight); rejects with that attempt's error. */
@@ -671,16 +674,22 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
       if (current && status === "ready" && !isExpired(current)) return Promise.resolve();
       if (signal?.aborted) return Promise.reject(MeshError.from(signal.reason, MeshErrorCode.CANCELED));
       return new Promise<void>((resolve, reject) => {
+        // The Certify retry timer and the channel are unref'd: without a ref'd handle, a process whose
+        // only work is this wait would exit silently (code 13) between two attempts.
+        const hold = setInterval(() => undefined, 1 << 30);
         const onAbort = () => {
+          clearInterval(hold);
           waiters.delete(waiter);
           reject(MeshError.from(signal?.reason, MeshErrorCode.CANCELED));
         };
         const waiter = {
           resolve: () => {
+            clearInterval(hold);
             signal?.removeEventListener("abort", onAbort);
             resolve();
           },
           reject: (error: unknown) => {
+            clearInterval(hold);
             signal?.removeEventListener("abort", onAbort);
             reject(error);
           },
