@@ -5,7 +5,7 @@
 // INMESH_LONG=1 on a quiet machine; 10× + 200 ms in CI, where the machine is shared).
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cpuCores, type ProcessSample } from "./harness/child.js";
+import { cpuCores, type MemoryAfterGc, type ProcessSample, runQueueWaitShare } from "./harness/child.js";
 import { SECOND_TARGET_POD } from "./harness/cluster.js";
 import { LONG, mib, printFigures, scaled, testTimeoutMs } from "./harness/figures.js";
 import {
@@ -37,15 +37,32 @@ const ATTACK_MS = scaled(3_000, 60_000);
 const LEGIT_RPS = scaled(50, 500);
 /** Attacker connections at once. */
 const ATTACKERS = 4;
-/** reliability.md R10 "RSS steady": growth over the attack after its first third. */
+/**
+ * reliability.md R10 "RSS steady": growth from a third into the attack to its end, the end sampled
+ * after a full collection (as R14 judges RSS), so garbage not yet collected does not count.
+ */
 const RSS_GROWTH_LIMIT_MIB = 32;
+/**
+ * What a server keeps from all six attacks together (one process, from before the first to after the
+ * last, both after a full collection): each closed offender's leftovers add up here, where one attack's
+ * window (from a third in) would not see them. Judged apart: JS heap in use (sockets, sessions and
+ * their listeners held from JS), and native memory (RSS outside V8's committed heap: TLS, nghttp2,
+ * buffers). Whole RSS is printed, not judged: V8 keeps a grown young generation committed (Node 24:
+ * +40-70 MiB over the CI run with no object retained).
+ */
+const SUITE_HEAP_GROWTH_LIMIT_MIB = 8;
+const SUITE_NATIVE_GROWTH_LIMIT_MIB = 32;
 /** Writes per second of each attacker loop: each write carries a batch of frames. */
 const TICK_MS = 10;
 
 interface ConnectionOutcome {
   readonly goaway: number | undefined;
-  /** The server's close came as a TCP reset. */
+  /**
+   * The server's close came as a TCP reset: seen on a read (ECONNRESET) or, when the attacker was
+   * writing, on its write (EPIPE); either way the reset discards what the attacker had not read yet.
+   */
   readonly reset: boolean;
+  readonly errorCode: string | undefined;
   readonly transport: Transport;
   readonly receivedBytes: number;
   /** ms until the server closed it; undefined when the attack's end closed it. */
@@ -80,7 +97,8 @@ async function runConnection(
   socket.destroy();
   return {
     goaway: goawayCode(watched.received()),
-    reset: watched.errorCode() === "ECONNRESET",
+    reset: watched.errorCode() === "ECONNRESET" || watched.errorCode() === "EPIPE",
+    errorCode: watched.errorCode(),
     transport,
     receivedBytes: watched.received().length,
     closedByServerMs,
@@ -218,16 +236,20 @@ interface AbuseFigures {
   readonly maxCloseMs: number | undefined;
   readonly before: ProcessSample;
   readonly warm: ProcessSample;
-  /** Heap in use after a full collection (the SDK service only): retained memory, not headroom. */
+  /** Heap in use after a full collection: retained memory, not headroom. */
+  readonly memoryBefore: MemoryAfterGc | undefined;
   readonly heapBefore: number | undefined;
   readonly heapAfter: number | undefined;
   readonly after: ProcessSample;
+  /** After the full collection that follows the attack: what the attack left retained, not garbage. */
+  readonly afterGc: ProcessSample;
 }
 
 async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<AbuseFigures> {
   const deadline = performance.now() + ATTACK_MS;
   const outcomes: ConnectionOutcome[] = [];
-  const heapBefore = await target.child.heapAfterGc();
+  const memoryBefore = await target.child.memoryAfterGc();
+  const heapBefore = memoryBefore?.heapUsed;
   const before = target.child.sample();
   // "RSS steady": growth is judged from a third into the attack (heap and JIT warmed up) to its end.
   let warm: ProcessSample | undefined;
@@ -249,6 +271,7 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
   clearTimeout(warmTimer);
   const after = target.child.sample();
   const heapAfter = await target.child.heapAfterGc();
+  const afterGc = target.child.sample();
   const codes = new Map<number, number>();
   for (const outcome of outcomes) {
     if (outcome.goaway !== undefined) codes.set(outcome.goaway, (codes.get(outcome.goaway) ?? 0) + 1);
@@ -272,16 +295,22 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
       .slice(0, 3)
       .map(
         (outcome) =>
-          `${outcome.transport} ${outcome.receivedBytes} B after ${Math.round(outcome.closedByServerMs ?? 0)} ms`,
+          `${outcome.transport} ${outcome.receivedBytes} B after ${Math.round(outcome.closedByServerMs ?? 0)} ms${outcome.errorCode ? ` (${outcome.errorCode})` : ""}`,
       )
       .join("; "),
     goawayCodes: [...codes].map(([code, count]) => `0x${code.toString(16)}×${count}`).join(" ") || "none",
-    maxCloseMs: closeTimes.length > 0 ? Math.max(...closeTimes) : undefined,
+    // A loop, not Math.max(...): a long run on an idle machine closes >100,000 connections (stack).
+    maxCloseMs: closeTimes.reduce<number | undefined>(
+      (max, ms) => (max === undefined || ms > max ? ms : max),
+      undefined,
+    ),
     before,
     warm: warm ?? before,
+    memoryBefore,
     heapBefore,
     heapAfter,
     after,
+    afterGc,
   };
 }
 
@@ -316,6 +345,26 @@ beforeAll(async () => {
 afterAll(async () => {
   await bed?.close();
 }, 60_000);
+
+/** Per server: the child's first and latest samples over the attacks, while it is the same process. */
+const across = new Map<
+  string,
+  { pid: number; first: ProcessSample; firstMemory: MemoryAfterGc | undefined; attacks: number }
+>();
+
+function recordAcross(server: string, target: AttackTarget, figures: AbuseFigures) {
+  const known = across.get(server);
+  if (known === undefined || known.pid !== target.child.pid) {
+    across.set(server, {
+      pid: target.child.pid,
+      first: figures.before,
+      firstMemory: figures.memoryBefore,
+      attacks: 1,
+    });
+  } else {
+    known.attacks += 1;
+  }
+}
 
 describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
   for (const server of SERVERS) {
@@ -360,9 +409,11 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
                 "GOAWAY codes": figures?.goawayCodes,
                 "max close ms": figures?.maxCloseMs,
                 "child CPU cores": cores,
+                "child loop CPU wait": figures ? runQueueWaitShare(figures.before, figures.after) : undefined,
                 "rss before MiB": figures ? mib(figures.before.rssBytes) : undefined,
                 "rss at 1/3 MiB": figures ? mib(figures.warm.rssBytes) : undefined,
                 "rss after MiB": figures ? mib(figures.after.rssBytes) : undefined,
+                "rss after GC MiB": figures ? mib(figures.afterGc.rssBytes) : undefined,
                 "heap after GC, before → after MiB":
                   figures?.heapBefore !== undefined && figures.heapAfter !== undefined
                     ? `${mib(figures.heapBefore).toFixed(1)} → ${mib(figures.heapAfter).toFixed(1)}`
@@ -381,13 +432,25 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
           // Soft: a failing run reports every figure that is off, not only the first.
           expect.soft(legit.failures, "legitimate requests failed during the attack").toEqual([]);
           expect.soft(legit.p50Ms, "legitimate p50, ms").toBeLessThanOrEqual(latencyBoundMs(baseline.p50Ms));
-          if (LONG)
-            expect.soft(legit.p50Ms, "legitimate p50 ≤ 2× baseline").toBeLessThanOrEqual(2 * baseline.p50Ms);
+          if (LONG) {
+            // The share of the attack the child's event loop was ready but waited for a CPU (other
+            // processes on the machine) tells a slow server from a busy machine.
+            const waited = runQueueWaitShare(figures.before, figures.after);
+            expect
+              .soft(
+                legit.p50Ms,
+                `legitimate p50 ≤ 2× baseline (child loop waited for a CPU ${(waited * 100).toFixed(0)}% of the time)`,
+              )
+              .toBeLessThanOrEqual(2 * baseline.p50Ms);
+          }
           expect
             .soft(cpuCores(figures.before, figures.after), "child CPU over the attack, in cores")
             .toBeLessThanOrEqual(1);
           expect
-            .soft(mib(figures.after.rssBytes - figures.warm.rssBytes), "child RSS growth after warm-up, MiB")
+            .soft(
+              mib(figures.afterGc.rssBytes - figures.warm.rssBytes),
+              "child RSS growth after warm-up (end after GC), MiB",
+            )
             .toBeLessThanOrEqual(RSS_GROWTH_LIMIT_MIB);
           if (closes) {
             // Every offending connection is answered with GOAWAY and closed by the server. When the
@@ -399,9 +462,39 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
               .toBe(figures.closedByServer);
           }
           await expectHealthy(target, name);
+          recordAcross(server, target, figures);
         },
         testTimeoutMs(ATTACK_MS),
       );
     }
+    it(`${server}: memory kept across all attacks`, async () => {
+      const record = across.get(server);
+      const target = targets.get(server);
+      // Attacks left out (vitest -t) or a child restarted after a crash (that test failed): nothing to add.
+      if (record === undefined || target === undefined || record.attacks < ATTACKS.length) return;
+      if (target.child.pid !== record.pid || !target.child.alive()) return;
+      // Both ends after a full collection (the first attack's `before` was sampled after one).
+      const memory = await target.child.memoryAfterGc();
+      const last = target.child.sample();
+      const first = record.firstMemory;
+      const native = (m: MemoryAfterGc | undefined) =>
+        m?.heapTotal === undefined ? Number.NaN : mib(m.rss - m.heapTotal);
+      printFigures(`R10 all attacks, ${server}`, [
+        {
+          attacks: record.attacks,
+          "rss MiB": `${mib(record.first.rssBytes).toFixed(1)} → ${mib(last.rssBytes).toFixed(1)}`,
+          "heap used after GC MiB": `${mib(first?.heapUsed ?? Number.NaN).toFixed(1)} → ${mib(memory?.heapUsed ?? Number.NaN).toFixed(1)}`,
+          "native (rss - V8 heap) MiB": `${native(first).toFixed(1)} → ${native(memory).toFixed(1)}`,
+          "open fds": `${record.first.openFds} → ${last.openFds}`,
+        },
+      ]);
+      if (first === undefined || memory === undefined) throw new Error(`${server} reported no memory`);
+      expect
+        .soft(mib(memory.heapUsed - first.heapUsed), "heap in use after GC, growth over all attacks, MiB")
+        .toBeLessThanOrEqual(SUITE_HEAP_GROWTH_LIMIT_MIB);
+      expect
+        .soft(native(memory) - native(first), "native memory growth over all attacks, MiB")
+        .toBeLessThanOrEqual(SUITE_NATIVE_GROWTH_LIMIT_MIB);
+    });
   }
 });

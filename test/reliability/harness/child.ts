@@ -30,6 +30,18 @@ export interface ProcessSample {
   readonly cpuSeconds: number;
   readonly rssBytes: number;
   readonly openFds: number;
+  /**
+   * Time the event-loop thread was ready to run but waited for a CPU (/proc/<pid>/schedstat), in
+   * seconds: other processes taking the cores, not the process's own work. NaN without schedstat.
+   */
+  readonly runQueueWaitSeconds: number;
+}
+
+export interface MemoryAfterGc {
+  readonly rss: number;
+  readonly heapUsed: number;
+  /** V8's heap as committed: RSS minus this is native memory (sockets, TLS, nghttp2, buffers). */
+  readonly heapTotal?: number;
 }
 
 export interface ServiceChild {
@@ -46,9 +58,11 @@ export interface ServiceChild {
   sample(): ProcessSample;
   /**
    * Heap in use after a full collection, in bytes (services started with `exposeGc` that answer "gc"
-   * on stdin, as servers/sdk-server.mjs does); undefined otherwise.
+   * on stdin, as servers/sdk-server.mjs does, or with `memoryProbe`); undefined otherwise.
    */
   heapAfterGc(): Promise<number | undefined>;
+  /** `process.memoryUsage()` in the child right after a full collection (same services as above). */
+  memoryAfterGc(): Promise<MemoryAfterGc | undefined>;
   stop(): Promise<void>;
 }
 
@@ -79,7 +93,27 @@ export function sampleProcess(pid: number): ProcessSample {
     cpuSeconds: ticks / CLOCK_TICKS_PER_SECOND,
     rssBytes: rssKiB * 1024,
     openFds,
+    runQueueWaitSeconds: runQueueWait(pid),
   };
+}
+
+/** Run-queue wait of the main (event-loop) thread, in seconds (schedstat's second field, in ns). */
+function runQueueWait(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[1]) / 1e9;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
+ * Of the wall time between two samples, the share the child's event loop spent ready to run but
+ * waiting for a CPU: near 0 on a quiet machine. A latency figure taken while it is high measures the
+ * machine's other load as much as the server.
+ */
+export function runQueueWaitShare(before: ProcessSample, after: ProcessSample): number {
+  const seconds = (after.atMs - before.atMs) / 1000;
+  return seconds > 0 ? (after.runQueueWaitSeconds - before.runQueueWaitSeconds) / seconds : 0;
 }
 
 /** CPU used between two samples, in cores (1 = one core busy the whole time). */
@@ -93,10 +127,15 @@ export async function startServiceChild(
   name: string,
   script: string,
   env: Record<string, string>,
-  options: { exposeGc?: boolean } = {},
+  options: { exposeGc?: boolean; memoryProbe?: boolean } = {},
 ): Promise<ServiceChild> {
+  const exposeGc = options.exposeGc === true || options.memoryProbe === true;
   const nodeArgs = [
-    ...(options.exposeGc ? ["--expose-gc"] : []),
+    ...(exposeGc ? ["--expose-gc"] : []),
+    // A service that does not answer "gc" itself (the examples) gets the harness's probe.
+    ...(options.memoryProbe
+      ? ["--import", path.join(ROOT, "test/reliability/harness/memory-probe.mjs")]
+      : []),
     // For looking inside an attacked child, e.g. INMESH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
     ...(process.env.INMESH_CHILD_NODE_ARGS?.split(" ").filter((arg) => arg !== "") ?? []),
   ];
@@ -120,7 +159,7 @@ export async function startServiceChild(
       resolve();
     }),
   );
-  const memoryWaiters: ((heapUsed: number) => void)[] = [];
+  const memoryWaiters: ((memory: MemoryAfterGc) => void)[] = [];
   const ready = await new Promise<ReadyLine>((resolve, reject) => {
     let buffered = "";
     const timer = setTimeout(
@@ -133,12 +172,12 @@ export async function startServiceChild(
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         try {
-          const message = JSON.parse(line) as ReadyLine | { event: "memory"; heapUsed: number };
+          const message = JSON.parse(line) as ReadyLine | ({ event: "memory" } & MemoryAfterGc);
           if (message?.event === "ready") {
             clearTimeout(timer);
             resolve(message);
           } else if (message?.event === "memory") {
-            for (const wake of memoryWaiters.splice(0)) wake(message.heapUsed);
+            for (const wake of memoryWaiters.splice(0)) wake(message);
           }
         } catch {
           // Not a JSON line: application output.
@@ -150,6 +189,17 @@ export async function startServiceChild(
       reject(new Error(`${name} exited (${exit?.signal ?? exit?.code}) before it was ready\n${stderr}`));
     });
   });
+  const memoryAfterGc = (): Promise<MemoryAfterGc | undefined> => {
+    if (!exposeGc || !alive()) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(undefined), 10_000);
+      memoryWaiters.push((memory) => {
+        clearTimeout(timer);
+        resolve(memory);
+      });
+      child.stdin?.write("gc\n");
+    });
+  };
   const separator = ready.address.lastIndexOf(":");
   const pid = child.pid ?? ready.pid;
   const alive = () => {
@@ -178,17 +228,10 @@ export async function startServiceChild(
       if (!alive()) throw new Error(`no figures: ${describeExit()}`);
       return sampleProcess(pid);
     },
-    heapAfterGc() {
-      if (!options.exposeGc || !alive()) return Promise.resolve(undefined);
-      return new Promise((resolve) => {
-        const timer = setTimeout(() => resolve(undefined), 10_000);
-        memoryWaiters.push((heapUsed) => {
-          clearTimeout(timer);
-          resolve(heapUsed);
-        });
-        child.stdin?.write("gc\n");
-      });
+    async heapAfterGc() {
+      return (await memoryAfterGc())?.heapUsed;
     },
+    memoryAfterGc,
     async stop() {
       if (exit !== undefined) return;
       child.kill("SIGTERM");

@@ -166,6 +166,7 @@ export async function startAttackBed(): Promise<AttackBed> {
               spec.pod,
               spec.script,
               await cluster.envFor(spec.pod, spec.env),
+              { memoryProbe: true },
             );
             children.push(child);
             return child;

@@ -23,6 +23,11 @@ const mesh = createMesh({
   admin: false,
   metrics: false,
   tracing: false,
+  // A few connections per endpoint, as a client proxy keeps. The pool's default (no cap) opens a
+  // connection for every request queued while one connects: a loop stall at 500 requests a second made
+  // ~2,500 mTLS connections in R10's first seconds, and the attacked server's memory then measured the
+  // legitimate client's connection count, not the attack. LOAD_MAX_CONNECTIONS overrides.
+  outbound: { maxConnectionsPerEndpoint: Number(process.env.LOAD_MAX_CONNECTIONS ?? 8) },
 });
 await mesh.ready({ signal: AbortSignal.timeout(30_000) });
 
@@ -62,7 +67,11 @@ function httpRequester() {
   return async () => {
     const response = await mesh.fetch(url, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
     await response.arrayBuffer();
-    if (response.status !== 200) throw new Error(`GET ${url} answered ${response.status}`);
+    if (response.status !== 200) {
+      // The mesh's own error responses say why (linkerd2-proxy's l5d-proxy-error).
+      const why = response.headers.get("l5d-proxy-error");
+      throw new Error(`GET ${url} answered ${response.status}${why ? ` (${why})` : ""}`);
+    }
   };
 }
 

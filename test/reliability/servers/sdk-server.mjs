@@ -95,8 +95,10 @@ if (process.env.STOP_WHEN_STDIN_CLOSES === "true") {
 process.stdin.setEncoding("utf8").on("data", (text) => {
   if (!text.includes("gc") || typeof globalThis.gc !== "function") return;
   globalThis.gc();
-  const { rss, heapUsed, external, arrayBuffers } = process.memoryUsage();
-  process.stdout.write(`${JSON.stringify({ event: "memory", rss, heapUsed, external, arrayBuffers })}\n`);
+  const { rss, heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
+  process.stdout.write(
+    `${JSON.stringify({ event: "memory", rss, heapUsed, heapTotal, external, arrayBuffers })}\n`,
+  );
 });
 
 await mesh.ready({ signal: AbortSignal.timeout(30_000) });
