@@ -5,6 +5,14 @@ import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import type { PeerIdentity } from "@inmesh/core";
 import {
+  createResetBudgets,
+  createStreamAdmission,
+  ENHANCE_YOUR_CALM,
+  type ResetBudgets,
+  refuseSession,
+  type SessionResetBudget,
+} from "@inmesh/core/http2-abuse";
+import {
   type ConnectionRegistry,
   createAuthorizationInterceptor,
   createConnectionRegistry,
@@ -12,14 +20,6 @@ import {
   type MeshGrpcPolicyInput,
   type MeshGrpcServerIdentity,
 } from "./authorization.js";
-import {
-  createResetBudgets,
-  createStreamAdmission,
-  ENHANCE_YOUR_CALM,
-  type ResetBudgets,
-  refuseSession,
-  type SessionResetBudget,
-} from "./http2-abuse.js";
 
 export interface MeshServerCredentialsOptions {
   /** The workload identity (an `IdentityProvider`). */

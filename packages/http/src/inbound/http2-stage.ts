@@ -16,6 +16,13 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
+import {
+  createResetBudgets,
+  createStreamAdmission,
+  ENHANCE_YOUR_CALM,
+  refuseSession,
+  type SessionResetBudget,
+} from "@inmesh/core/http2-abuse";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { attachMeshContext, type MeshConnectionInfo, type MeshRequestContext } from "./context.js";
 import {
@@ -28,13 +35,6 @@ import {
 import { L5D_ORIG_PROTO } from "./headers.js";
 import { bridgeToHttp1 } from "./http1-bridge.js";
 import type { Http1Stage } from "./http1-stage.js";
-import {
-  createResetBudgets,
-  createStreamAdmission,
-  ENHANCE_YOUR_CALM,
-  refuseSession,
-  type SessionResetBudget,
-} from "./http2-abuse.js";
 import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
 
 import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";

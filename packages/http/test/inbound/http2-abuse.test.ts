@@ -5,8 +5,8 @@
  */
 import http2, { type ServerHttp2Stream } from "node:http2";
 import net from "node:net";
+import { createResetBudgets, createStreamAdmission } from "@inmesh/core/http2-abuse";
 import { afterEach, describe, expect, it } from "vitest";
-import { createResetBudgets, createStreamAdmission } from "../../src/inbound/http2-abuse.js";
 import { FrameType, get, headers, PREFACE, parseFrames, rstStream, settings } from "./frames.js";
 
 const closers: (() => void)[] = [];

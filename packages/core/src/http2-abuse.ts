@@ -1,7 +1,7 @@
 /**
  * Bounds on what one HTTP/2 client can make the server do for streams it cancels (rapid reset,
- * CVE-2023-44487) and on how an offending session is closed. `@inmesh/grpc` applies the same bounds to
- * grpc-js's own HTTP/2 server (packages/grpc/src/server/http2-abuse.ts): keep the two in step.
+ * CVE-2023-44487) and on how an offending session is closed. Shared by `@inmesh/http`'s own
+ * HTTP/2 stage and `@inmesh/grpc`'s guard on grpc-js's HTTP/2 server, so both apply the same bounds.
  */
 import { constants as h2constants, type ServerHttp2Session, type ServerHttp2Stream } from "node:http2";
 import type { Duplex } from "node:stream";
