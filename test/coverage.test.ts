@@ -2,7 +2,6 @@
 // Node's global fetch, opaque TCP, egress policy and gRPC from several workloads on one host, all through
 // the public API against the dev control plane.
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from "node:tls";
@@ -12,6 +11,7 @@ import { hasMeshErrorCode, MeshErrorCode } from "@inmesh/core";
 import { createMeshConnectionInjector, meshPeer } from "@inmesh/grpc";
 import { createMesh, type Mesh } from "@inmesh/mesh";
 import { parseTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import axios from "axios";
 import { getGlobalDispatcher } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -24,14 +24,6 @@ import {
 
 const WEB_ID = "web.bookshop.serviceaccount.identity.linkerd.cluster.local";
 const DB_ID = "db.bookshop.serviceaccount.identity.linkerd.cluster.local";
-
-async function freePort(host: string): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 interface Ports {
   books: number;
@@ -192,10 +184,10 @@ describe("what gets meshed", () => {
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-coverage-"));
     ports = {
-      books: await freePort("127.0.0.3"),
-      authors: await freePort("127.0.0.4"),
-      db: await freePort("127.0.0.5"),
-      dbInbound: await freePort("127.0.0.5"),
+      books: await freeLoopbackPort("127.0.0.3"),
+      authors: await freeLoopbackPort("127.0.0.4"),
+      db: await freeLoopbackPort("127.0.0.5"),
+      dbInbound: await freeLoopbackPort("127.0.0.5"),
     };
     controlPlane = await startControlPlane({
       manifests: manifests(ports),

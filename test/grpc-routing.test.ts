@@ -2,24 +2,16 @@
 // plane's pod environment calls a Service whose GRPCRoute splits traffic, times calls out and leaves a
 // method unrouted; real grpc-js servers behind meshed inbound servers.
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMeshClientOptions, createMeshConnectionInjector, meshPeer } from "@inmesh/grpc";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const WEB_ID = "web.shelf.serviceaccount.identity.linkerd.cluster.local";
-
-async function freePort(host: string): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 const raw = {
   requestSerialize: (value: Buffer) => value,
@@ -152,7 +144,10 @@ describe("GRPCRoute routing through mesh.grpcChannel", () => {
 
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-grpc-routing-"));
-    const ports = { authors: await freePort("127.0.0.72"), authorsV2: await freePort("127.0.0.73") };
+    const ports = {
+      authors: await freeLoopbackPort("127.0.0.72"),
+      authorsV2: await freeLoopbackPort("127.0.0.73"),
+    };
     controlPlane = await startControlPlane({
       manifests: manifests(ports),
       stateDir,

@@ -3,24 +3,16 @@
 // HTTP endpoints of which one fails. mesh.fetch ejects the failing endpoint after N consecutive
 // failures, sends it one probe after each penalty, and takes it back when a probe succeeds.
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const MAX_FAILURES = 3;
 const MIN_PENALTY_MS = 1000;
 const MAX_PENALTY_MS = 4000;
-
-async function freePort(host: string): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function manifests(port: number) {
   const pod = (name: string, app: string, ip: string, serviceAccount: string, ports = true) => `
@@ -117,7 +109,7 @@ describe("failure accrual through mesh.fetch (balancer.linkerd.io/failure-accrua
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-accrual-"));
     // The Service's targetPort names one container port: both pods listen on it, each on its own address.
-    const port = await freePort("127.0.0.21");
+    const port = await freeLoopbackPort("127.0.0.21");
     controlPlane = await startControlPlane({
       manifests: manifests(port),
       stateDir,

@@ -5,22 +5,14 @@
  * weight, and `l5d-*` request headers change what happens to one request.
  */
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 const IPS = { web: "127.0.23.2", books: "127.0.23.3", "books-v2": "127.0.23.4" } as const;
-
-async function freePort(host: string): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function manifests(ports: { books: number; "books-v2": number }) {
   const pod = (app: keyof typeof IPS, port?: number) => `
@@ -111,7 +103,10 @@ describe("outbound routing through mesh.fetch", () => {
 
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-routing-"));
-    const ports = { books: await freePort(IPS.books), "books-v2": await freePort(IPS["books-v2"]) };
+    const ports = {
+      books: await freeLoopbackPort(IPS.books),
+      "books-v2": await freeLoopbackPort(IPS["books-v2"]),
+    };
     controlPlane = await startControlPlane({
       manifests: manifests(ports),
       stateDir,

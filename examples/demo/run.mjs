@@ -8,10 +8,10 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { cp, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import http2 from "node:http2";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { parseAllDocuments } from "yaml";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -41,12 +41,8 @@ class DemoError extends Error {}
 
 /** A free TCP port on `host`, or a clear error when the host address is not available here. */
 async function freePort(host) {
-  const server = createServer();
   try {
-    await new Promise((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(0, host, resolve);
-    });
+    return await freeLoopbackPort(host);
   } catch (error) {
     if (error.code === "EADDRNOTAVAIL") {
       throw new DemoError(
@@ -56,9 +52,6 @@ async function freePort(host) {
     }
     throw error;
   }
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** Pods from the manifests: name → { ip, port } (port: the first containerPort, if any). */

@@ -1,5 +1,4 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import {
@@ -12,6 +11,7 @@ import {
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMeshConnectionInjector, createMeshGrpcChannel, meshClientArguments } from "@inmesh/grpc";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { context, propagation, SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
@@ -38,14 +38,6 @@ type AuthorsClient = Client & {
 const Authors = makeGenericClientConstructor(AuthorsService, "Authors") as unknown as new (
   ...args: ReturnType<typeof meshClientArguments>
 ) => AuthorsClient;
-
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function manifests(authorsPort: number) {
   return [
@@ -92,7 +84,7 @@ describe("one trace across a gRPC call (OpenTelemetry SDK)", () => {
     provider = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
     provider.register();
     dir = await mkdtemp(path.join(tmpdir(), "inmesh-tracing-grpc-"));
-    const authorsPort = await freePort(AUTHORS_IP);
+    const authorsPort = await freeLoopbackPort(AUTHORS_IP);
     controlPlane = await startControlPlane({
       manifests: manifests(authorsPort),
       stateDir: dir,

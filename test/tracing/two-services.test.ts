@@ -1,10 +1,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMesh, type Mesh } from "@inmesh/mesh";
 import { type OtelBridge, registerOtel } from "@inmesh/otel";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { context, propagation, SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
@@ -13,14 +13,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 // The @inmesh/otel README with createMesh(), on the real OpenTelemetry SDK, across two meshed services:
 // web calls books, books' handler does its own work in a child span and calls web back. One trace,
 // every span exported once, each hop parented on the one before.
-
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 const WEB_IP = "127.0.15.1";
 const BOOKS_IP = "127.0.15.2";
@@ -69,8 +61,8 @@ describe("one trace across two meshed services (OpenTelemetry SDK)", () => {
     bridge = registerOtel();
 
     dir = await mkdtemp(path.join(tmpdir(), "inmesh-tracing-"));
-    const webPort = await freePort(WEB_IP);
-    const booksPort = await freePort(BOOKS_IP);
+    const webPort = await freeLoopbackPort(WEB_IP);
+    const booksPort = await freeLoopbackPort(BOOKS_IP);
     controlPlane = await startControlPlane({
       manifests: manifests(webPort, booksPort),
       stateDir: dir,

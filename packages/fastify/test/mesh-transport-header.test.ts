@@ -1,9 +1,9 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, expect, it } from "vitest";
 import { h2GetThroughTransportHeader } from "../../../test/support/sidecar-client.js";
@@ -11,14 +11,6 @@ import { fastifyMeshPlugin } from "../src/index.js";
 
 const SHELF_IP = "127.0.0.33";
 const CLIENT_IP = "127.0.0.34";
-
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 const cleanup: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
@@ -28,8 +20,8 @@ afterAll(async () => {
 it("Fastify served through mesh.serverFactory gets the shared transport-header port", async () => {
   const stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-fastify-th-"));
   cleanup.push(() => rm(stateDir, { recursive: true, force: true }));
-  const appPort = await freePort(SHELF_IP);
-  const inboundPort = await freePort(SHELF_IP);
+  const appPort = await freeLoopbackPort(SHELF_IP);
+  const inboundPort = await freeLoopbackPort(SHELF_IP);
   const controlPlane: ControlPlane = await startControlPlane({
     manifests: [
       {

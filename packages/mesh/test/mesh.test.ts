@@ -1,21 +1,13 @@
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { MeshChannel } from "@inmesh/core";
 import { meshContext } from "@inmesh/http";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMesh, type Mesh } from "../src/index.js";
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.3", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function manifests(booksPort: number, writer: string) {
   return [
@@ -92,11 +84,11 @@ describe("createMesh against the dev control plane", () => {
 
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-mesh-"));
-    booksPort = await freePort();
+    booksPort = await freeLoopbackPort("127.0.0.3");
     controlPlane = await startControlPlane({
       manifests: manifests(booksPort, "web"),
       // Each pod's transport-header port on its own address: a free one, so parallel runs never collide.
-      cluster: { proxyInboundPort: await freePort() },
+      cluster: { proxyInboundPort: await freeLoopbackPort("127.0.0.3") },
       stateDir,
       ports: { identity: 0, destination: 0, policy: 0 },
       watch: false,

@@ -1,10 +1,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { meshContext } from "@inmesh/http";
 import { encodeTransportHeader } from "@inmesh/proto";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   closedWithoutAnswer,
@@ -18,14 +18,6 @@ const BOOKS_IP = "127.0.0.31";
 const SIDECAR_IP = "127.0.0.32";
 const BOOKS_ID = "books.bookshop.serviceaccount.identity.linkerd.cluster.local";
 
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 describe("createMesh serves the transport-header port (Linkerd's default transport mode)", () => {
   let stateDir: string;
   let controlPlane: ControlPlane;
@@ -35,10 +27,10 @@ describe("createMesh serves the transport-header port (Linkerd's default transpo
 
   beforeAll(async () => {
     stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-th-"));
-    ports.a = await freePort(BOOKS_IP);
-    ports.b = await freePort(BOOKS_IP);
-    ports.opaque = await freePort(BOOKS_IP);
-    ports.inbound = await freePort(BOOKS_IP);
+    ports.a = await freeLoopbackPort(BOOKS_IP);
+    ports.b = await freeLoopbackPort(BOOKS_IP);
+    ports.opaque = await freeLoopbackPort(BOOKS_IP);
+    ports.inbound = await freeLoopbackPort(BOOKS_IP);
     controlPlane = await startControlPlane({
       manifests: [
         {
@@ -232,7 +224,7 @@ spec:
     const mesh = createMesh({
       env: {
         ...(await controlPlane.writeEnv("sidecar-0", { namespace: "bookshop" })).variables,
-        LINKERD2_PROXY_INBOUND_LISTEN_ADDR: `${SIDECAR_IP}:${await freePort(SIDECAR_IP)}`,
+        LINKERD2_PROXY_INBOUND_LISTEN_ADDR: `${SIDECAR_IP}:${await freeLoopbackPort(SIDECAR_IP)}`,
       },
       admin: false,
       tracing: false,

@@ -1,3 +1,4 @@
+export { freeLoopbackPort } from "./ports.js";
 export type {
   ManifestObject,
   ManifestsInput,
@@ -7,4 +8,4 @@ export type {
   TestService,
   TestWorkload,
 } from "./test-mesh.js";
-export { freeLoopbackPort, startTestMesh, toManifestFiles } from "./test-mesh.js";
+export { startTestMesh, toManifestFiles } from "./test-mesh.js";

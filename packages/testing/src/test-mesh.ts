@@ -1,5 +1,4 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import {
@@ -103,18 +102,6 @@ function parsePodRef(ref: PodRef): { namespace: string; pod: string } {
   const slash = ref.indexOf("/");
   if (slash === -1) return { namespace: "default", pod: ref };
   return { namespace: ref.slice(0, slash), pod: ref.slice(slash + 1) };
-}
-
-/** A TCP port free on `host` right now, for a manifest's `containerPort`. */
-export async function freeLoopbackPort(host = "127.0.0.1"): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, host, resolve);
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /**

@@ -7,6 +7,8 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+// Built, as every package a benchmark loads: ports outside the ephemeral range, see its comment.
+import { freeLoopbackPort } from "../../../packages/testing/dist/ports.js";
 import { distOf, pin, ROOT, sleep } from "./env.mjs";
 
 export const NS = "default";
@@ -44,7 +46,7 @@ spec: { selector: { app: target }, ports: [{ name: http, port: 80, targetPort: h
 }
 
 export async function startCluster() {
-  const appPort = await freePort();
+  const appPort = await freeLoopbackPort();
   const { startControlPlane } = await import(distOf("control-plane"));
   const cp = await startControlPlane({
     manifests: manifests(1, appPort),
@@ -200,7 +202,7 @@ export async function startCluster() {
     writeFileSync(path.join(prefix, "server.pem"), server.certificateChainPem);
     writeFileSync(path.join(prefix, "server.key"), server.privateKeyPem, { mode: 0o600 });
     writeFileSync(path.join(prefix, "anchors.pem"), cp.trustAnchorsPem);
-    const listenPort = await freePort();
+    const listenPort = await freeLoopbackPort();
     const conf = `worker_processes 1;
 pid ${prefix}/nginx.pid;
 error_log ${prefix}/error.log warn;
@@ -270,7 +272,7 @@ http {
         ...process.env,
         ...env,
         APP_PORT: String(kind === "mesh" ? appPort : 0),
-        LINKERD2_PROXY_ADMIN_LISTEN_ADDR: `127.0.0.1:${await freePort()}`,
+        LINKERD2_PROXY_ADMIN_LISTEN_ADDR: `127.0.0.1:${await freeLoopbackPort()}`,
       },
     });
     children.add(child);
@@ -320,16 +322,5 @@ function stopChild(child, signal = "SIGTERM") {
       resolve();
     });
     child.kill(signal);
-  });
-}
-
-async function freePort() {
-  const net = await import("node:net");
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
   });
 }

@@ -2,10 +2,10 @@
 // suite's own workloads, each pod on its own loopback address and a free port, and the variables each
 // child service is started with, as `inmesh env` gives them.
 import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { ROOT } from "./child.js";
 
 export const NAMESPACE = "bookshop";
@@ -188,18 +188,6 @@ export interface Cluster {
   close(): Promise<void>;
 }
 
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, host, resolve);
-  });
-  const address = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  if (address === null || typeof address === "string") throw new Error(`no port on ${host}`);
-  return address.port;
-}
-
 /** Pods in a manifest file: name → podIP and first containerPort (the files are ours: plain regexes do). */
 function podsOf(text: string): Map<string, { ip: string; port: number | undefined }> {
   const pods = new Map<string, { ip: string; port: number | undefined }>();
@@ -232,7 +220,7 @@ export async function startCluster(): Promise<Cluster> {
     const text = await readFile(filePath, "utf8");
     const remap = new Map<number, number>();
     for (const [name, pod] of podsOf(text)) {
-      const port = pod.port === undefined ? undefined : await freePort(pod.ip);
+      const port = pod.port === undefined ? undefined : await freeLoopbackPort(pod.ip);
       if (pod.port !== undefined && port !== undefined) remap.set(pod.port, port);
       pods.set(name, { ip: pod.ip, port });
     }
@@ -257,7 +245,7 @@ export async function startCluster(): Promise<Cluster> {
       return {
         ...variables,
         POD_NAME: pod,
-        LINKERD2_PROXY_ADMIN_LISTEN_ADDR: `${info.ip}:${await freePort(info.ip)}`,
+        LINKERD2_PROXY_ADMIN_LISTEN_ADDR: `${info.ip}:${await freeLoopbackPort(info.ip)}`,
         ...extra,
       };
     },

@@ -3,11 +3,11 @@
 // each caller a real `mesh.fetch`.
 import { mkdtemp, rm } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { createMesh, type Mesh } from "@inmesh/mesh";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 
 export interface ServicePod {
   /** Pod name; its service account and app label are the part before the last `-`. */
@@ -30,14 +30,6 @@ export interface MeshServices {
   close(): Promise<void>;
 }
 
-export async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 const appOf = (pod: string) => pod.slice(0, pod.lastIndexOf("-"));
 
 /**
@@ -52,7 +44,7 @@ export async function startMeshServices(options: {
 }): Promise<MeshServices> {
   const { namespace, pods } = options;
   const stateDir = await mkdtemp(path.join(tmpdir(), "inmesh-services-"));
-  const port = await freePort((pods.find((pod) => pod.serves) ?? pods[0])?.ip ?? "127.0.0.1");
+  const port = await freeLoopbackPort((pods.find((pod) => pod.serves) ?? pods[0])?.ip ?? "127.0.0.1");
   const podYaml = pods
     .map(
       (pod) => `

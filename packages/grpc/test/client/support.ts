@@ -1,6 +1,5 @@
 /** Fixtures for the gRPC client tests: a dev control plane, meshed grpc-js backends, a raw echo service. */
 
-import { type AddressInfo, createServer as createNetServer } from "node:net";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -269,15 +268,6 @@ export function patternBytes(size: number, seed = 5): Buffer {
   const bytes = Buffer.alloc(size);
   for (let i = 0; i < size; i += 1) bytes[i] = (i * 13 + seed) & 0xff;
   return bytes;
-}
-
-/** A port that was free a moment ago (for servers that must know their port before listening). */
-export async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** A GRPCRoute on a Service port: `rules` in YAML flow style, annotations as Linkerd reads them. */

@@ -9,6 +9,7 @@ import type { ControlPlane } from "@inmesh/control-plane";
 import { createCertificateAuthority, startControlPlane } from "@inmesh/control-plane";
 import { createIdentityProvider, type IdentityProvider } from "@inmesh/identity";
 import { parseTransportHeader } from "@inmesh/proto";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createMeshCertificateProvider,
@@ -21,7 +22,6 @@ import {
   controlPlaneDiscovery,
   EchoClient,
   files,
-  freePort,
   identityOf,
   NS,
   podIdentity,
@@ -228,8 +228,8 @@ describe("gRPC through the transport header, and with an expired identity", () =
   });
 
   it("calls a meshed grpc-js server through its inbound port", async () => {
-    const appPort = await freePort();
-    const inboundPort = await freePort();
+    const appPort = await freeLoopbackPort();
+    const inboundPort = await freeLoopbackPort();
     const pod = `apiVersion: v1
 kind: Pod
 metadata:

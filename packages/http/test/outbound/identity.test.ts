@@ -7,6 +7,7 @@ import { type ControlPlane, createCertificateAuthority, startControlPlane } from
 import { hasMeshErrorCode, MeshErrorCode } from "@inmesh/core";
 import type { Discovery } from "@inmesh/destination";
 import { createIdentityProvider, type IdentityProvider } from "@inmesh/identity";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { request } from "undici";
 import { afterAll, describe, expect, it } from "vitest";
 import { createMeshDispatcher } from "../../src/index.js";
@@ -14,7 +15,6 @@ import {
   CLIENT_POD,
   controlPlaneDiscovery,
   eventually,
-  freePort,
   identityOf,
   manifests,
   NS,
@@ -33,8 +33,8 @@ describe("transport header through the inbound side", () => {
   });
 
   it("reaches a meshed server on its inbound port with ALPN transport.l5d.io/v1 and a transport header", async () => {
-    const appPort = await freePort();
-    const inboundPort = await freePort();
+    const appPort = await freeLoopbackPort();
+    const inboundPort = await freeLoopbackPort();
     const pod = {
       name: "direct-0",
       sa: "direct",

@@ -6,7 +6,7 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
-import { type AddressInfo, createServer as createNetServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { credentials } from "@grpc/grpc-js";
 import { type ControlPlane, type ManifestFile, startControlPlane } from "@inmesh/control-plane";
 import { serviceAccountIdentity } from "@inmesh/core";
@@ -271,15 +271,6 @@ export async function startPlainBackend(name: string): Promise<TestBackend> {
         setTimeout(() => server.closeAllConnections(), 1000).unref();
       }),
   });
-}
-
-/** A port that was free a moment ago (for servers that must know their port before listening). */
-export async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** Polls until `check` holds (bounded). */

@@ -16,13 +16,13 @@ import type { ControlPlane } from "@inmesh/control-plane";
 import { hasMeshErrorCode, MeshErrorCode } from "@inmesh/core";
 import type { IdentityProvider } from "@inmesh/identity";
 import { parseTransportHeader } from "@inmesh/proto";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMeshDispatcher, type MeshDispatcher } from "../../src/index.js";
 import { type DestinationDouble, startDestinationDouble } from "./destination-double.js";
 import {
   CLIENT_POD,
-  freePort,
   identityOf,
   manifests,
   podIdentity,
@@ -94,7 +94,7 @@ describe("outbound TLS on the wire", () => {
     await writeFile(join(dir, "cert.pem"), issued.certificateChainPem);
     await writeFile(join(dir, "key.pem"), issued.privateKeyPem, { mode: 0o600 });
     await writeFile(join(dir, "anchors.pem"), cp.trustAnchorsPem);
-    nginxPort = await freePort();
+    nginxPort = await freeLoopbackPort();
     const fields = [
       'sni":"$ssl_server_name',
       'alpn":"$ssl_alpn_protocol',
