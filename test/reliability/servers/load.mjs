@@ -23,11 +23,11 @@ const mesh = createMesh({
   admin: false,
   metrics: false,
   tracing: false,
-  // A few connections per endpoint, as a client proxy keeps. The pool's default (no cap) opens a
-  // connection for every request queued while one connects: a loop stall at 500 requests a second made
-  // ~2,500 mTLS connections in R10's first seconds, and the attacked server's memory then measured the
-  // legitimate client's connection count, not the attack. LOAD_MAX_CONNECTIONS overrides.
-  outbound: { maxConnectionsPerEndpoint: Number(process.env.LOAD_MAX_CONNECTIONS ?? 8) },
+  // The SDK's own connection policy (one multiplexed HTTP/2 connection to a meshed endpoint), as a
+  // client proxy keeps; LOAD_MAX_CONNECTIONS overrides it.
+  ...(process.env.LOAD_MAX_CONNECTIONS
+    ? { outbound: { maxConnectionsPerEndpoint: Number(process.env.LOAD_MAX_CONNECTIONS) } }
+    : {}),
 });
 await mesh.ready({ signal: AbortSignal.timeout(30_000) });
 

@@ -58,7 +58,11 @@ export interface MeshDispatcherOptions {
   localAddress?: string;
   /** Idle keep-alive of pooled connections. @default undici's (4 s, or the server's hint) */
   keepAliveTimeoutMs?: number;
-  /** Connections per endpoint. @default unlimited */
+  /**
+   * Connections per endpoint. An HTTP/2 connection carries up to 100 requests at once; past that,
+   * requests wait for a stream or, with a higher cap, open another connection.
+   * @default 1 to endpoints spoken to in HTTP/2 (meshed ones, as linkerd2-proxy does), unlimited in HTTP/1
+   */
   maxConnectionsPerEndpoint?: number;
   /** Connect to an endpoint's inbound port with a transport header when discovery advertises `opaque_transport`. @default true */
   useTransportHeader?: boolean;

@@ -69,6 +69,25 @@ interface PoolEntry {
 // linkerd2-proxy's outbound connect backoff (LINKERD2_PROXY_OUTBOUND_CONNECT_BACKOFF_{MIN,MAX}).
 const CONNECT_BACKOFF_MIN_MS = 100;
 const CONNECT_BACKOFF_MAX_MS = 500;
+/** Concurrent requests on one prior-knowledge HTTP/2 connection (below the 200 hyper and we advertise). */
+const HTTP2_STREAMS_PER_CONNECTION = 100;
+
+/**
+ * How many connections an endpoint's pool may open, and how many requests each carries at once. undici
+ * sends one request at a time on a connection unless told otherwise, HTTP/2 included, and its pool opens
+ * a new connection for every request that arrives while the others are still connecting: forty
+ * concurrent calls to a meshed endpoint made forty mTLS connections, and a loop stall at 500 requests a
+ * second made thousands. Between two linkerd2-proxies, a peer's requests share one HTTP/2 connection;
+ * so do ours, unless `maxConnectionsPerEndpoint` allows more. HTTP/1 keeps one request per connection
+ * (pipelining is unsafe), uncapped by default as hyper's pool is.
+ */
+function poolConcurrency(
+  http2: boolean,
+  maxConnections: number | undefined,
+): { connections?: number; pipelining?: number } {
+  if (http2) return { connections: maxConnections ?? 1, pipelining: HTTP2_STREAMS_PER_CONNECTION };
+  return maxConnections === undefined ? {} : { connections: maxConnections };
+}
 
 /**
  * The endpoints of one discovery path (`svc.ns.svc.cluster.local:port`): a destination watch, a peak-EWMA
@@ -285,9 +304,7 @@ export class EndpointGroup {
           localAddress: settings.localAddress,
         }),
         allowH2: route.http2,
-        ...(settings.maxConnectionsPerEndpoint !== undefined
-          ? { connections: settings.maxConnectionsPerEndpoint }
-          : {}),
+        ...poolConcurrency(route.http2, settings.maxConnectionsPerEndpoint),
         ...(settings.keepAliveTimeoutMs !== undefined
           ? { keepAliveTimeout: settings.keepAliveTimeoutMs }
           : {}),

@@ -1,0 +1,84 @@
+/**
+ * Concurrent requests to a meshed endpoint share one prior-knowledge HTTP/2 connection, as between two
+ * linkerd2-proxies: undici's default (one request per connection, HTTP/2 included) opened an mTLS
+ * connection per concurrent request.
+ */
+
+import { freeLoopbackPort } from "@inmesh/testing/ports";
+import { request } from "undici";
+import { afterAll, describe, expect, it } from "vitest";
+import { createMeshDispatcher } from "../../src/index.js";
+import {
+  CLIENT_POD,
+  controlPlaneDiscovery,
+  manifests,
+  podIdentity,
+  podYaml,
+  serviceYaml,
+  startMeshedBackend,
+  startTestControlPlane,
+} from "./support.js";
+
+const CONCURRENT = 40;
+
+describe("outbound HTTP/2 multiplexing", () => {
+  const closers: (() => Promise<unknown>)[] = [];
+  afterAll(async () => {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+  });
+
+  it(`sends ${CONCURRENT} concurrent requests on one connection, and keeps using it`, async () => {
+    const inboundPort = await freeLoopbackPort();
+    const pod = {
+      name: "mux-0",
+      sa: "mux",
+      app: "mux",
+      port: await freeLoopbackPort(),
+      annotations: { "inmesh.dev/inbound-port": String(inboundPort) },
+    };
+    const cp = await startTestControlPlane(
+      manifests(podYaml(CLIENT_POD), podYaml(pod), serviceYaml("mux", "mux")),
+    );
+    closers.push(() => cp.close());
+    const client = await podIdentity(cp, CLIENT_POD.name, CLIENT_POD.sa);
+    closers.push(() => client.close());
+    const serverIdentity = await podIdentity(cp, pod.name, pod.sa);
+    closers.push(() => serverIdentity.close());
+    // Through the pod's inbound port with a transport header, as a sidecar or an inmesh client calls it.
+    const backend = await startMeshedBackend(pod.name, serverIdentity, {
+      port: pod.port,
+      transportHeaderPort: inboundPort,
+    });
+    closers.push(() => backend.close());
+    const discovery = controlPlaneDiscovery(cp);
+    closers.push(() => discovery.close());
+
+    // Nothing is answered until every request has arrived, so all forty are in flight at once: over
+    // HTTP/1, or HTTP/2 one request at a time, that takes forty connections.
+    const connections = new Set<string>();
+    const held: (() => void)[] = [];
+    backend.handler = (recorded, response, _index, raw) => {
+      connections.add(`${raw.socket.remoteAddress}:${raw.socket.remotePort}`);
+      held.push(() => response.end(`answer ${recorded.url}`));
+      if (held.length === CONCURRENT) for (const answer of held.splice(0)) answer();
+    };
+
+    const dispatcher = createMeshDispatcher({ identity: client, discovery });
+    closers.push(() => dispatcher.close());
+    const call = async (index: number) => {
+      const response = await request(`http://mux.default.svc.cluster.local/${index}`, { dispatcher });
+      return { status: response.statusCode, body: await response.body.text() };
+    };
+    const answers = await Promise.all(Array.from({ length: CONCURRENT }, (_, index) => call(index)));
+    expect(answers.map((answer) => answer.status)).toEqual(Array(CONCURRENT).fill(200));
+    expect(answers.map((answer) => answer.body)).toEqual(
+      Array.from({ length: CONCURRENT }, (_, index) => `answer /${index}`),
+    );
+    expect(connections.size).toBe(1);
+
+    // A second burst reuses the connection rather than opening more.
+    const second = await Promise.all(Array.from({ length: CONCURRENT }, (_, index) => call(index)));
+    expect(second.every((answer) => answer.status === 200)).toBe(true);
+    expect(connections.size).toBe(1);
+  });
+});
