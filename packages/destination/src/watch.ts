@@ -62,7 +62,10 @@ export interface Watch<T> extends Closable {
   readonly target: string;
   /** The latest value, or undefined before the first message. */
   current(): T | undefined;
-  /** Resolves with the first value (at once if there already is one); rejects on a terminal error. */
+  /**
+   * Resolves with the first value (at once if there already is one); rejects on a terminal error.
+   * Keeps the process alive while it waits.
+   */
   ready(options?: ReadyOptions): Promise<T>;
   /** Called with every new value. Returns the unsubscribe function. */
   onUpdate(listener: (value: T) => void): () => void;
@@ -396,7 +399,11 @@ export function createSharedWatch<TMessage, TValue>(
       return new Promise<TValue>((resolve, reject) => {
         const { signal, timeoutMs } = options;
         let timer: NodeJS.Timeout | undefined;
+        // The reconnect timer and the gRPC channel are unref'd: without a ref'd handle, a process whose
+        // only work is this wait would exit silently (code 13) while the controller is unreachable.
+        const hold = setInterval(() => undefined, 1 << 30);
         const cleanup = () => {
+          clearInterval(hold);
           waiters.delete(waiter);
           if (timer) clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);

@@ -116,7 +116,10 @@ export interface PolicyWatcher extends Closable {
    * Linkerd mode, or when the controller refused the watch. Rejects only if `signal` aborts.
    */
   waitForPolicy(port: number, options?: WaitForPolicyOptions): Promise<CompiledServerPolicy>;
-  /** Resolves when every watched port has received a policy from the controller. */
+  /**
+   * Resolves when every watched port has received a policy from the controller. Keeps the process
+   * alive while it waits.
+   */
   ready(options?: { signal?: AbortSignal }): Promise<void>;
   state(): readonly PortPolicyState[];
   /** Listens for updates and stream errors (also published on `mesh:policy:updated` / `mesh:policy:error`). */
@@ -565,16 +568,22 @@ export function createPolicyWatcher(options: PolicyWatcherOptions): PolicyWatche
       if (signal?.aborted) return Promise.reject(MeshError.from(signal.reason, MeshErrorCode.CANCELED));
       if (closed) return Promise.reject(new MeshError(MeshErrorCode.CLOSED, "policy watcher closed"));
       return new Promise<void>((resolve, reject) => {
+        // The retry timers are unref'd: without a ref'd handle, a process whose only work is this wait
+        // would exit silently (code 13) while the controller is unreachable.
+        const hold = setInterval(() => undefined, 1 << 30);
         const onAbort = () => {
+          clearInterval(hold);
           readyWaiters.delete(waiter);
           reject(MeshError.from(signal?.reason, MeshErrorCode.CANCELED));
         };
         const waiter = {
           resolve: () => {
+            clearInterval(hold);
             signal?.removeEventListener("abort", onAbort);
             resolve();
           },
           reject: (error: unknown) => {
+            clearInterval(hold);
             signal?.removeEventListener("abort", onAbort);
             reject(error);
           },

@@ -1,0 +1,91 @@
+// A script whose only work is `await watch.ready()` (discovery) or `await policies.ready()` (inbound
+// policy) must not exit in silence while the controller is unreachable: their reconnect timers and gRPC
+// channels are unref'd, so without a handle of their own the wait let Node exit with code 13
+// ("unsettled top-level await") between two attempts. Runs the built dist in a child process, as a
+// user's script runs it. (Identity's ready() has the same test in packages/identity.)
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { freeLoopbackPort } from "@inmesh/testing/ports";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const packages = fileURLToPath(new URL("../packages/", import.meta.url));
+const dist = (name: string) => pathToFileURL(path.join(packages, name, "dist/index.js")).href;
+
+const WAIT_MS = 3000;
+
+function scriptFor(watch: string): string {
+  return `import { createRequire } from "node:module";
+const { credentials } = createRequire(${JSON.stringify(path.join(packages, "proto/package.json"))})("@grpc/grpc-js");
+const { destination, inbound, outbound } = await import(${JSON.stringify(dist("proto"))});
+const { createContextToken, createDiscovery } = await import(${JSON.stringify(dist("destination"))});
+const { createPolicyWatcher } = await import(${JSON.stringify(dist("policy"))});
+const address = process.env.CONTROLLER_ADDR;
+${watch}
+const started = performance.now();
+try {
+  await waiting.ready({ signal: AbortSignal.timeout(${WAIT_MS}) });
+  console.log(JSON.stringify({ ready: true }));
+} catch (error) {
+  console.log(JSON.stringify({ code: error.code, waitedMs: Math.round(performance.now() - started) }));
+}
+await closing.close();
+`;
+}
+
+const WATCHES = {
+  "discovery (an endpoints watch)": `const discovery = createDiscovery({
+  destinationClient: new destination.DestinationClient(address, credentials.createInsecure()),
+  policyClient: new outbound.OutboundPoliciesClient(address, credentials.createInsecure()),
+  contextToken: createContextToken({ ns: "shop" }),
+  sourceWorkload: '{"ns":"shop","pod":"web-0"}',
+});
+const waiting = discovery.watchEndpoints("books.shop.svc.cluster.local:8080");
+const closing = discovery;`,
+  "inbound policy (a port watcher)": `const client = new inbound.InboundServerPoliciesClient(address, credentials.createInsecure());
+const waiting = createPolicyWatcher({ client, workload: '{"ns":"shop","pod":"books-0"}', ports: [8080] });
+const closing = waiting;`,
+};
+
+let dir: string;
+beforeAll(async () => {
+  for (const name of ["proto", "destination", "policy"]) {
+    if (!existsSync(fileURLToPath(dist(name))))
+      throw new Error(`run \`pnpm run build\` before this test: packages/${name}/dist missing`);
+  }
+  dir = await mkdtemp(path.join(tmpdir(), "inmesh-ready-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("ready() against an unreachable controller", () => {
+  for (const [name, watch] of Object.entries(WATCHES)) {
+    it(`${name}: keeps the process alive until its signal aborts, then rejects with DEADLINE`, async () => {
+      const script = path.join(dir, `${name.split(" ")[0]}.mjs`);
+      await writeFile(script, scriptFor(watch));
+      // Nothing listens there: the port is outside the ephemeral range and was free a moment ago.
+      const address = `127.0.0.1:${await freeLoopbackPort()}`;
+      const child = spawn(process.execPath, [script], {
+        env: { ...process.env, NODE_DEBUG: "", CONTROLLER_ADDR: address },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (chunk: Buffer) => {
+        stdout += chunk.toString();
+      });
+      child.stderr.on("data", (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+      expect(code, stderr).toBe(0);
+      const result = JSON.parse(stdout.trim().split("\n").at(-1) ?? "{}");
+      expect(result.code).toBe("MESH_ERR_DEADLINE");
+      expect(result.waitedMs).toBeGreaterThanOrEqual(WAIT_MS - 100);
+    });
+  }
+});
