@@ -1,8 +1,8 @@
-// A script whose only work is `await watch.ready()` (discovery) or `await policies.ready()` (inbound
-// policy) must not exit in silence while the controller is unreachable: their reconnect timers and gRPC
-// channels are unref'd, so without a handle of their own the wait let Node exit with code 13
-// ("unsettled top-level await") between two attempts. Runs the built dist in a child process, as a
-// user's script runs it. (Identity's ready() has the same test in packages/identity.)
+// A script whose only work is `await identity.ready()`, `await watch.ready()` (discovery) or
+// `await policies.ready()` (inbound policy) must not exit in silence while its control-plane service is
+// unreachable: their retry timers and gRPC channels are unref'd, so without a handle of their own the
+// wait let Node exit with code 13 ("unsettled top-level await") between two attempts. Runs the built
+// dist in a child process, as a user's script runs it.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -11,6 +11,12 @@ import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { freeLoopbackPort } from "@inmesh/testing/ports";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createTestCa,
+  IDENTITY_SERVICE_NAME,
+  TOKEN,
+  WORKLOAD,
+} from "../packages/identity/test/support/identity-server.js";
 
 const packages = fileURLToPath(new URL("../packages/", import.meta.url));
 const dist = (name: string) => pathToFileURL(path.join(packages, name, "dist/index.js")).href;
@@ -23,6 +29,7 @@ const { credentials } = createRequire(${JSON.stringify(path.join(packages, "prot
 const { destination, inbound, outbound } = await import(${JSON.stringify(dist("proto"))});
 const { createContextToken, createDiscovery } = await import(${JSON.stringify(dist("destination"))});
 const { createPolicyWatcher } = await import(${JSON.stringify(dist("policy"))});
+const { createIdentityProvider } = await import(${JSON.stringify(dist("identity"))});
 const address = process.env.CONTROLLER_ADDR;
 ${watch}
 const started = performance.now();
@@ -36,7 +43,9 @@ await closing.close();
 `;
 }
 
-const WATCHES = {
+const WATCHES: Record<string, string> = {
+  "identity (Certify)": `const waiting = createIdentityProvider();
+const closing = waiting;`,
   "discovery (an endpoints watch)": `const discovery = createDiscovery({
   destinationClient: new destination.DestinationClient(address, credentials.createInsecure()),
   policyClient: new outbound.OutboundPoliciesClient(address, credentials.createInsecure()),
@@ -51,12 +60,22 @@ const closing = waiting;`,
 };
 
 let dir: string;
+let identityEnv: Record<string, string>;
 beforeAll(async () => {
-  for (const name of ["proto", "destination", "policy"]) {
+  for (const name of ["proto", "destination", "policy", "identity"]) {
     if (!existsSync(fileURLToPath(dist(name))))
       throw new Error(`run \`pnpm run build\` before this test: packages/${name}/dist missing`);
   }
   dir = await mkdtemp(path.join(tmpdir(), "inmesh-ready-"));
+  const tokenFile = path.join(dir, "token");
+  await writeFile(tokenFile, TOKEN);
+  identityEnv = {
+    LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS: (await createTestCa()).trustAnchorsPem,
+    LINKERD2_PROXY_IDENTITY_LOCAL_NAME: WORKLOAD,
+    LINKERD2_PROXY_IDENTITY_TOKEN_FILE: tokenFile,
+    LINKERD2_PROXY_IDENTITY_SVC_NAME: IDENTITY_SERVICE_NAME,
+    LINKERD2_PROXY_IDENTITY_DIR: "/ignored/because/keys/stay/in/memory",
+  };
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -70,7 +89,13 @@ describe("ready() against an unreachable controller", () => {
       // Nothing listens there: the port is outside the ephemeral range and was free a moment ago.
       const address = `127.0.0.1:${await freeLoopbackPort()}`;
       const child = spawn(process.execPath, [script], {
-        env: { ...process.env, NODE_DEBUG: "", CONTROLLER_ADDR: address },
+        env: {
+          ...process.env,
+          ...identityEnv,
+          NODE_DEBUG: "",
+          CONTROLLER_ADDR: address,
+          LINKERD2_PROXY_IDENTITY_SVC_ADDR: address,
+        },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let stdout = "";
