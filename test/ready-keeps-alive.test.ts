@@ -81,7 +81,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-describe.concurrent("ready() against an unreachable controller", () => {
+describe("ready() against an unreachable controller", () => {
   for (const [name, watch] of Object.entries(WATCHES)) {
     it(`${name}: keeps the process alive until its signal aborts, then rejects with DEADLINE`, async () => {
       const script = path.join(dir, `${name.split(" ")[0]}.mjs`);
