@@ -42,7 +42,7 @@ export {
   PolicyDeniedError,
 } from "./errors.js";
 export type { Closable } from "./lifecycle.js";
-export { closeOnce, delay, unrefTimeout } from "./lifecycle.js";
+export { closeOnce, delay, keepProcessAlive, unrefTimeout } from "./lifecycle.js";
 export type { Cidr } from "./net.js";
 export {
   cidrContains,

@@ -30,6 +30,17 @@ export function unrefTimeout(fn: () => void, ms: number): NodeJS.Timeout {
   return timer;
 }
 
+/**
+ * Keeps the process alive until the returned function is called. For a wait on a resource whose timers
+ * and channels are unref'd (so that it never holds a process open by itself): without a handle of its
+ * own, a process whose only work is that wait would exit silently (code 13, an unsettled top-level
+ * await) between two attempts.
+ */
+export function keepProcessAlive(): () => void {
+  const handle = setInterval(() => undefined, 2 ** 30);
+  return () => clearInterval(handle);
+}
+
 /** Resolves after `ms`, or rejects with the signal's reason when it aborts first. */
 export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {

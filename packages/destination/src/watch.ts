@@ -7,6 +7,7 @@ import {
   closeOnce,
   createBackoff,
   DestinationError,
+  keepProcessAlive,
   MeshError,
   MeshErrorCode,
 } from "@inmesh/core";
@@ -399,11 +400,10 @@ export function createSharedWatch<TMessage, TValue>(
       return new Promise<TValue>((resolve, reject) => {
         const { signal, timeoutMs } = options;
         let timer: NodeJS.Timeout | undefined;
-        // The reconnect timer and the gRPC channel are unref'd: without a ref'd handle, a process whose
-        // only work is this wait would exit silently (code 13) while the controller is unreachable.
-        const hold = setInterval(() => undefined, 1 << 30);
+        // Its timers and channel are unref'd; this wait holds the process itself.
+        const release = keepProcessAlive();
         const cleanup = () => {
-          clearInterval(hold);
+          release();
           waiters.delete(waiter);
           if (timer) clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);

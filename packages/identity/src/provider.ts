@@ -12,6 +12,7 @@ import {
   createBackoff,
   IdentityError,
   isDnsName,
+  keepProcessAlive,
   MeshChannel,
   MeshError,
   MeshErrorCode,
@@ -674,22 +675,21 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
       if (current && status === "ready" && !isExpired(current)) return Promise.resolve();
       if (signal?.aborted) return Promise.reject(MeshError.from(signal.reason, MeshErrorCode.CANCELED));
       return new Promise<void>((resolve, reject) => {
-        // The Certify retry timer and the channel are unref'd: without a ref'd handle, a process whose
-        // only work is this wait would exit silently (code 13) between two attempts.
-        const hold = setInterval(() => undefined, 1 << 30);
+        // Its timers and channel are unref'd; this wait holds the process itself.
+        const release = keepProcessAlive();
         const onAbort = () => {
-          clearInterval(hold);
+          release();
           waiters.delete(waiter);
           reject(MeshError.from(signal?.reason, MeshErrorCode.CANCELED));
         };
         const waiter = {
           resolve: () => {
-            clearInterval(hold);
+            release();
             signal?.removeEventListener("abort", onAbort);
             resolve();
           },
           reject: (error: unknown) => {
-            clearInterval(hold);
+            release();
             signal?.removeEventListener("abort", onAbort);
             reject(error);
           },

@@ -8,6 +8,7 @@ import {
   ControlPlaneError,
   closeOnce,
   createBackoff,
+  keepProcessAlive,
   MeshChannel,
   MeshError,
   MeshErrorCode,
@@ -568,22 +569,21 @@ export function createPolicyWatcher(options: PolicyWatcherOptions): PolicyWatche
       if (signal?.aborted) return Promise.reject(MeshError.from(signal.reason, MeshErrorCode.CANCELED));
       if (closed) return Promise.reject(new MeshError(MeshErrorCode.CLOSED, "policy watcher closed"));
       return new Promise<void>((resolve, reject) => {
-        // The retry timers are unref'd: without a ref'd handle, a process whose only work is this wait
-        // would exit silently (code 13) while the controller is unreachable.
-        const hold = setInterval(() => undefined, 1 << 30);
+        // Its timers and channel are unref'd; this wait holds the process itself.
+        const release = keepProcessAlive();
         const onAbort = () => {
-          clearInterval(hold);
+          release();
           readyWaiters.delete(waiter);
           reject(MeshError.from(signal?.reason, MeshErrorCode.CANCELED));
         };
         const waiter = {
           resolve: () => {
-            clearInterval(hold);
+            release();
             signal?.removeEventListener("abort", onAbort);
             resolve();
           },
           reject: (error: unknown) => {
-            clearInterval(hold);
+            release();
             signal?.removeEventListener("abort", onAbort);
             reject(error);
           },
