@@ -3,7 +3,7 @@
 // unreachable: their retry timers and gRPC channels are unref'd, so without a handle of their own the
 // wait let Node exit with code 13 ("unsettled top-level await") between two attempts. Runs the built
 // dist in a child process, as a user's script runs it.
-import { spawn } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -88,7 +88,8 @@ describe("ready() against an unreachable controller", () => {
       await writeFile(script, scriptFor(watch));
       // Nothing listens there: the port is outside the ephemeral range and was free a moment ago.
       const address = `127.0.0.1:${await freeLoopbackPort()}`;
-      const child = spawn(process.execPath, [script], {
+      // Synchronous: nothing the child needs runs in this process (its controller is unreachable).
+      const run = spawnSync(process.execPath, [script], {
         env: {
           ...process.env,
           ...identityEnv,
@@ -96,19 +97,11 @@ describe("ready() against an unreachable controller", () => {
           CONTROLLER_ADDR: address,
           LINKERD2_PROXY_IDENTITY_SVC_ADDR: address,
         },
-        stdio: ["ignore", "pipe", "pipe"],
+        encoding: "utf8",
+        timeout: 4 * WAIT_MS,
       });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (chunk: Buffer) => {
-        stdout += chunk.toString();
-      });
-      child.stderr.on("data", (chunk: Buffer) => {
-        stderr += chunk.toString();
-      });
-      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
-      expect(code, stderr).toBe(0);
-      const result = JSON.parse(stdout.trim().split("\n").at(-1) ?? "{}");
+      expect(run.status, run.stderr).toBe(0);
+      const result = JSON.parse(run.stdout.trim().split("\n").at(-1) ?? "{}");
       expect(result.code).toBe("MESH_ERR_DEADLINE");
       expect(result.waitedMs).toBeGreaterThanOrEqual(WAIT_MS - 100);
     });

@@ -17,7 +17,7 @@ const FALLBACK_EPHEMERAL_LOW = 32_768;
 
 interface PortSlice {
   readonly first: number;
-  readonly size: number;
+  /** Offset of the next port to try, 0..SLICE_SIZE-1. */
   next: number;
 }
 
@@ -41,7 +41,7 @@ function workerSlice(): PortSlice {
   const index = (Number.isInteger(worker) && worker > 0 ? worker : process.pid) % slices;
   const first = LOWEST_PORT + index * SLICE_SIZE;
   // A child process inherits its parent's worker id; a random start keeps the two apart within the slice.
-  slice = { first, size: SLICE_SIZE, next: randomInt(SLICE_SIZE) };
+  slice = { first, next: randomInt(SLICE_SIZE) };
   return slice;
 }
 
@@ -65,10 +65,10 @@ function bindable(port: number, host: string): Promise<boolean> {
  */
 export async function freeLoopbackPort(host = "127.0.0.1"): Promise<number> {
   const ports = workerSlice();
-  for (let tried = 0; tried < ports.size; tried++) {
+  for (let tried = 0; tried < SLICE_SIZE; tried++) {
     const port = ports.first + ports.next;
-    ports.next = (ports.next + 1) % ports.size;
+    ports.next = (ports.next + 1) % SLICE_SIZE;
     if (await bindable(port, host)) return port;
   }
-  throw new Error(`no free port on ${host} in ${ports.first}-${ports.first + ports.size - 1}`);
+  throw new Error(`no free port on ${host} in ${ports.first}-${ports.first + SLICE_SIZE - 1}`);
 }
