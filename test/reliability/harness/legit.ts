@@ -38,9 +38,15 @@ export function meshHttpClient(mesh: Mesh, name: string, url: string, expectedSt
     name,
     async request() {
       const response = await mesh.fetch(url, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
-      await response.arrayBuffer();
+      const body = await response.text();
       if (response.status !== expectedStatus) {
-        throw new Error(`${name}: GET ${url} answered ${response.status}, expected ${expectedStatus}`);
+        // Who answered matters: the client's mesh (l5d-proxy-error) or the server, whose body says why.
+        const proxyError = response.headers.get("l5d-proxy-error");
+        throw new Error(
+          `${name}: GET ${url} answered ${response.status}, expected ${expectedStatus}` +
+            (proxyError ? `; l5d-proxy-error: ${proxyError}` : "") +
+            (body ? `; body: ${body.slice(0, 300)}` : ""),
+        );
       }
     },
   };

@@ -58,7 +58,10 @@ export async function expectHealthy(target: AttackTarget, attack: string): Promi
   expect(alive, `${target.name} after ${attack}: ${target.child.describeExit()}`).toBe(true);
   const legit = await measureSequential(target.legit, CHECK_REQUESTS);
   const boundMs = latencyBoundMs(target.baseline.p50Ms);
-  expect(legit.failures, `${target.name} after ${attack}: legitimate requests failed`).toEqual([]);
+  expect(
+    legit.failures,
+    `${target.name} after ${attack}: legitimate requests failed; its stderr ends:\n${target.child.stderr().slice(-2000)}`,
+  ).toEqual([]);
   expect(
     legit.p50Ms,
     `${target.name} after ${attack}: legitimate p50 ${legit.p50Ms.toFixed(1)} ms, baseline ${target.baseline.p50Ms.toFixed(1)} ms`,

@@ -82,3 +82,50 @@ describe("outbound HTTP/2 multiplexing", () => {
     expect(connections.size).toBe(1);
   });
 });
+
+describe("outbound HTTP/2 after the server closes an idle connection", () => {
+  const closers: (() => Promise<unknown>)[] = [];
+  afterAll(async () => {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+  });
+
+  it("opens a new connection and every later request succeeds", async () => {
+    const inboundPort = await freeLoopbackPort();
+    const pod = {
+      name: "idle-0",
+      sa: "idle",
+      app: "idle",
+      port: await freeLoopbackPort(),
+      annotations: { "inmesh.dev/inbound-port": String(inboundPort) },
+    };
+    const cp = await startTestControlPlane(
+      manifests(podYaml(CLIENT_POD), podYaml(pod), serviceYaml("idle", "idle")),
+    );
+    closers.push(() => cp.close());
+    const client = await podIdentity(cp, CLIENT_POD.name, CLIENT_POD.sa);
+    closers.push(() => client.close());
+    const serverIdentity = await podIdentity(cp, pod.name, pod.sa);
+    closers.push(() => serverIdentity.close());
+    const backend = await startMeshedBackend(pod.name, serverIdentity, {
+      port: pod.port,
+      transportHeaderPort: inboundPort,
+      http2IdleTimeoutMs: 300,
+    });
+    closers.push(() => backend.close());
+    const discovery = controlPlaneDiscovery(cp);
+    closers.push(() => discovery.close());
+    const dispatcher = createMeshDispatcher({ identity: client, discovery });
+    closers.push(() => dispatcher.close());
+    const call = async () => {
+      const response = await request("http://idle.default.svc.cluster.local/x", { dispatcher });
+      return `${response.statusCode} ${response.headers["l5d-proxy-error"] ?? ""} ${await response.body.text()}`;
+    };
+    expect(await call()).toMatch(/^200/);
+    for (let round = 0; round < 3; round += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 800));
+      const answers: string[] = [];
+      for (let i = 0; i < 5; i += 1) answers.push(await call());
+      expect(answers.filter((a) => !a.startsWith("200"))).toEqual([]);
+    }
+  });
+});

@@ -224,10 +224,11 @@ const newState = (): BackendState => ({ requests: [], arrivals: 0, handler: ok, 
 export async function startMeshedBackend(
   name: string,
   identity: IdentityProvider,
-  options: { port?: number; transportHeaderPort?: number } = {},
+  options: { port?: number; transportHeaderPort?: number; http2IdleTimeoutMs?: number } = {},
 ): Promise<TestBackend> {
   const state = newState();
   const server: MeshServer = createMeshServer({
+    ...(options.http2IdleTimeoutMs !== undefined ? { http2IdleTimeoutMs: options.http2IdleTimeoutMs } : {}),
     identity,
     policy: defaultServerPolicy("all-unauthenticated"),
     port: options.port ?? 8080,
