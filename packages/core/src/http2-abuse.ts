@@ -174,3 +174,96 @@ export function refuseSession(
 }
 
 export const ENHANCE_YOUR_CALM = h2constants.NGHTTP2_ENHANCE_YOUR_CALM;
+
+export interface KeepAliveOptions {
+  /** A session from which nothing was read for this long is sent a PING; 0 turns keep-alive off. */
+  readonly intervalMs: number;
+  /** A PING not answered within this makes the session unresponsive. */
+  readonly timeoutMs: number;
+}
+
+export interface KeepAliveSweep {
+  /**
+   * Watches `session` until it closes. `socket` is what the session reads (its byte count is the
+   * activity measure); `onUnresponsive` runs once, when a PING goes unanswered: it must destroy both.
+   */
+  watch(
+    session: ServerHttp2Session,
+    socket: { readonly bytesRead: number },
+    onUnresponsive: () => void,
+  ): void;
+}
+
+interface Watched {
+  readonly socket: { readonly bytesRead: number };
+  readonly onUnresponsive: () => void;
+  lastBytesRead: number;
+  lastReadAt: number;
+  /** When the unanswered PING went out. */
+  pingSentAt: number | undefined;
+}
+
+/** The answer is seen by the sweep as bytes read. */
+function ignorePingAnswer(): void {}
+
+/**
+ * HTTP/2 keep-alive, as linkerd2-proxy's servers (hyper) do it: a session from which nothing has been
+ * read for the interval gets a PING, and one that does not answer within the timeout is let go. Besides
+ * peers that vanished without a FIN, this frees sessions nghttp2 ended on a protocol error: on Node 20
+ * node then stops reading the socket and never learns that the peer closed it, so the session, its
+ * socket and any stream left open stayed until the process exited (an open stream cannot even be
+ * reset). One sweep reads each socket's byte count: nothing is done per frame or per request.
+ */
+export function createKeepAliveSweep(options: KeepAliveOptions): KeepAliveSweep {
+  const { intervalMs, timeoutMs } = options;
+  const watched = new Map<ServerHttp2Session, Watched>();
+  const tickMs = Math.max(50, Math.min(1000, Math.floor(Math.min(intervalMs, timeoutMs) / 2)));
+  let sweep: NodeJS.Timeout | undefined;
+
+  function tick(): void {
+    if (watched.size === 0) {
+      clearInterval(sweep);
+      sweep = undefined;
+      return;
+    }
+    const now = performance.now();
+    for (const [session, entry] of watched) {
+      const bytesRead = entry.socket.bytesRead;
+      if (bytesRead !== entry.lastBytesRead) {
+        entry.lastBytesRead = bytesRead;
+        entry.lastReadAt = now;
+        entry.pingSentAt = undefined;
+      } else if (entry.pingSentAt !== undefined) {
+        if (now - entry.pingSentAt >= timeoutMs) {
+          watched.delete(session);
+          entry.onUnresponsive();
+        }
+      } else if (now - entry.lastReadAt >= intervalMs) {
+        entry.pingSentAt = now;
+        try {
+          session.ping(ignorePingAnswer);
+        } catch {
+          // Destroyed meanwhile, or too many PINGs outstanding: the timeout decides either way.
+        }
+      }
+    }
+  }
+
+  return {
+    watch(session, socket, onUnresponsive) {
+      if (intervalMs <= 0 || session.destroyed) return;
+      watched.set(session, {
+        socket,
+        onUnresponsive,
+        lastBytesRead: socket.bytesRead,
+        lastReadAt: performance.now(),
+        pingSentAt: undefined,
+      });
+      session.once("close", () => watched.delete(session));
+      if (sweep === undefined) {
+        sweep = setInterval(tick, tickMs);
+        sweep.unref();
+      }
+    },
+  };
+}

@@ -50,6 +50,9 @@ export interface MeshConfig {
   /** Source address of outbound connections; undefined lets the kernel choose (the pod IP). */
   readonly outboundLocalAddress: string | undefined;
   readonly shutdownGraceMs: number;
+  /** HTTP/2 keep-alive of the inbound servers (undefined: the server's default). */
+  readonly http2KeepAliveIntervalMs: number | undefined;
+  readonly http2KeepAliveTimeoutMs: number | undefined;
 }
 
 export interface MeshConfigOptions {
@@ -92,6 +95,8 @@ const ENV = {
   allowNonLoopbackAdmin: "MESH_SDK_ADMIN_ALLOW_NON_LOOPBACK",
   shutdownGrace: "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
   outboundLocalAddress: "MESH_SDK_OUTBOUND_LOCAL_ADDRESS",
+  http2KeepAliveInterval: "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL",
+  http2KeepAliveTimeout: "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT",
 } as const;
 
 function controlPlaneAddress(
@@ -203,6 +208,9 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
   const shutdownGraceMs =
     options.shutdownGraceMs ?? (graceText ? parseDurationMs(ENV.shutdownGrace, graceText) : 120_000);
 
+  const keepAliveIntervalText = readEnv(env, ENV.http2KeepAliveInterval);
+  const keepAliveTimeoutText = readEnv(env, ENV.http2KeepAliveTimeout);
+
   const outboundLocalAddress = options.outboundLocalAddress ?? readEnv(env, ENV.outboundLocalAddress);
   if (outboundLocalAddress !== undefined && parseIpAddress(outboundLocalAddress) === undefined) {
     throw new ConfigError(
@@ -228,5 +236,11 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
     podAddresses: Object.freeze(podAddresses),
     outboundLocalAddress,
     shutdownGraceMs,
+    http2KeepAliveIntervalMs: keepAliveIntervalText
+      ? parseDurationMs(ENV.http2KeepAliveInterval, keepAliveIntervalText)
+      : undefined,
+    http2KeepAliveTimeoutMs: keepAliveTimeoutText
+      ? parseDurationMs(ENV.http2KeepAliveTimeout, keepAliveTimeoutText)
+      : undefined,
   });
 }

@@ -196,8 +196,13 @@ export function createMesh(options: CreateMeshOptions = {}): Mesh {
         { details: { variable: "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", port: serveOptions.port } },
       );
     }
+    // The pod's LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_* unless the service sets its own.
+    const keepAliveIntervalMs = serveOptions.http2KeepAliveIntervalMs ?? core.config.http2KeepAliveIntervalMs;
+    const keepAliveTimeoutMs = serveOptions.http2KeepAliveTimeoutMs ?? core.config.http2KeepAliveTimeoutMs;
     const server = createMeshServer({
       ...serveOptions,
+      ...(keepAliveIntervalMs === undefined ? {} : { http2KeepAliveIntervalMs: keepAliveIntervalMs }),
+      ...(keepAliveTimeoutMs === undefined ? {} : { http2KeepAliveTimeoutMs: keepAliveTimeoutMs }),
       ...(handler ? { handler } : {}),
       identity: core.identity,
       policy: core.policy,

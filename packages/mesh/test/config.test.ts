@@ -105,6 +105,26 @@ describe("resolveMeshConfig", () => {
         resolveMeshConfig({ ...injected, LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS: "10.0.0.0/99" }),
       ),
     ).toBe("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS");
+    expect(
+      variableOf(() =>
+        resolveMeshConfig({
+          ...injected,
+          LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT: "3 seconds",
+        }),
+      ),
+    ).toBe("LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT");
+  });
+
+  it("reads the inbound HTTP/2 keep-alive the proxy's servers use", () => {
+    const config = resolveMeshConfig({
+      ...injected,
+      LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL: "20s",
+      LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT: "500ms",
+    });
+    expect(config.http2KeepAliveIntervalMs).toBe(20_000);
+    expect(config.http2KeepAliveTimeoutMs).toBe(500);
+    // Unset, the server's own defaults (Linkerd's 10 s and 3 s) apply.
+    expect(resolveMeshConfig(injected).http2KeepAliveIntervalMs).toBeUndefined();
   });
 
   it("defaults as the proxy does when nothing is set", () => {

@@ -5,8 +5,10 @@ import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import type { PeerIdentity } from "@inmesh/core";
 import {
+  createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
+  type KeepAliveSweep,
   ENHANCE_YOUR_CALM,
   type ResetBudgets,
   refuseSession,
@@ -83,8 +85,12 @@ function guardStreams(server: Http2Server, bounds: SessionBounds, injecting: Inj
     },
   );
   const budgets = createResetBudgets(RESET_BUDGETS);
+  const keepAlive = createKeepAliveSweep({
+    intervalMs: bounds.keepAliveIntervalMs,
+    timeoutMs: bounds.keepAliveTimeoutMs,
+  });
   server.on("session", (session: ServerHttp2Session) =>
-    boundSession(session, bounds, budgets, injecting.current),
+    boundSession(session, bounds, budgets, keepAlive, injecting.current),
   );
 }
 
@@ -96,6 +102,8 @@ interface InjectingConnection {
 interface SessionBounds {
   readonly headersTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  readonly keepAliveIntervalMs: number;
+  readonly keepAliveTimeoutMs: number;
 }
 
 interface SessionIdle {
@@ -164,6 +172,7 @@ function boundSession(
   session: ServerHttp2Session,
   bounds: SessionBounds,
   budgets: ResetBudgets,
+  keepAlive: KeepAliveSweep,
   injected: InjectingConnection["current"],
 ): void {
   const state: SessionIdle = {
@@ -174,6 +183,14 @@ function boundSession(
     socket: injected?.socket,
   };
   idleStates.set(session, state);
+  const injectedSocket = injected?.socket as (Duplex & { readonly bytesRead?: number }) | undefined;
+  if (injectedSocket !== undefined && typeof injectedSocket.bytesRead === "number") {
+    keepAlive.watch(session, injectedSocket as Duplex & { readonly bytesRead: number }, () => {
+      debug("grpc: injected session did not answer a keep-alive PING");
+      session.destroy();
+      state.socket?.destroy();
+    });
+  }
   // On Node 24 a destroyed session whose SETTINGS the client never acknowledged stays reachable (node's
   // pending-SETTINGS callback is bound to it), and with it this state: holding the closed socket here
   // kept its TLS buffers, its listeners and the session error's stack (which reaches node's native
@@ -325,6 +342,10 @@ export interface MeshConnectionInjectorOptions extends Omit<MeshServerCredential
   headersTimeoutMs?: number;
   /** A connection with no call in progress is closed (GOAWAY) after this. @default 60000 */
   idleTimeoutMs?: number;
+  /** A connection from which nothing was read for this long is sent a PING; 0: never. @default 10000 */
+  keepAliveIntervalMs?: number;
+  /** A PING unanswered this long closes the connection. @default 3000 */
+  keepAliveTimeoutMs?: number;
 }
 
 function positiveMs(value: number | undefined, fallback: number, name: string): number {
@@ -363,6 +384,11 @@ export function createMeshConnectionInjector(
     {
       headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
       idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
+      keepAliveIntervalMs:
+        options.keepAliveIntervalMs === 0
+          ? 0
+          : positiveMs(options.keepAliveIntervalMs, 10_000, "keepAliveIntervalMs"),
+      keepAliveTimeoutMs: positiveMs(options.keepAliveTimeoutMs, 3000, "keepAliveTimeoutMs"),
     },
     injecting,
   );

@@ -17,6 +17,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import {
+  createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
   ENHANCE_YOUR_CALM,
@@ -54,6 +55,10 @@ export interface Http2StageOptions {
   readonly requestTimeoutMs: number;
   /** A session with no open stream is closed (GOAWAY) after this. */
   readonly idleTimeoutMs: number;
+  /** A session from which nothing was read for this long is sent a PING (0: never). */
+  readonly keepAliveIntervalMs: number;
+  /** A PING not answered within this closes the session. */
+  readonly keepAliveTimeoutMs: number;
   /** Tells the accept stage whether a connection is between requests (reaped first at the cap). */
   setIdle(raw: Socket, idle: boolean): void;
   /** Serves requests when neither `onStream` nor the compat handler does (downgraded to HTTP/1). */
@@ -105,6 +110,11 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   const sessions = new Map<ServerHttp2Session, SessionEntry>();
   const resetBudgets = createResetBudgets(RESET_BUDGETS);
   const admission = createStreamAdmission();
+  // PINGs a silent session; see createKeepAliveSweep for the Node 20 sessions this frees.
+  const keepAlive = createKeepAliveSweep({
+    intervalMs: options.keepAliveIntervalMs,
+    timeoutMs: options.keepAliveTimeoutMs,
+  });
   let pendingSession: { readonly state: ConnectionState; readonly raw: Socket } | undefined;
 
   const h2 = createHttp2Server({
@@ -131,6 +141,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       timer: boundedWait(session, pending.raw, options.headersTimeoutMs, "no request headers"),
     };
     sessions.set(session, entry);
+    keepAlive.watch(session, entry.raw, () => unresponsive(entry));
     options.setIdle(entry.raw, true);
     // Per session, so a stream reset before its 'stream' event (it then has no session) still counts.
     session.on("stream", onSessionStream);
@@ -208,6 +219,17 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     }, ms);
     timer.unref();
     return timer;
+  }
+
+  function unresponsive(entry: SessionEntry): void {
+    debug(
+      "inbound: http2 session from %s did not answer a keep-alive PING: closing",
+      entry.raw.remoteAddress,
+    );
+    sessions.delete(entry.session);
+    clearTimeout(entry.timer);
+    entry.session.destroy();
+    entry.raw.destroy();
   }
 
   function trackStream(stream: ServerHttp2Stream, entry: SessionEntry): void {

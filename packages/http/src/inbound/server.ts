@@ -118,6 +118,17 @@ export interface MeshServerOptions {
   keepAliveTimeoutMs?: number;
   /** HTTP/2: a connection with no open stream is closed with GOAWAY after this. @default 60000 */
   http2IdleTimeoutMs?: number;
+  /**
+   * HTTP/2: a connection from which nothing was read for this long is sent a PING; 0 turns keep-alive
+   * off. Linkerd's `LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL`. @default 10000
+   */
+  http2KeepAliveIntervalMs?: number;
+  /**
+   * HTTP/2: a keep-alive PING not answered within this closes the connection (a peer that vanished,
+   * or, on Node 20, a session nghttp2 ended on a protocol error). Linkerd's
+   * `LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT`. @default 3000
+   */
+  http2KeepAliveTimeoutMs?: number;
   /** Request header bytes: HTTP/1 (431 beyond) and HTTP/2 (SETTINGS_MAX_HEADER_LIST_SIZE). @default 16384 */
   maxHeaderSizeBytes?: number;
   /** HTTP/2: concurrent streams per connection. @default 200 */
@@ -255,6 +266,19 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
   const maxHeaderSize = positiveInteger(options.maxHeaderSizeBytes, 16 * 1024, "maxHeaderSizeBytes");
   const maxConcurrentStreams = positiveInteger(options.maxConcurrentStreams, 200, "maxConcurrentStreams");
   const http2IdleTimeoutMs = checkDuration(options.http2IdleTimeoutMs, 60_000, "http2IdleTimeoutMs", WHERE);
+  const http2KeepAliveIntervalMs = checkDuration(
+    options.http2KeepAliveIntervalMs,
+    10_000,
+    "http2KeepAliveIntervalMs",
+    WHERE,
+    true,
+  );
+  const http2KeepAliveTimeoutMs = checkDuration(
+    options.http2KeepAliveTimeoutMs,
+    3000,
+    "http2KeepAliveTimeoutMs",
+    WHERE,
+  );
   const direct = options.transportHeaderPort !== undefined;
 
   const shutdown = createShutdownFlag();
@@ -287,6 +311,8 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     headersTimeoutMs,
     requestTimeoutMs,
     idleTimeoutMs: http2IdleTimeoutMs,
+    keepAliveIntervalMs: http2KeepAliveIntervalMs,
+    keepAliveTimeoutMs: http2KeepAliveTimeoutMs,
     setIdle: pipeline.setIdle,
     http1,
     hasHandler: handler !== undefined,

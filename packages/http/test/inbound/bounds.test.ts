@@ -15,7 +15,18 @@ import { type CompiledServerPolicy, defaultServerPolicy, NOT_LOADED_POLICY } fro
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createMeshConnectionInjector } from "../../../grpc/src/index.js";
 import { createMeshServer, type MeshServer, type MeshServerOptions } from "../../src/index.js";
-import { data, FrameType, get, headers, PREFACE, parseFrames, post, rstStream, settings } from "./frames.js";
+import {
+  continuation,
+  data,
+  FrameType,
+  get,
+  headers,
+  PREFACE,
+  parseFrames,
+  post,
+  rstStream,
+  settings,
+} from "./frames.js";
 import {
   h2Request,
   h2Session,
@@ -338,6 +349,106 @@ describe("inbound bounds (small configured timeouts)", () => {
     } finally {
       grpcServer.forceShutdown();
     }
+  });
+
+  describe("HTTP/2 keep-alive", () => {
+    const KEEP_ALIVE = { http2KeepAliveIntervalMs: 200, http2KeepAliveTimeoutMs: 200 };
+
+    it("closes a session nghttp2 ended on a protocol error while a request was open", async () => {
+      // On Node 20 node stops reading such a session's socket: without keep-alive it stayed open, its
+      // stream with it, until the process exited (the request timeout cannot even reset the stream).
+      const { port } = await serve({ ...KEEP_ALIVE, headersTimeoutMs: 60_000, requestTimeoutMs: 60_000 });
+      const bytes = Buffer.concat([
+        PREFACE,
+        settings(),
+        headers(1, post("/"), { endStream: false }),
+        continuation(1, [["x-after", "end-headers"]], true),
+      ]);
+      const closed = await untilClosed(track(plainSocket({ port })), bytes);
+      expect(closed.elapsedMs).toBeLessThan(4000);
+      await legitimateHttp2(port);
+    });
+
+    it("closes a grpc-js session nghttp2 ended on a protocol error while a call was open", async () => {
+      const grpcServer = new GrpcServer();
+      const policy = defaultServerPolicy("all-unauthenticated");
+      const injector = createMeshConnectionInjector(grpcServer, {
+        identity,
+        policy,
+        port: 8080,
+        headersTimeoutMs: 60_000,
+        idleTimeoutMs: 60_000,
+        keepAliveIntervalMs: KEEP_ALIVE.http2KeepAliveIntervalMs,
+        keepAliveTimeoutMs: KEEP_ALIVE.http2KeepAliveTimeoutMs,
+      });
+      try {
+        const { port } = await serve({ policy, onHttp2Connection: injector.injectConnection });
+        const call = [
+          ...post("/test.Echo/Call"),
+          ["content-type", "application/grpc"],
+          ["te", "trailers"],
+        ] as const;
+        const bytes = Buffer.concat([
+          PREFACE,
+          settings(),
+          headers(1, call, { endStream: false }),
+          continuation(1, [["x-after", "end-headers"]], true),
+        ]);
+        const closed = await untilClosed(track(plainSocket({ port })), bytes);
+        expect(closed.elapsedMs).toBeLessThan(4000);
+      } finally {
+        grpcServer.forceShutdown();
+      }
+    });
+
+    it("closes a connection whose peer does not answer its PING", async () => {
+      const { port } = await serve({ ...KEEP_ALIVE, http2IdleTimeoutMs: 60_000 });
+      const bytes = Buffer.concat([PREFACE, settings(), headers(1, get("/"), { endStream: true })]);
+      const closed = await untilClosed(track(plainSocket({ port })), bytes);
+      const frames = parseFrames(closed.bytes);
+      expect(frames.some((frame) => frame.type === FrameType.HEADERS)).toBe(true);
+      expect(frames.some((frame) => frame.type === FrameType.PING)).toBe(true);
+      expect(closed.elapsedMs).toBeLessThan(4000);
+    });
+
+    it("keeps an idle connection whose peer answers, and serves it again", async () => {
+      const { port } = await serve({ http2KeepAliveIntervalMs: 100, http2KeepAliveTimeoutMs: 100 });
+      const session = h2Session(track(plainSocket({ port })), `http://foo.test:${port}`);
+      let pings = 0;
+      session.on("ping", () => {
+        pings += 1;
+      });
+      try {
+        expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "one")).status).toBe(200);
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        expect(session.closed || session.destroyed).toBe(false);
+        expect(pings).toBeGreaterThanOrEqual(2);
+        expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "two")).status).toBe(200);
+      } finally {
+        session.close();
+      }
+    });
+
+    it("refuses a negative interval and a zero timeout", () => {
+      expect(() =>
+        createMeshServer({
+          identity,
+          policy: defaultServerPolicy("deny"),
+          port: 1,
+          handler: () => undefined,
+          http2KeepAliveIntervalMs: -1,
+        }),
+      ).toThrow(/http2KeepAliveIntervalMs/);
+      expect(() =>
+        createMeshServer({
+          identity,
+          policy: defaultServerPolicy("deny"),
+          port: 1,
+          handler: () => undefined,
+          http2KeepAliveTimeoutMs: 0,
+        }),
+      ).toThrow(/http2KeepAliveTimeoutMs/);
+    });
   });
 
   describe("connection cap", () => {
