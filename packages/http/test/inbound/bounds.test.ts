@@ -411,23 +411,26 @@ describe("inbound bounds (small configured timeouts)", () => {
       expect(closed.elapsedMs).toBeLessThan(4000);
     });
 
-    it("keeps an idle connection whose peer answers, and serves it again", async () => {
-      const { port } = await serve({ http2KeepAliveIntervalMs: 100, http2KeepAliveTimeoutMs: 100 });
-      const session = h2Session(track(plainSocket({ port })), `http://foo.test:${port}`);
-      let pings = 0;
-      session.on("ping", () => {
-        pings += 1;
+    for (const tls of [false, true]) {
+      it(`keeps an idle connection whose peer answers, and serves it again${tls ? " (mesh TLS)" : ""}`, async () => {
+        const { port } = await serve({ http2KeepAliveIntervalMs: 100, http2KeepAliveTimeoutMs: 100 });
+        const socket = track(tls ? meshTlsSocket({ port }, FOO, cp.trustAnchorsPem) : plainSocket({ port }));
+        const session = h2Session(socket, `${tls ? "https" : "http"}://foo.test:${port}`);
+        let pings = 0;
+        session.on("ping", () => {
+          pings += 1;
+        });
+        try {
+          expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "one")).status).toBe(200);
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          expect(session.closed || session.destroyed).toBe(false);
+          expect(pings).toBeGreaterThanOrEqual(2);
+          expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "two")).status).toBe(200);
+        } finally {
+          session.close();
+        }
       });
-      try {
-        expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "one")).status).toBe(200);
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-        expect(session.closed || session.destroyed).toBe(false);
-        expect(pings).toBeGreaterThanOrEqual(2);
-        expect((await h2Request(session, { ":method": "POST", ":path": "/" }, "two")).status).toBe(200);
-      } finally {
-        session.close();
-      }
-    });
+    }
 
     it("refuses a negative interval and a zero timeout", () => {
       expect(() =>
