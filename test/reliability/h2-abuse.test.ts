@@ -52,6 +52,17 @@ const RSS_GROWTH_LIMIT_MIB = 32;
  */
 const SUITE_HEAP_GROWTH_LIMIT_MIB = 8;
 const SUITE_NATIVE_GROWTH_LIMIT_MIB = 32;
+/**
+ * With INMESH_LONG=1 the six attacks run twice and native memory is judged over the second pass: the
+ * first pass of 60 s attacks (~100,000 connections each for the churn ones) takes glibc's arenas, OpenSSL's
+ * and V8's page pools to a high-water mark they keep (Node 24: +33 MiB after the first WINDOW_UPDATE
+ * attack even after a last-resort collection, +2 MiB after a second one of the same size), which
+ * whole-run growth cannot tell from a leak; the same attacks again show what each one keeps. 8 MiB over
+ * a pass of ~240,000 connections (the sdk's) is 35 bytes a connection: any retained socket, session or
+ * stream is hundreds of times that.
+ */
+const PASSES = scaled(1, 2);
+const SECOND_PASS_NATIVE_GROWTH_LIMIT_MIB = 8;
 /** Writes per second of each attacker loop: each write carries a batch of frames. */
 const TICK_MS = 10;
 
@@ -349,7 +360,14 @@ afterAll(async () => {
 /** Per server: the child's first and latest samples over the attacks, while it is the same process. */
 const across = new Map<
   string,
-  { pid: number; first: ProcessSample; firstMemory: MemoryAfterGc | undefined; attacks: number }
+  {
+    pid: number;
+    first: ProcessSample;
+    firstMemory: MemoryAfterGc | undefined;
+    /** After the first pass, before the second (long runs). */
+    secondPassMemory: MemoryAfterGc | undefined;
+    attacks: number;
+  }
 >();
 
 function recordAcross(server: string, target: AttackTarget, figures: AbuseFigures) {
@@ -359,18 +377,22 @@ function recordAcross(server: string, target: AttackTarget, figures: AbuseFigure
       pid: target.child.pid,
       first: figures.before,
       firstMemory: figures.memoryBefore,
+      secondPassMemory: undefined,
       attacks: 1,
     });
   } else {
+    if (known.attacks === ATTACKS.length) known.secondPassMemory = figures.memoryBefore;
     known.attacks += 1;
   }
 }
 
 describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
   for (const server of SERVERS) {
-    for (const { name, attack, closes } of ATTACKS) {
+    for (const [pass, { name, attack, closes }] of Array.from({ length: PASSES }, (_, index) =>
+      ATTACKS.map((one) => [index + 1, one] as const),
+    ).flat()) {
       it(
-        `${server}: ${name}`,
+        `${server}: ${name}${pass > 1 ? ` (pass ${pass})` : ""}`,
         async () => {
           const target = targets.get(server);
           if (!target) throw new Error(`${server} was not started`);
@@ -471,7 +493,7 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
       const record = across.get(server);
       const target = targets.get(server);
       // Attacks left out (vitest -t) or a child restarted after a crash (that test failed): nothing to add.
-      if (record === undefined || target === undefined || record.attacks < ATTACKS.length) return;
+      if (record === undefined || target === undefined || record.attacks < ATTACKS.length * PASSES) return;
       if (target.child.pid !== record.pid || !target.child.alive()) return;
       // Both ends after a full collection (the first attack's `before` was sampled after one).
       const memory = await target.child.memoryAfterGc();
@@ -484,7 +506,7 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
           attacks: record.attacks,
           "rss MiB": `${mib(record.first.rssBytes).toFixed(1)} → ${mib(last.rssBytes).toFixed(1)}`,
           "heap used after GC MiB": `${mib(first?.heapUsed ?? Number.NaN).toFixed(1)} → ${mib(memory?.heapUsed ?? Number.NaN).toFixed(1)}`,
-          "native (rss - V8 heap) MiB": `${native(first).toFixed(1)} → ${native(memory).toFixed(1)}`,
+          "native (rss - V8 heap) MiB": `${native(first).toFixed(1)} → ${PASSES > 1 ? `${native(record.secondPassMemory).toFixed(1)} → ` : ""}${native(memory).toFixed(1)}`,
           "open fds": `${record.first.openFds} → ${last.openFds}`,
         },
       ]);
@@ -492,9 +514,18 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
       expect
         .soft(mib(memory.heapUsed - first.heapUsed), "heap in use after GC, growth over all attacks, MiB")
         .toBeLessThanOrEqual(SUITE_HEAP_GROWTH_LIMIT_MIB);
-      expect
-        .soft(native(memory) - native(first), "native memory growth over all attacks, MiB")
-        .toBeLessThanOrEqual(SUITE_NATIVE_GROWTH_LIMIT_MIB);
+      if (PASSES === 1) {
+        expect
+          .soft(native(memory) - native(first), "native memory growth over all attacks, MiB")
+          .toBeLessThanOrEqual(SUITE_NATIVE_GROWTH_LIMIT_MIB);
+      } else {
+        expect
+          .soft(
+            native(memory) - native(record.secondPassMemory),
+            "native memory growth over the second pass, MiB",
+          )
+          .toBeLessThanOrEqual(SECOND_PASS_NATIVE_GROWTH_LIMIT_MIB);
+      }
     });
   }
 });
