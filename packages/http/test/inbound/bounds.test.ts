@@ -13,7 +13,7 @@ import type { ControlPlane } from "@inmesh/control-plane";
 import type { IdentityProvider } from "@inmesh/identity";
 import { type CompiledServerPolicy, defaultServerPolicy, NOT_LOADED_POLICY } from "@inmesh/policy";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { createMeshConnectionInjector } from "../../../grpc/src/index.js";
+import { createMeshConnectionInjector, type MeshConnectionInjectorOptions } from "../../../grpc/src/index.js";
 import { createMeshServer, type MeshServer, type MeshServerOptions } from "../../src/index.js";
 import {
   continuation,
@@ -109,6 +109,19 @@ describe("inbound bounds (small configured timeouts)", () => {
     });
     servers.push(server);
     return { server, port: (await server.listen(0, "127.0.0.1")).port };
+  }
+
+  /** `grpcServer` behind a mesh server that hands it every HTTP/2 connection; resolves to the port. */
+  async function serveGrpc(
+    grpcServer: GrpcServer,
+    bounds: Pick<
+      MeshConnectionInjectorOptions,
+      "headersTimeoutMs" | "idleTimeoutMs" | "keepAliveIntervalMs" | "keepAliveTimeoutMs"
+    >,
+  ): Promise<number> {
+    const policy = defaultServerPolicy("all-unauthenticated");
+    const injector = createMeshConnectionInjector(grpcServer, { identity, policy, port: 8080, ...bounds });
+    return (await serve({ policy, onHttp2Connection: injector.injectConnection })).port;
   }
 
   async function legitimateHttp1(port: number): Promise<void> {
@@ -311,16 +324,8 @@ describe("inbound bounds (small configured timeouts)", () => {
           callback(null, Buffer.from("ok")),
       },
     );
-    const policy = defaultServerPolicy("all-unauthenticated");
-    const injector = createMeshConnectionInjector(grpcServer, {
-      identity,
-      policy,
-      port: 8080,
-      headersTimeoutMs: 300,
-      idleTimeoutMs: 300,
-    });
     try {
-      const { port } = await serve({ policy, onHttp2Connection: injector.injectConnection });
+      const port = await serveGrpc(grpcServer, { headersTimeoutMs: 300, idleTimeoutMs: 300 });
       const preface = await untilClosed(track(plainSocket({ port })), Buffer.concat([PREFACE, settings()]));
       expect(goawaySent(preface.bytes)).toBe(true);
       const flood = Buffer.concat(
@@ -371,18 +376,13 @@ describe("inbound bounds (small configured timeouts)", () => {
 
     it("closes a grpc-js session nghttp2 ended on a protocol error while a call was open", async () => {
       const grpcServer = new GrpcServer();
-      const policy = defaultServerPolicy("all-unauthenticated");
-      const injector = createMeshConnectionInjector(grpcServer, {
-        identity,
-        policy,
-        port: 8080,
-        headersTimeoutMs: 60_000,
-        idleTimeoutMs: 60_000,
-        keepAliveIntervalMs: KEEP_ALIVE.http2KeepAliveIntervalMs,
-        keepAliveTimeoutMs: KEEP_ALIVE.http2KeepAliveTimeoutMs,
-      });
       try {
-        const { port } = await serve({ policy, onHttp2Connection: injector.injectConnection });
+        const port = await serveGrpc(grpcServer, {
+          headersTimeoutMs: 60_000,
+          idleTimeoutMs: 60_000,
+          keepAliveIntervalMs: KEEP_ALIVE.http2KeepAliveIntervalMs,
+          keepAliveTimeoutMs: KEEP_ALIVE.http2KeepAliveTimeoutMs,
+        });
         const call = [
           ...post("/test.Echo/Call"),
           ["content-type", "application/grpc"],
@@ -433,24 +433,16 @@ describe("inbound bounds (small configured timeouts)", () => {
     }
 
     it("refuses a negative interval and a zero timeout", () => {
-      expect(() =>
+      const withKeepAlive = (keepAlive: Partial<MeshServerOptions>) => () =>
         createMeshServer({
           identity,
           policy: defaultServerPolicy("deny"),
           port: 1,
           handler: () => undefined,
-          http2KeepAliveIntervalMs: -1,
-        }),
-      ).toThrow(/http2KeepAliveIntervalMs/);
-      expect(() =>
-        createMeshServer({
-          identity,
-          policy: defaultServerPolicy("deny"),
-          port: 1,
-          handler: () => undefined,
-          http2KeepAliveTimeoutMs: 0,
-        }),
-      ).toThrow(/http2KeepAliveTimeoutMs/);
+          ...keepAlive,
+        });
+      expect(withKeepAlive({ http2KeepAliveIntervalMs: -1 })).toThrow(/http2KeepAliveIntervalMs/);
+      expect(withKeepAlive({ http2KeepAliveTimeoutMs: 0 })).toThrow(/http2KeepAliveTimeoutMs/);
     });
   });
 
