@@ -58,7 +58,7 @@ const SUITE_NATIVE_GROWTH_LIMIT_MIB = 32;
  * and V8's page pools to a high-water mark they keep (Node 24: +33 MiB after the first WINDOW_UPDATE
  * attack even after a last-resort collection, +2 MiB after a second one of the same size), which
  * whole-run growth cannot tell from a leak; the same attacks again show what each one keeps. 8 MiB over
- * a pass of ~240,000 connections (the sdk's) is 35 bytes a connection: any retained socket, session or
+ * a pass of ~300,000 connections (the sdk's) is 28 bytes a connection: any retained socket, session or
  * stream is hundreds of times that.
  */
 const PASSES = scaled(1, 2);
