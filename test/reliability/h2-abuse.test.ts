@@ -388,106 +388,110 @@ function recordAcross(server: string, target: AttackTarget, figures: AbuseFigure
 
 describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
   for (const server of SERVERS) {
-    for (const [pass, { name, attack, closes }] of Array.from({ length: PASSES }, (_, index) =>
-      ATTACKS.map((one) => [index + 1, one] as const),
-    ).flat()) {
-      it(
-        `${server}: ${name}${pass > 1 ? ` (pass ${pass})` : ""}`,
-        async () => {
-          const target = targets.get(server);
-          if (!target) throw new Error(`${server} was not started`);
-          await target.revive();
-          // Legitimate load comes from a process of its own, with its own baseline measured just before;
-          // the attacker's (this process's) loop delay is printed too.
-          const load = await startLoadChild(bed.clientEnv, target.loadSpec, LEGIT_RPS, ATTACK_MS);
-          const baseline = load.baseline;
-          const testerLoop = monitorEventLoopDelay({ resolution: 10 });
-          testerLoop.enable();
-          const loadRun = load.run();
-          let figures: AbuseFigures | undefined;
-          let legit: LatencySummary | undefined;
-          try {
-            figures = await abuse(target, attack);
-          } finally {
-            legit = await loadRun.catch((error: Error) => ({
-              count: 0,
-              failures: [error.message],
-              p50Ms: Number.NaN,
-              p99Ms: Number.NaN,
-              maxMs: Number.NaN,
-            }));
-            load.stop();
-            testerLoop.disable();
-            const cores = figures ? cpuCores(figures.before, figures.after) : undefined;
-            printFigures(`R10 ${name}, ${server}`, [
-              {
-                seconds: ATTACK_MS / 1000,
-                connections: figures?.connections,
-                "frames sent": figures?.framesSent,
-                "closed by server": figures?.closedByServer,
-                "with GOAWAY": figures?.withGoaway,
-                resets: figures?.resets,
-                "closed silently": figures?.silentCloses || undefined,
-                "GOAWAY codes": figures?.goawayCodes,
-                "max close ms": figures?.maxCloseMs,
-                "child CPU cores": cores,
-                "child loop CPU wait": figures ? runQueueWaitShare(figures.before, figures.after) : undefined,
-                "rss before MiB": figures ? mib(figures.before.rssBytes) : undefined,
-                "rss at 1/3 MiB": figures ? mib(figures.warm.rssBytes) : undefined,
-                "rss after MiB": figures ? mib(figures.after.rssBytes) : undefined,
-                "rss after GC MiB": figures ? mib(figures.afterGc.rssBytes) : undefined,
-                "heap after GC, before → after MiB":
-                  figures?.heapBefore !== undefined && figures.heapAfter !== undefined
-                    ? `${mib(figures.heapBefore).toFixed(1)} → ${mib(figures.heapAfter).toFixed(1)}`
+    for (let pass = 1; pass <= PASSES; pass += 1) {
+      for (const { name, attack, closes } of ATTACKS) {
+        it(
+          `${server}: ${name}${pass > 1 ? ` (pass ${pass})` : ""}`,
+          async () => {
+            const target = targets.get(server);
+            if (!target) throw new Error(`${server} was not started`);
+            await target.revive();
+            // Legitimate load comes from a process of its own, with its own baseline measured just before;
+            // the attacker's (this process's) loop delay is printed too.
+            const load = await startLoadChild(bed.clientEnv, target.loadSpec, LEGIT_RPS, ATTACK_MS);
+            const baseline = load.baseline;
+            const testerLoop = monitorEventLoopDelay({ resolution: 10 });
+            testerLoop.enable();
+            const loadRun = load.run();
+            let figures: AbuseFigures | undefined;
+            let legit: LatencySummary | undefined;
+            try {
+              figures = await abuse(target, attack);
+            } finally {
+              legit = await loadRun.catch((error: Error) => ({
+                count: 0,
+                failures: [error.message],
+                p50Ms: Number.NaN,
+                p99Ms: Number.NaN,
+                maxMs: Number.NaN,
+              }));
+              load.stop();
+              testerLoop.disable();
+              const cores = figures ? cpuCores(figures.before, figures.after) : undefined;
+              printFigures(`R10 ${name}, ${server}`, [
+                {
+                  seconds: ATTACK_MS / 1000,
+                  connections: figures?.connections,
+                  "frames sent": figures?.framesSent,
+                  "closed by server": figures?.closedByServer,
+                  "with GOAWAY": figures?.withGoaway,
+                  resets: figures?.resets,
+                  "closed silently": figures?.silentCloses || undefined,
+                  "GOAWAY codes": figures?.goawayCodes,
+                  "max close ms": figures?.maxCloseMs,
+                  "child CPU cores": cores,
+                  "child loop CPU wait": figures
+                    ? runQueueWaitShare(figures.before, figures.after)
                     : undefined,
-                "legit requests": legit.count,
-                "legit failures": legit.failures.length,
-                "legit p50 ms": legit.p50Ms,
-                "baseline p50 ms": baseline.p50Ms,
-                "p50 / baseline": legit.p50Ms / baseline.p50Ms,
-                "tester loop p99 ms": testerLoop.percentile(99) / 1e6,
-              },
-            ]);
-          }
-          expect(target.child.alive(), target.child.describeExit()).toBe(true);
-          if (!figures) throw new Error("no figures");
-          // Soft: a failing run reports every figure that is off, not only the first.
-          expect.soft(legit.failures, "legitimate requests failed during the attack").toEqual([]);
-          expect.soft(legit.p50Ms, "legitimate p50, ms").toBeLessThanOrEqual(latencyBoundMs(baseline.p50Ms));
-          if (LONG) {
-            // The share of the attack the child's event loop was ready but waited for a CPU (other
-            // processes on the machine) tells a slow server from a busy machine.
-            const waited = runQueueWaitShare(figures.before, figures.after);
+                  "rss before MiB": figures ? mib(figures.before.rssBytes) : undefined,
+                  "rss at 1/3 MiB": figures ? mib(figures.warm.rssBytes) : undefined,
+                  "rss after MiB": figures ? mib(figures.after.rssBytes) : undefined,
+                  "rss after GC MiB": figures ? mib(figures.afterGc.rssBytes) : undefined,
+                  "heap after GC, before → after MiB":
+                    figures?.heapBefore !== undefined && figures.heapAfter !== undefined
+                      ? `${mib(figures.heapBefore).toFixed(1)} → ${mib(figures.heapAfter).toFixed(1)}`
+                      : undefined,
+                  "legit requests": legit.count,
+                  "legit failures": legit.failures.length,
+                  "legit p50 ms": legit.p50Ms,
+                  "baseline p50 ms": baseline.p50Ms,
+                  "p50 / baseline": legit.p50Ms / baseline.p50Ms,
+                  "tester loop p99 ms": testerLoop.percentile(99) / 1e6,
+                },
+              ]);
+            }
+            expect(target.child.alive(), target.child.describeExit()).toBe(true);
+            if (!figures) throw new Error("no figures");
+            // Soft: a failing run reports every figure that is off, not only the first.
+            expect.soft(legit.failures, "legitimate requests failed during the attack").toEqual([]);
+            expect
+              .soft(legit.p50Ms, "legitimate p50, ms")
+              .toBeLessThanOrEqual(latencyBoundMs(baseline.p50Ms));
+            if (LONG) {
+              // The share of the attack the child's event loop was ready but waited for a CPU (other
+              // processes on the machine) tells a slow server from a busy machine.
+              const waited = runQueueWaitShare(figures.before, figures.after);
+              expect
+                .soft(
+                  legit.p50Ms,
+                  `legitimate p50 ≤ 2× baseline (child loop waited for a CPU ${(waited * 100).toFixed(0)}% of the time)`,
+                )
+                .toBeLessThanOrEqual(2 * baseline.p50Ms);
+            }
+            expect
+              .soft(cpuCores(figures.before, figures.after), "child CPU over the attack, in cores")
+              .toBeLessThanOrEqual(1);
             expect
               .soft(
-                legit.p50Ms,
-                `legitimate p50 ≤ 2× baseline (child loop waited for a CPU ${(waited * 100).toFixed(0)}% of the time)`,
+                mib(figures.afterGc.rssBytes - figures.warm.rssBytes),
+                "child RSS growth after warm-up (end after GC), MiB",
               )
-              .toBeLessThanOrEqual(2 * baseline.p50Ms);
-          }
-          expect
-            .soft(cpuCores(figures.before, figures.after), "child CPU over the attack, in cores")
-            .toBeLessThanOrEqual(1);
-          expect
-            .soft(
-              mib(figures.afterGc.rssBytes - figures.warm.rssBytes),
-              "child RSS growth after warm-up (end after GC), MiB",
-            )
-            .toBeLessThanOrEqual(RSS_GROWTH_LIMIT_MIB);
-          if (closes) {
-            // Every offending connection is answered with GOAWAY and closed by the server. When the
-            // server closes with the attacker's bytes still unread, its kernel sends a reset, which can
-            // discard the GOAWAY before the attacker reads it: such connections count as answered.
-            expect.soft(figures.closedByServer, "attack connections the server closed").toBeGreaterThan(0);
-            expect
-              .soft(figures.withGoawayOrReset, "attack connections answered with GOAWAY")
-              .toBe(figures.closedByServer);
-          }
-          await expectHealthy(target, name);
-          recordAcross(server, target, figures);
-        },
-        testTimeoutMs(ATTACK_MS),
-      );
+              .toBeLessThanOrEqual(RSS_GROWTH_LIMIT_MIB);
+            if (closes) {
+              // Every offending connection is answered with GOAWAY and closed by the server. When the
+              // server closes with the attacker's bytes still unread, its kernel sends a reset, which can
+              // discard the GOAWAY before the attacker reads it: such connections count as answered.
+              expect.soft(figures.closedByServer, "attack connections the server closed").toBeGreaterThan(0);
+              expect
+                .soft(figures.withGoawayOrReset, "attack connections answered with GOAWAY")
+                .toBe(figures.closedByServer);
+            }
+            await expectHealthy(target, name);
+            recordAcross(server, target, figures);
+          },
+          testTimeoutMs(ATTACK_MS),
+        );
+      }
     }
     it(`${server}: memory kept across all attacks`, async () => {
       const record = across.get(server);

@@ -348,10 +348,11 @@ export interface MeshConnectionInjectorOptions extends Omit<MeshServerCredential
   keepAliveTimeoutMs?: number;
 }
 
-function positiveMs(value: number | undefined, fallback: number, name: string): number {
+function positiveMs(value: number | undefined, fallback: number, name: string, allowZero = false): number {
   const result = value ?? fallback;
-  if (typeof result !== "number" || !Number.isFinite(result) || result <= 0) {
-    throw invalidArg(`createMeshConnectionInjector: ${name} must be a positive number, got ${String(value)}`);
+  if (typeof result !== "number" || !Number.isFinite(result) || result < 0 || (!allowZero && result === 0)) {
+    const kind = allowZero ? "non-negative" : "positive";
+    throw invalidArg(`createMeshConnectionInjector: ${name} must be a ${kind} number, got ${String(value)}`);
   }
   return result;
 }
@@ -384,10 +385,7 @@ export function createMeshConnectionInjector(
     {
       headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
       idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
-      keepAliveIntervalMs:
-        options.keepAliveIntervalMs === 0
-          ? 0
-          : positiveMs(options.keepAliveIntervalMs, 10_000, "keepAliveIntervalMs"),
+      keepAliveIntervalMs: positiveMs(options.keepAliveIntervalMs, 10_000, "keepAliveIntervalMs", true),
       keepAliveTimeoutMs: positiveMs(options.keepAliveTimeoutMs, 3000, "keepAliveTimeoutMs"),
     },
     injecting,

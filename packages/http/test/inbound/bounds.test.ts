@@ -432,7 +432,7 @@ describe("inbound bounds (small configured timeouts)", () => {
       });
     }
 
-    it("refuses a negative interval and a zero timeout", () => {
+    it("refuses a negative interval and a zero timeout (0 turns keep-alive off)", () => {
       const withKeepAlive = (keepAlive: Partial<MeshServerOptions>) => () =>
         createMeshServer({
           identity,
@@ -443,6 +443,16 @@ describe("inbound bounds (small configured timeouts)", () => {
         });
       expect(withKeepAlive({ http2KeepAliveIntervalMs: -1 })).toThrow(/http2KeepAliveIntervalMs/);
       expect(withKeepAlive({ http2KeepAliveTimeoutMs: 0 })).toThrow(/http2KeepAliveTimeoutMs/);
+      const injector = (keepAlive: Partial<MeshConnectionInjectorOptions>) => () =>
+        createMeshConnectionInjector(new GrpcServer(), {
+          identity,
+          policy: defaultServerPolicy("deny"),
+          port: 1,
+          ...keepAlive,
+        });
+      expect(injector({ keepAliveIntervalMs: -1 })).toThrow(/keepAliveIntervalMs/);
+      expect(injector({ keepAliveTimeoutMs: 0 })).toThrow(/keepAliveTimeoutMs/);
+      expect(injector({ keepAliveIntervalMs: 0 })).not.toThrow();
     });
   });
 
