@@ -38,31 +38,37 @@ const LEGIT_RPS = scaled(50, 500);
 /** Attacker connections at once. */
 const ATTACKERS = 4;
 /**
- * reliability.md R10 "RSS steady": growth from a third into the attack to its end, the end sampled
- * after a full collection (as R14 judges RSS), so garbage not yet collected does not count.
+ * reliability.md R10 "RSS steady": growth from a third into the attack to its end, both sampled right
+ * after a collection (as R14 judges RSS; see harness/memory-probe.mjs), so garbage and V8's headroom do
+ * not count.
  */
 const RSS_GROWTH_LIMIT_MIB = 32;
 /**
  * What a server keeps from all six attacks together (one process, from before the first to after the
- * last, both after a full collection): each closed offender's leftovers add up here, where one attack's
+ * last, both after a collection): each closed offender's leftovers add up here, where one attack's
  * window (from a third in) would not see them. Judged apart: JS heap in use (sockets, sessions and
  * their listeners held from JS), and native memory (RSS outside V8's committed heap: TLS, nghttp2,
- * buffers). Whole RSS is printed, not judged: V8 keeps a grown young generation committed (Node 24:
- * +40-70 MiB over the CI run with no object retained).
+ * buffers). Whole RSS is printed, not judged: Node 20's V8 has no last-resort collection, and keeps a
+ * young generation that churn grew committed (+35 to +60 MiB over the CI run, with nothing retained).
  */
 const SUITE_HEAP_GROWTH_LIMIT_MIB = 8;
 const SUITE_NATIVE_GROWTH_LIMIT_MIB = 32;
 /**
  * With INMESH_LONG=1 the six attacks run twice and native memory is judged over the second pass: the
- * first pass of 60 s attacks (~100,000 connections each for the churn ones) takes glibc's arenas, OpenSSL's
- * and V8's page pools to a high-water mark they keep (Node 24: +33 MiB after the first WINDOW_UPDATE
- * attack even after a last-resort collection, +2 MiB after a second one of the same size), which
- * whole-run growth cannot tell from a leak; the same attacks again show what each one keeps. 8 MiB over
- * a pass of ~300,000 connections (the sdk's) is 28 bytes a connection: any retained socket, session or
- * stream is hundreds of times that.
+ * first pass of 60 s attacks (~100,000 connections each for the churn ones) takes glibc's arenas and
+ * OpenSSL's pools to a high-water mark they keep (Node 24, sdk: native 62 → 122 MiB over the first pass,
+ * +28 MiB of it in the first WINDOW_UPDATE attack, of which glibc's malloc_trim(0) gives 28 MiB back),
+ * which whole-run growth cannot tell from a leak; the same attacks again show what each one keeps
+ * (Node 24: 122 → 123.4 MiB). 8 MiB over a pass of ~300,000 connections (the sdk's) is 28 bytes a
+ * connection: any retained socket, session or stream is hundreds of times that.
  */
 const PASSES = scaled(1, 2);
 const SECOND_PASS_NATIVE_GROWTH_LIMIT_MIB = 8;
+/**
+ * The attacked servers' HTTP/2 keep-alive (interval 10 s, timeout 3 s, swept every second) and a margin:
+ * the longest a connection the attack left behind may hold memory before the server frees it itself.
+ */
+const KEEP_ALIVE_SETTLE_MS = 15_000;
 /** Writes per second of each attacker loop: each write carries a batch of frames. */
 const TICK_MS = 10;
 
@@ -246,26 +252,26 @@ interface AbuseFigures {
   readonly goawayCodes: string;
   readonly maxCloseMs: number | undefined;
   readonly before: ProcessSample;
-  readonly warm: ProcessSample;
-  /** Heap in use after a full collection: retained memory, not headroom. */
-  readonly memoryBefore: MemoryAfterGc | undefined;
-  readonly heapBefore: number | undefined;
-  readonly heapAfter: number | undefined;
   readonly after: ProcessSample;
-  /** After the full collection that follows the attack: what the attack left retained, not garbage. */
-  readonly afterGc: ProcessSample;
+  /**
+   * Each right after a collection (see harness/memory-probe.mjs), so what is compared is what the
+   * process keeps, not garbage or headroom: before the attack, a third into it, after it.
+   */
+  readonly memoryBefore: MemoryAfterGc | undefined;
+  readonly memoryWarm: MemoryAfterGc | undefined;
+  readonly memoryAfter: MemoryAfterGc | undefined;
 }
 
 async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<AbuseFigures> {
   const deadline = performance.now() + ATTACK_MS;
   const outcomes: ConnectionOutcome[] = [];
   const memoryBefore = await target.child.memoryAfterGc();
-  const heapBefore = memoryBefore?.heapUsed;
   const before = target.child.sample();
-  // "RSS steady": growth is judged from a third into the attack (heap and JIT warmed up) to its end.
-  let warm: ProcessSample | undefined;
+  // "RSS steady": growth is judged from a third into the attack (heap, JIT and the attack's own
+  // high-water marks reached) to its end.
+  let memoryWarm: Promise<MemoryAfterGc | undefined> | undefined;
   const warmTimer = setTimeout(() => {
-    if (target.child.alive()) warm = target.child.sample();
+    if (target.child.alive()) memoryWarm = target.child.memoryAfterGc();
   }, ATTACK_MS / 3);
   let connections = 0;
   await Promise.all(
@@ -281,8 +287,9 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
   );
   clearTimeout(warmTimer);
   const after = target.child.sample();
-  const heapAfter = await target.child.heapAfterGc();
-  const afterGc = target.child.sample();
+  // One request at a time: the child answers each "gc" with one line.
+  const warmed = await memoryWarm;
+  const memoryAfter = await target.child.memoryAfterGc();
   const codes = new Map<number, number>();
   for (const outcome of outcomes) {
     if (outcome.goaway !== undefined) codes.set(outcome.goaway, (codes.get(outcome.goaway) ?? 0) + 1);
@@ -316,12 +323,10 @@ async function abuse(target: AttackTarget, attack: ConnectionAttack): Promise<Ab
       undefined,
     ),
     before,
-    warm: warm ?? before,
-    memoryBefore,
-    heapBefore,
-    heapAfter,
     after,
-    afterGc,
+    memoryBefore,
+    memoryWarm: warmed ?? memoryBefore,
+    memoryAfter,
   };
 }
 
@@ -433,14 +438,15 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
                   "child loop CPU wait": figures
                     ? runQueueWaitShare(figures.before, figures.after)
                     : undefined,
-                  "rss before MiB": figures ? mib(figures.before.rssBytes) : undefined,
-                  "rss at 1/3 MiB": figures ? mib(figures.warm.rssBytes) : undefined,
-                  "rss after MiB": figures ? mib(figures.after.rssBytes) : undefined,
-                  "rss after GC MiB": figures ? mib(figures.afterGc.rssBytes) : undefined,
-                  "heap after GC, before → after MiB":
-                    figures?.heapBefore !== undefined && figures.heapAfter !== undefined
-                      ? `${mib(figures.heapBefore).toFixed(1)} → ${mib(figures.heapAfter).toFixed(1)}`
-                      : undefined,
+                  "rss after GC, before → 1/3 → after MiB": figures
+                    ? [figures.memoryBefore, figures.memoryWarm, figures.memoryAfter]
+                        .map((memory) => mib(memory?.rss ?? Number.NaN).toFixed(1))
+                        .join(" → ")
+                    : undefined,
+                  "rss at the end MiB": figures ? mib(figures.after.rssBytes) : undefined,
+                  "heap used after GC, before → after MiB": figures
+                    ? `${mib(figures.memoryBefore?.heapUsed ?? Number.NaN).toFixed(1)} → ${mib(figures.memoryAfter?.heapUsed ?? Number.NaN).toFixed(1)}`
+                    : undefined,
                   "legit requests": legit.count,
                   "legit failures": legit.failures.length,
                   "legit p50 ms": legit.p50Ms,
@@ -473,8 +479,8 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
               .toBeLessThanOrEqual(1);
             expect
               .soft(
-                mib(figures.afterGc.rssBytes - figures.warm.rssBytes),
-                "child RSS growth after warm-up (end after GC), MiB",
+                mib((figures.memoryAfter?.rss ?? Number.NaN) - (figures.memoryWarm?.rss ?? Number.NaN)),
+                "child RSS growth after warm-up (both after GC), MiB",
               )
               .toBeLessThanOrEqual(RSS_GROWTH_LIMIT_MIB);
             if (closes) {
@@ -499,37 +505,56 @@ describe("R10: HTTP/2 abuse, with legitimate traffic alongside", () => {
       // Attacks left out (vitest -t) or a child restarted after a crash (that test failed): nothing to add.
       if (record === undefined || target === undefined || record.attacks < ATTACKS.length * PASSES) return;
       if (target.child.pid !== record.pid || !target.child.alive()) return;
-      // Both ends after a full collection (the first attack's `before` was sampled after one).
-      const memory = await target.child.memoryAfterGc();
-      const last = target.child.sample();
       const first = record.firstMemory;
       const native = (m: MemoryAfterGc | undefined) =>
         m?.heapTotal === undefined ? Number.NaN : mib(m.rss - m.heapTotal);
+      const baseline = PASSES === 1 ? first : record.secondPassMemory;
+      const nativeLimit = PASSES === 1 ? SUITE_NATIVE_GROWTH_LIMIT_MIB : SECOND_PASS_NATIVE_GROWTH_LIMIT_MIB;
+      const withinLimits = (m: MemoryAfterGc | undefined) =>
+        m !== undefined &&
+        first !== undefined &&
+        mib(m.heapUsed - first.heapUsed) <= SUITE_HEAP_GROWTH_LIMIT_MIB &&
+        native(m) - native(baseline) <= nativeLimit;
+      // Both ends after a full collection (the first attack's `before` was sampled after one). What the
+      // server's own bounds free is not kept: on Node 20 the last attack's connections that nghttp2 ended
+      // for a protocol error hold their sessions until the HTTP/2 keep-alive closes them.
+      const measuringFrom = performance.now();
+      let memory = await target.child.memoryAfterGc();
+      while (
+        !withinLimits(memory) &&
+        performance.now() - measuringFrom < KEEP_ALIVE_SETTLE_MS &&
+        target.child.alive()
+      ) {
+        await sleep(1_000);
+        memory = await target.child.memoryAfterGc();
+      }
+      const last = target.child.sample();
+      const rss = (m: MemoryAfterGc | undefined) => mib(m?.rss ?? Number.NaN);
+      // first → (after the first pass →) last
+      const course = (of: (m: MemoryAfterGc | undefined) => number) =>
+        [first, ...(PASSES > 1 ? [record.secondPassMemory] : []), memory]
+          .map((m) => of(m).toFixed(1))
+          .join(" → ");
       printFigures(`R10 all attacks, ${server}`, [
         {
           attacks: record.attacks,
-          "rss MiB": `${mib(record.first.rssBytes).toFixed(1)} → ${mib(last.rssBytes).toFixed(1)}`,
-          "heap used after GC MiB": `${mib(first?.heapUsed ?? Number.NaN).toFixed(1)} → ${mib(memory?.heapUsed ?? Number.NaN).toFixed(1)}`,
-          "native (rss - V8 heap) MiB": `${native(first).toFixed(1)} → ${PASSES > 1 ? `${native(record.secondPassMemory).toFixed(1)} → ` : ""}${native(memory).toFixed(1)}`,
+          "rss after GC MiB": course(rss),
+          "heap used after GC MiB": course((m) => mib(m?.heapUsed ?? Number.NaN)),
+          "native (rss - V8 heap) MiB": course(native),
           "open fds": `${record.first.openFds} → ${last.openFds}`,
+          "measured after s": (performance.now() - measuringFrom) / 1000,
         },
       ]);
       if (first === undefined || memory === undefined) throw new Error(`${server} reported no memory`);
       expect
         .soft(mib(memory.heapUsed - first.heapUsed), "heap in use after GC, growth over all attacks, MiB")
         .toBeLessThanOrEqual(SUITE_HEAP_GROWTH_LIMIT_MIB);
-      if (PASSES === 1) {
-        expect
-          .soft(native(memory) - native(first), "native memory growth over all attacks, MiB")
-          .toBeLessThanOrEqual(SUITE_NATIVE_GROWTH_LIMIT_MIB);
-      } else {
-        expect
-          .soft(
-            native(memory) - native(record.secondPassMemory),
-            "native memory growth over the second pass, MiB",
-          )
-          .toBeLessThanOrEqual(SECOND_PASS_NATIVE_GROWTH_LIMIT_MIB);
-      }
-    });
+      expect
+        .soft(
+          native(memory) - native(baseline),
+          `native memory growth over ${PASSES === 1 ? "all attacks" : "the second pass"}, MiB`,
+        )
+        .toBeLessThanOrEqual(nativeLimit);
+    }, 60_000);
   }
 });

@@ -57,11 +57,9 @@ export interface ServiceChild {
   stderr(): string;
   sample(): ProcessSample;
   /**
-   * Heap in use after a full collection, in bytes (services started with `exposeGc` that answer "gc"
-   * on stdin, as servers/sdk-server.mjs does, or with `memoryProbe`); undefined otherwise.
+   * `process.memoryUsage()` in the child right after a collection (services started with
+   * `memoryProbe`); undefined otherwise.
    */
-  heapAfterGc(): Promise<number | undefined>;
-  /** `process.memoryUsage()` in the child right after a full collection (same services as above). */
   memoryAfterGc(): Promise<MemoryAfterGc | undefined>;
   stop(): Promise<void>;
 }
@@ -127,14 +125,13 @@ export async function startServiceChild(
   name: string,
   script: string,
   env: Record<string, string>,
-  options: { exposeGc?: boolean; memoryProbe?: boolean } = {},
+  options: { memoryProbe?: boolean } = {},
 ): Promise<ServiceChild> {
-  const exposeGc = options.exposeGc === true || options.memoryProbe === true;
+  const memoryProbe = options.memoryProbe === true;
   const nodeArgs = [
-    ...(exposeGc ? ["--expose-gc"] : []),
-    // A service that does not answer "gc" itself (the examples) gets the harness's probe.
-    ...(options.memoryProbe
-      ? ["--import", path.join(ROOT, "test/reliability/harness/memory-probe.mjs")]
+    // Answers "gc" on stdin with memory after a collection: see harness/memory-probe.mjs.
+    ...(memoryProbe
+      ? ["--expose-gc", "--import", path.join(ROOT, "test/reliability/harness/memory-probe.mjs")]
       : []),
     // For looking inside an attacked child, e.g. INMESH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
     ...(process.env.INMESH_CHILD_NODE_ARGS?.split(" ").filter((arg) => arg !== "") ?? []),
@@ -190,7 +187,7 @@ export async function startServiceChild(
     });
   });
   const memoryAfterGc = (): Promise<MemoryAfterGc | undefined> => {
-    if (!exposeGc || !alive()) return Promise.resolve(undefined);
+    if (!memoryProbe || !alive()) return Promise.resolve(undefined);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(undefined), 10_000);
       memoryWaiters.push((memory) => {
@@ -227,9 +224,6 @@ export async function startServiceChild(
     sample() {
       if (!alive()) throw new Error(`no figures: ${describeExit()}`);
       return sampleProcess(pid);
-    },
-    async heapAfterGc() {
-      return (await memoryAfterGc())?.heapUsed;
     },
     memoryAfterGc,
     async stop() {

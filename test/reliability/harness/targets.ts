@@ -144,7 +144,7 @@ export async function startAttackBed(): Promise<AttackBed> {
       const start = async () => {
         const env = await cluster.envFor(pod, { ATTACK_SERVER_OPTIONS: JSON.stringify(options) });
         const child = await startServiceChild(name, "test/reliability/servers/sdk-server.mjs", env, {
-          exposeGc: true,
+          memoryProbe: true,
         });
         children.push(child);
         return child;

@@ -90,17 +90,6 @@ if (process.env.STOP_WHEN_STDIN_CLOSES === "true") {
   process.stdin.on("error", stop);
   process.stdin.resume();
 }
-// "gc" on stdin (with node --expose-gc): collect, then report memory, so a test can tell retained
-// memory from heap headroom.
-process.stdin.setEncoding("utf8").on("data", (text) => {
-  if (!text.includes("gc") || typeof globalThis.gc !== "function") return;
-  globalThis.gc();
-  const { rss, heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
-  process.stdout.write(
-    `${JSON.stringify({ event: "memory", rss, heapUsed, heapTotal, external, arrayBuffers })}\n`,
-  );
-});
-
 await mesh.ready({ signal: AbortSignal.timeout(30_000) });
 await server.listen(port, host);
 const identity = mesh.identity.state();
