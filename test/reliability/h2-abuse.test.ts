@@ -47,12 +47,16 @@ const RSS_GROWTH_LIMIT_MIB = 32;
  * What a server keeps from all six attacks together (one process, from before the first to after the
  * last, both after a collection): each closed offender's leftovers add up here, where one attack's
  * window (from a third in) would not see them. Judged apart: JS heap in use (sockets, sessions and
- * their listeners held from JS), and native memory (RSS outside V8's committed heap: TLS, nghttp2,
- * buffers). Whole RSS is printed, not judged: Node 20's V8 has no last-resort collection, and keeps a
+ * their listeners held from JS: 8 MiB over the CI run's ~22,000 attack connections is 380 bytes a
+ * connection), and native memory (RSS outside V8's committed heap: TLS, nghttp2, buffers). One pass of
+ * churn takes glibc's arenas to a high-water mark they keep (Node 24: +11 to +29 MiB over the CI run with
+ * the heap flat), so the CI run's native bound only catches what is hundreds of bytes a connection or
+ * more (a retained TLS or nghttp2 session is tens of KiB); INMESH_LONG=1 judges native memory closely
+ * (below). Whole RSS is printed, not judged: Node 20's V8 has no last-resort collection, and keeps a
  * young generation that churn grew committed (+35 to +60 MiB over the CI run, with nothing retained).
  */
 const SUITE_HEAP_GROWTH_LIMIT_MIB = 8;
-const SUITE_NATIVE_GROWTH_LIMIT_MIB = 32;
+const SUITE_NATIVE_GROWTH_LIMIT_MIB = 48;
 /**
  * With INMESH_LONG=1 the six attacks run twice and native memory is judged over the second pass: the
  * first pass of 60 s attacks (~100,000 connections each for the churn ones) takes glibc's arenas and
