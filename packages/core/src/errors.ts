@@ -134,3 +134,24 @@ export class ConfigError extends MeshError {
     this.name = "ConfigError";
   }
 }
+
+/**
+ * A duration option in ms: `value`, or `fallback` when it is unset; anything but a finite positive
+ * number (or 0, where `allowZero` says 0 turns the bound off) is an INVALID_ARG naming `where` and `name`.
+ */
+export function checkDuration(
+  value: number | undefined,
+  fallback: number,
+  name: string,
+  where: string,
+  allowZero = false,
+): number {
+  const result = value ?? fallback;
+  if (typeof result !== "number" || !Number.isFinite(result) || result < 0 || (!allowZero && result === 0)) {
+    throw new MeshError(
+      MeshErrorCode.INVALID_ARG,
+      `${where}: ${name} must be a ${allowZero ? "non-negative" : "positive"} number, got ${String(value)}`,
+    );
+  }
+  return result;
+}

@@ -33,6 +33,7 @@ export type { MeshErrorOptions } from "./errors.js";
 export {
   ConfigError,
   ControlPlaneError,
+  checkDuration,
   DestinationError,
   hasMeshErrorCode,
   IdentityError,

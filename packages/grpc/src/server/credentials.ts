@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
-import type { PeerIdentity } from "@inmesh/core";
+import { checkDuration, type PeerIdentity } from "@inmesh/core";
 import {
   createKeepAliveSweep,
   createResetBudgets,
@@ -348,15 +348,6 @@ export interface MeshConnectionInjectorOptions extends Omit<MeshServerCredential
   keepAliveTimeoutMs?: number;
 }
 
-function positiveMs(value: number | undefined, fallback: number, name: string, allowZero = false): number {
-  const result = value ?? fallback;
-  if (typeof result !== "number" || !Number.isFinite(result) || result < 0 || (!allowZero && result === 0)) {
-    const kind = allowZero ? "non-negative" : "positive";
-    throw invalidArg(`createMeshConnectionInjector: ${name} must be a ${kind} number, got ${String(value)}`);
-  }
-  return result;
-}
-
 /**
  * Serves connections accepted by `@inmesh/http`'s `createMeshServer` (TLS already terminated, peer
  * identity already verified, protocol already detected as HTTP/2) with a grpc-js server, authorizing
@@ -372,7 +363,8 @@ export function createMeshConnectionInjector(
   server: Server,
   options: MeshConnectionInjectorOptions,
 ): MeshConnectionInjector {
-  const resolved = resolve(options, "createMeshConnectionInjector");
+  const where = "createMeshConnectionInjector";
+  const resolved = resolve(options, where);
   if (typeof (server as Partial<Server>)?.createConnectionInjector !== "function") {
     throw invalidArg("createMeshConnectionInjector: server must be a grpc-js Server (1.11 or later)");
   }
@@ -383,10 +375,16 @@ export function createMeshConnectionInjector(
     server,
     credentials,
     {
-      headersTimeoutMs: positiveMs(options.headersTimeoutMs, 10_000, "headersTimeoutMs"),
-      idleTimeoutMs: positiveMs(options.idleTimeoutMs, 60_000, "idleTimeoutMs"),
-      keepAliveIntervalMs: positiveMs(options.keepAliveIntervalMs, 10_000, "keepAliveIntervalMs", true),
-      keepAliveTimeoutMs: positiveMs(options.keepAliveTimeoutMs, 3000, "keepAliveTimeoutMs"),
+      headersTimeoutMs: checkDuration(options.headersTimeoutMs, 10_000, "headersTimeoutMs", where),
+      idleTimeoutMs: checkDuration(options.idleTimeoutMs, 60_000, "idleTimeoutMs", where),
+      keepAliveIntervalMs: checkDuration(
+        options.keepAliveIntervalMs,
+        10_000,
+        "keepAliveIntervalMs",
+        where,
+        true,
+      ),
+      keepAliveTimeoutMs: checkDuration(options.keepAliveTimeoutMs, 3000, "keepAliveTimeoutMs", where),
     },
     injecting,
   );

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from "node:http2";
 import type { Socket } from "node:net";
-import { MeshError, MeshErrorCode } from "@inmesh/core";
+import { checkDuration, MeshError, MeshErrorCode } from "@inmesh/core";
 import { isGrpcContentType } from "@inmesh/policy";
 import { type MeshServerIdentity, standaloneConnectionState } from "./connection.js";
 import { attachMeshContext, meshContext } from "./context.js";
@@ -13,7 +13,7 @@ import {
   syntheticResponse,
 } from "./gate.js";
 import { L5D_ORIG_PROTO } from "./headers.js";
-import { checkDuration, checkPort, type MeshPolicyInput, resolvePolicySource } from "./policy-source.js";
+import { checkPort, type MeshPolicyInput, resolvePolicySource } from "./policy-source.js";
 
 export interface MeshRequestAuthorizerOptions {
   /** The workload identity that terminated TLS (`identity.tlsServerOptions()` on your own server). */

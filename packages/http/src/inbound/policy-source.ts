@@ -50,20 +50,3 @@ export function checkPort(value: unknown, name: string, where: string, allowZero
   }
   return value;
 }
-
-export function checkDuration(
-  value: number | undefined,
-  fallback: number,
-  name: string,
-  where: string,
-  allowZero = false,
-): number {
-  const result = value ?? fallback;
-  if (typeof result !== "number" || !Number.isFinite(result) || result < 0 || (!allowZero && result === 0)) {
-    throw new MeshError(
-      MeshErrorCode.INVALID_ARG,
-      `${where}: ${name} must be a ${allowZero ? "non-negative" : "positive"} number, got ${String(value)}`,
-    );
-  }
-  return result;
-}

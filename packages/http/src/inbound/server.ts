@@ -12,7 +12,7 @@ import type {
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { type Closable, MeshError, MeshErrorCode, type PeerIdentity } from "@inmesh/core";
+import { type Closable, checkDuration, MeshError, MeshErrorCode, type PeerIdentity } from "@inmesh/core";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { createAcceptStage } from "./accept.js";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
@@ -25,7 +25,6 @@ import { createHttp2Stage } from "./http2-stage.js";
 import { createOpaqueStage } from "./opaque-stage.js";
 import type { Pipeline, ServedProtocol } from "./pipeline.js";
 import {
-  checkDuration,
   checkPort,
   type MeshPolicyInput,
   type MeshPolicySource,

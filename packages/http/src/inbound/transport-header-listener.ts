@@ -6,7 +6,7 @@ import {
 } from "node:net";
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from "node:tls";
 import { debuglog } from "node:util";
-import { type Closable, closeOnce, MeshError, MeshErrorCode } from "@inmesh/core";
+import { type Closable, checkDuration, closeOnce, MeshError, MeshErrorCode } from "@inmesh/core";
 import {
   MAX_TRANSPORT_HEADER_BYTES,
   parseTransportHeader,
@@ -15,7 +15,7 @@ import {
 } from "@inmesh/proto";
 import type { MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
-import { checkDuration, checkPort } from "./policy-source.js";
+import { checkPort } from "./policy-source.js";
 import { readPrefix } from "./prefix.js";
 import type { TransportHeaderTarget } from "./server.js";
 
