@@ -19,7 +19,11 @@ interface ChildSummary {
 export interface LoadChild {
   /** Sequential requests from the load process before the attack: the baseline its load compares with. */
   readonly baseline: LatencySummary;
-  /** Starts the open loop; resolves with its summary once the duration has passed (or `end()`). */
+  /**
+   * Starts the open loop; resolves with its summary once the duration has passed (or `end()`). A load
+   * process that fails resolves too, with no requests and its error as the one failure: the caller reports
+   * it beside its other figures.
+   */
   run(): Promise<LatencySummary>;
   /** Ends the open loop now (required with a duration of 0). */
   end(): void;
@@ -100,7 +104,17 @@ export async function startLoadChild(
     async run() {
       const done = waitFor("done", (durationMs || 600_000) + 60_000);
       child.stdin.write("start\n");
-      return toSummary((await done) as unknown as ChildSummary);
+      try {
+        return toSummary((await done) as unknown as ChildSummary);
+      } catch (error) {
+        return {
+          count: 0,
+          failures: [(error as Error).message],
+          p50Ms: Number.NaN,
+          p99Ms: Number.NaN,
+          maxMs: Number.NaN,
+        };
+      }
     },
     end() {
       if (child.exitCode === null) child.stdin.write("stop\n");
