@@ -370,6 +370,12 @@ async function outbound() {
   await target.stop();
 }
 
+/** The app's V8 heap as committed (see app.mjs `/__v8`). */
+async function v8Heap(pool) {
+  const { body } = await pool.request({ path: "/__v8", method: "GET" });
+  return JSON.parse(await body.text());
+}
+
 async function memory() {
   log(
     `S8: RSS at ${CONFIG.rate} RPS, 50 connections, ${CONFIG.memorySeconds} s (SDK app and plain app together)…`,
@@ -380,6 +386,7 @@ async function memory() {
   const idle = (rssBytes(mesh.pid) - rssBytes(plain.pid)) / 2 ** 20;
   const meshPool = createPool(mesh.port, cluster.clientTls, 50);
   const plainPool = createPool(plain.port, undefined, 50);
+  const heapsIdle = await Promise.all([v8Heap(meshPool), v8Heap(plainPool)]);
   const samples = [];
   const step = QUICK ? 1 : 5;
   let done = false;
@@ -400,10 +407,12 @@ async function memory() {
   ]);
   done = true;
   await sampler;
+  const heaps = await Promise.all([v8Heap(meshPool), v8Heap(plainPool)]);
   const last = samples.at(-1);
   const half = samples.filter((s) => s.t >= last.t / 2);
   const growth = half.at(-1).mesh - half[0].mesh - (half.at(-1).plain - half[0].plain);
-  raw.memory = { idle, samples, errors: meshLoad.errors + plainLoad.errors };
+  raw.memory = { idle, samples, errors: meshLoad.errors + plainLoad.errors, heapsIdle, heaps };
+  const mib = (bytes) => (bytes / 2 ** 20).toFixed(0);
   rows.push(
     row(
       "S8",
@@ -412,7 +421,7 @@ async function memory() {
       "MiB",
       "≤ +20",
       (v) => v <= 20,
-      `${last.mesh.toFixed(0)} vs ${last.plain.toFixed(0)} MiB; idle Δ ${idle.toFixed(1)} MiB`,
+      `${last.mesh.toFixed(0)} vs ${last.plain.toFixed(0)} MiB; idle Δ ${idle.toFixed(1)} MiB; V8 young generation ${mib(heaps[0].young)} vs ${mib(heaps[1].young)} MiB (idle ${mib(heapsIdle[0].young)} vs ${mib(heapsIdle[1].young)}), V8 heap ${mib(heaps[0].heapTotal)} vs ${mib(heaps[1].heapTotal)} MiB`,
     ),
   );
   rows.push(
