@@ -131,8 +131,13 @@ export async function clientInstructionsPerRequest(cluster, kind, options) {
   }
 }
 
-/** V8 runtime entry points that compile (lazy, baseline, optimized, OSR) or trigger tier-up. */
-const JIT_ENTRY = /^v8::internal::Runtime_(?:Compile\w*|InstallBaselineCode|BytecodeBudgetInterrupt\w*)\(/;
+/**
+ * V8 runtime entry points that compile (lazy, baseline, optimized, OSR) or trigger tier-up. Node 22+
+ * (V8 12+) compiles optimized code under `Runtime_OptimizeTurbofanEager` / `Runtime_OptimizeMaglevEager`
+ * with --predictable: 30-45k instructions a request landed in Node 24's segments without them.
+ */
+const JIT_ENTRY =
+  /^v8::internal::Runtime_(?:Compile\w*|Optimize(?:Turbofan|Maglev)\w*|InstallBaselineCode|BytecodeBudgetInterrupt\w*)\(/;
 /** V8's one entry point of every collection (scavenge, mark-compact). */
 const GC_ENTRY = /^v8::internal::Heap::CollectGarbage\(/;
 
