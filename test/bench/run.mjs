@@ -7,6 +7,8 @@
  *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~15 min)
  *   pnpm bench --quick         smoke run (3 pairs of 1 s, S8 for 10 s, short callgrind; ~4 min)
  *   pnpm bench --only=inbound,startup   groups: instructions, inbound, latency, outbound, memory, startup
+ * S1a/S1c are also measured on a second Node line when one is found (BENCH_OTHER_NODE=<binary>, else the
+ * Node 24 that .ci/run installs).
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
  */
 import { execFileSync } from "node:child_process";
@@ -112,26 +114,38 @@ async function instructions() {
     return;
   }
   log("S1a/S1c: instructions per request under callgrind (mesh, https, http)…");
+  raw.instructions = await instructionRows(process.execPath, "");
+  // What TLS costs per request is OpenSSL's, and it differs between the Node lines users run (Node 20
+  // and 22 bundle OpenSSL 3.0, Node 24 3.5): the same rows on a second Node when one is at hand.
+  const other = otherNode();
+  if (other !== undefined) {
+    log(`S1a/S1c on ${other.version} as well…`);
+    raw.instructionsOtherNode = await instructionRows(other.path, ` on ${other.version}`);
+  }
+}
+
+/** S1a and S1c measured with the Node binary at `node`; `suffix` goes into the row names. */
+async function instructionRows(node, suffix) {
   // Three servers, one per core at a time: callgrind counts instructions, so sharing cores does not matter.
   const [mesh, https, http] = await Promise.all(
-    ["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind, CONFIG.cg)),
+    ["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind, { ...CONFIG.cg, node })),
   );
-  raw.instructions = { mesh, https, http };
+  const openssl = execFileSync(node, ["-p", "process.versions.openssl"], { encoding: "utf8" }).trim();
   rows.push(
     row(
-      "S1a",
-      "instructions/request, SDK server ÷ node:http",
+      `S1a${suffix ? "'" : ""}`,
+      `instructions/request, SDK server ÷ node:http${suffix}`,
       mesh.perRequest / http.perRequest,
       "×",
       "≤ 1.35",
       (v) => v <= 1.35,
-      `${fmtK(mesh.perRequest)} vs ${fmtK(http.perRequest)}`,
+      `${fmtK(mesh.perRequest)} vs ${fmtK(http.perRequest)}; node:https alone ${(https.perRequest / http.perRequest).toFixed(2)}× (OpenSSL ${openssl})`,
     ),
   );
   rows.push(
     row(
-      "S1c",
-      "instructions/request, SDK server ÷ node:https (same mTLS)",
+      `S1c${suffix ? "'" : ""}`,
+      `instructions/request, SDK server ÷ node:https (same mTLS)${suffix}`,
       mesh.perRequest / https.perRequest,
       "×",
       "≤ 1.10",
@@ -139,6 +153,21 @@ async function instructions() {
       `${fmtK(mesh.perRequest)} vs ${fmtK(https.perRequest)}`,
     ),
   );
+  return { node, openssl, mesh, https, http };
+}
+
+/**
+ * A second Node line for S1a/S1c: BENCH_OTHER_NODE (a binary), else the Node 24 that .ci/run installs
+ * under ~/.cache/inmesh-node24; undefined when neither is there or it is this Node's major.
+ */
+function otherNode() {
+  const candidate =
+    process.env.BENCH_OTHER_NODE ??
+    path.join(os.homedir(), ".cache/inmesh-node24/node_modules/node/bin/node");
+  if (!existsSync(candidate)) return undefined;
+  const version = execFileSync(candidate, ["--version"], { encoding: "utf8" }).trim();
+  if (version.split(".")[0] === process.version.split(".")[0]) return undefined;
+  return { path: candidate, version };
 }
 
 async function inbound() {

@@ -83,17 +83,13 @@ export async function startCluster() {
     return file;
   }
 
-  /** Starts `lib/server.mjs <kind>` pinned to `core`; `wrap` prefixes the command (valgrind). */
-  async function startServer(kind, { core, wrap = [], nodeFlags = [], extra } = {}) {
+  /**
+   * Starts `lib/server.mjs <kind>` pinned to `core`; `wrap` prefixes the command (valgrind); `node` is
+   * another Node binary to run it with.
+   */
+  async function startServer(kind, { core, wrap = [], nodeFlags = [], extra, node = process.execPath } = {}) {
     const setup = await setupFor(extra);
-    const args = [
-      ...wrap,
-      process.execPath,
-      ...nodeFlags,
-      path.join(ROOT, "test/bench/lib/server.mjs"),
-      kind,
-      setup,
-    ];
+    const args = [...wrap, node, ...nodeFlags, path.join(ROOT, "test/bench/lib/server.mjs"), kind, setup];
     const child = spawn(args[0], args.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
     children.add(child);
     child.once("exit", () => children.delete(child));

@@ -36,10 +36,11 @@ export function hasCallgrind() {
 export async function instructionsPerRequest(cluster, kind, options = {}) {
   // Five short pairs rather than three long ones: a major GC lands in one pair's large segment now and
   // then (+5-20% for that pair), and the median of five shrugs off two such pairs.
-  const { warmup = 4000, small = 300, large = 1200, pairs = 5, core } = options;
+  const { warmup = 4000, small = 300, large = 1200, pairs = 5, core, node } = options;
   const dir = mkdtempSync(path.join(tmpdir(), "inmesh-callgrind-"));
   const server = await cluster.startServer(kind, {
     core,
+    node,
     wrap: ["valgrind", "--tool=callgrind", `--callgrind-out-file=${dir}/cg.%p`, "--dump-instr=no"],
     nodeFlags: ["--predictable"],
   });
