@@ -290,10 +290,13 @@ function resolve(options: MeshServerCredentialsOptions, where: string) {
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     throw invalidArg(`${where}: port must be an integer 1-65535, got ${String(port)}`);
   }
-  const initialPolicyWaitMs = options.initialPolicyWaitMs ?? 1000;
-  if (!Number.isFinite(initialPolicyWaitMs) || initialPolicyWaitMs < 0) {
-    throw invalidArg(`${where}: initialPolicyWaitMs must be a non-negative number`);
-  }
+  const initialPolicyWaitMs = checkDuration(
+    options.initialPolicyWaitMs,
+    1000,
+    "initialPolicyWaitMs",
+    where,
+    true,
+  );
   return { identity, port, initialPolicyWaitMs, terminateTls: options.terminateTls !== false };
 }
 

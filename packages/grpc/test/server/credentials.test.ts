@@ -162,6 +162,30 @@ describe("grpc-js server with mesh authorization", () => {
     return (await mesh.listen(0, "127.0.0.1")).port;
   }
 
+  it("refuses an initialPolicyWaitMs that is negative or not a number (0 means no wait)", () => {
+    const withWait = (initialPolicyWaitMs: unknown) => () =>
+      createMeshServerCredentials({
+        identity,
+        policy: policy(),
+        port: 8080,
+        initialPolicyWaitMs: initialPolicyWaitMs as number,
+      });
+    expect(withWait(-1)).toThrow(
+      /createMeshServerCredentials: initialPolicyWaitMs must be a non-negative number, got -1/,
+    );
+    expect(withWait(Number.NaN)).toThrow(/initialPolicyWaitMs/);
+    expect(withWait("5")).toThrow(/initialPolicyWaitMs/);
+    expect(withWait(0)).not.toThrow();
+    expect(() =>
+      createMeshConnectionInjector(new Server(), {
+        identity,
+        policy: policy(),
+        port: 8080,
+        initialPolicyWaitMs: -1,
+      }),
+    ).toThrow(/createMeshConnectionInjector: initialPolicyWaitMs/);
+  });
+
   it("behind createMeshServer: a grpc-js client with a mesh certificate is served, its identity is on the call", async () => {
     const port = await meshGrpcServer();
     const client = grpcClient(port, bar);
