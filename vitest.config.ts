@@ -1,4 +1,5 @@
 import { readdirSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { defineConfig } from "vitest/config";
 
@@ -26,6 +27,10 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 30_000,
     pool: "forks",
+    // Vitest's default, one worker less than the cores, is a single worker on a 2-core machine, which
+    // leaves a core idle while tests wait on sockets, timers and child processes: two halve the run.
+    // Tests never share a fixed address (ports come from each worker's own slice, see @inmesh/testing).
+    maxWorkers: Math.max(2, availableParallelism() - 1),
     reporters: ["default"],
   },
 });

@@ -10,6 +10,7 @@ import {
 } from "@inmesh/control-plane";
 import { ConfigError, MeshError, MeshErrorCode } from "@inmesh/core";
 import { type CreateMeshOptions, createMesh, type Mesh, type MeshServeOptions } from "@inmesh/mesh";
+import { freeLoopbackPort } from "./ports.js";
 
 /** A Kubernetes-style resource as an object: `{ apiVersion, kind, metadata, spec, status }`. */
 export type ManifestObject = { readonly apiVersion: string; readonly kind: string } & Readonly<
@@ -22,7 +23,11 @@ export type ManifestsInput = readonly (ManifestObject | ManifestFile)[] | string
 export interface TestMeshOptions {
   /** The cluster: Pods (with `status.podIP`), Services, Namespaces and Linkerd policy resources. */
   manifests: ManifestsInput;
-  /** Cluster settings of the dev control plane (default policy, trust domain, cluster networks…). */
+  /**
+   * Cluster settings of the dev control plane (default policy, trust domain, cluster networks…).
+   * `proxyInboundPort`, the transport-header port every pod binds at its IP (4143 in a cluster),
+   * defaults to a free port of this process's own, so test files running side by side never collide.
+   */
   cluster?: ClusterOptions;
   /** Options of every workload's `createMesh()`, besides its environment. @default { admin: false } */
   meshOptions?: Omit<CreateMeshOptions, "env">;
@@ -121,7 +126,10 @@ export async function startTestMesh(options: TestMeshOptions): Promise<TestMesh>
       stateDir,
       ports: { identity: 0, destination: 0, policy: 0 },
       watch: false,
-      ...(options.cluster ? { cluster: options.cluster } : {}),
+      cluster: {
+        ...options.cluster,
+        proxyInboundPort: options.cluster?.proxyInboundPort ?? (await freeLoopbackPort()),
+      },
     });
   } catch (error) {
     await rm(stateDir, { recursive: true, force: true });

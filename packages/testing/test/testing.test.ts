@@ -107,6 +107,44 @@ describe("@inmesh/testing", () => {
   });
 });
 
+describe("@inmesh/testing side by side", () => {
+  // Two test files running at once (vitest workers, node --test) often describe the same pods: each
+  // pod binds its transport-header port at its IP, so a fixed 4143 made the second one fail to start.
+  it("runs two test meshes with the same pods at once, each pod on a transport-header port of its own", async () => {
+    const [first, second] = await Promise.all([
+      freeLoopbackPort(BOOKS_IP).then((port) => startTestMesh({ manifests: cluster(port, "web") })),
+      freeLoopbackPort(BOOKS_IP).then((port) => startTestMesh({ manifests: cluster(port, "web") })),
+    ]);
+    try {
+      const [a, b] = await Promise.all([first.workload("shop/books-0"), second.workload("shop/books-0")]);
+      expect(a.mesh.isReady() && b.mesh.isReady()).toBe(true);
+      const inbound = (env: Readonly<Record<string, string>>) => env.LINKERD2_PROXY_INBOUND_LISTEN_ADDR;
+      expect(inbound(a.env)).toMatch(new RegExp(`^${BOOKS_IP.replaceAll(".", "\\.")}:\\d+$`));
+      expect(inbound(a.env)).not.toBe(inbound(b.env));
+      expect(inbound(a.env)).not.toBe(`${BOOKS_IP}:4143`);
+      expect(a.mesh.transportHeader?.address()?.port).toBe(Number(inbound(a.env)?.split(":")[1]));
+      expect(b.mesh.transportHeader?.address()?.port).toBe(Number(inbound(b.env)?.split(":")[1]));
+    } finally {
+      await Promise.all([first.close(), second.close()]);
+    }
+  });
+
+  it("keeps a transport-header port the cluster options give", async () => {
+    const inboundPort = await freeLoopbackPort("127.0.16.9");
+    const mesh = await startTestMesh({
+      manifests: cluster(await freeLoopbackPort(BOOKS_IP), "web"),
+      cluster: { proxyInboundPort: inboundPort },
+    });
+    try {
+      expect((await mesh.env("shop/web-0")).LINKERD2_PROXY_INBOUND_LISTEN_ADDR).toBe(
+        `127.0.16.2:${inboundPort}`,
+      );
+    } finally {
+      await mesh.close();
+    }
+  });
+});
+
 describe("@inmesh/testing from a folder of YAML", () => {
   it("starts from manifestsDir and closes everything", async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "inmesh-testing-folder-"));
