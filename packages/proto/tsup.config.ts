@@ -3,4 +3,11 @@ import { packageBuild } from "../../tsup.base.js";
 // Declarations come from tsc, one file per module (see package.json "build"): a bundled .d.ts flattens
 // each `import * as inbound` namespace and keeps only the value half of every message (the const codec),
 // losing the interface of the same name that users type with (`inbound.Server`).
-export default packageBuild(undefined, { dts: false });
+// A second entry, `@inmesh/proto/serving`, holds what a service needs at start-up (identity, inbound
+// policy, the transport header): createMesh loads it alone, and the destination and outbound codecs
+// (more than half the generated code) only with discovery. One entry, not one per API: each extra
+// module file costs more to load than the code it would leave out.
+export default packageBuild(
+  { index: "src/index.ts", serving: "src/serving.ts" },
+  { dts: false, splitting: true },
+);

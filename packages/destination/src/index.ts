@@ -21,6 +21,7 @@ export type { ResponseClass, ResponseCondition, ResponseSummary } from "./classi
 export { DEFAULT_GRPC_FAILURE_CODES, isFailureResponse } from "./classify.js";
 export type { Clock, RandomSource } from "./clock.js";
 export { systemClock } from "./clock.js";
+export { DestinationClient, OutboundPoliciesClient } from "./control-plane-clients.js";
 export type {
   Discovery,
   DiscoveryOptions,

@@ -2,7 +2,7 @@ import { X509Certificate } from "node:crypto";
 import type { SecureContext } from "node:tls";
 import { type ChannelOptions, credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { type ControlPlaneAddress, IdentityError, MeshErrorCode } from "@inmesh/core";
-import { identity as identityProto, timestampToMs } from "@inmesh/proto";
+import { identity as identityProto, timestampToMs } from "@inmesh/proto/serving";
 import type { TrustAnchors } from "./anchors.js";
 import { createMeshSecureContext } from "./context.js";
 import type { IdentityKey } from "./keys.js";

@@ -2,7 +2,9 @@ import { type ChannelCredentials, type ChannelOptions, credentials, experimental
 import type { ControlPlaneAddress } from "@inmesh/core";
 import { createMeshCertificateProvider } from "@inmesh/grpc/credentials";
 import type { IdentityProvider } from "@inmesh/identity";
-import { destination, inbound, outbound } from "@inmesh/proto";
+import type { destination, outbound } from "@inmesh/proto";
+import { inbound } from "@inmesh/proto/serving";
+import { destinationModule } from "./outbound-module.js";
 
 /** Every control-plane message is capped (R7: a stream may not make us buffer a huge message). */
 export const CONTROL_PLANE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -72,7 +74,8 @@ export function openControlPlaneClients(
         )
       : undefined;
   // The outbound clients (a grpc-js client and, for the destination controller, a channel and its
-  // credentials each) are only needed by discovery, which an inbound-only service never starts.
+  // credentials each) are only needed by discovery, which an inbound-only service never starts; their
+  // code comes with @inmesh/destination, loaded on first outbound use.
   let closed = false;
   let outboundPolicy: InstanceType<typeof outbound.OutboundPoliciesClient> | undefined;
   let destinationClient: InstanceType<typeof destination.DestinationClient> | undefined;
@@ -81,7 +84,8 @@ export function openControlPlaneClients(
     get outboundPolicy() {
       // Inbound and outbound policy are one controller: share its channel.
       if (outboundPolicy === undefined && !closed && policyAddress && policyCredentials && policy) {
-        outboundPolicy = new outbound.OutboundPoliciesClient(grpcTarget(policyAddress), policyCredentials, {
+        const { OutboundPoliciesClient } = destinationModule.now();
+        outboundPolicy = new OutboundPoliciesClient(grpcTarget(policyAddress), policyCredentials, {
           ...channelOptions(policyAddress),
           channelOverride: policy.getChannel(),
         });
@@ -90,7 +94,8 @@ export function openControlPlaneClients(
     },
     get destination() {
       if (destinationClient === undefined && !closed && destinationAddress) {
-        destinationClient = new destination.DestinationClient(
+        const { DestinationClient } = destinationModule.now();
+        destinationClient = new DestinationClient(
           grpcTarget(destinationAddress),
           credentialsFor(destinationAddress, identity),
           channelOptions(destinationAddress),

@@ -8,7 +8,8 @@ import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 // An inbound-only service loads no outbound stack: undici, the dispatcher, discovery (@inmesh/destination),
-// the gRPC mesh channel and re2js come with the first outbound use. With no OpenTelemetry SDK registered,
+// the destination and outbound codecs (all of @inmesh/proto but its `serving` entry), the gRPC mesh
+// channel and re2js come with the first outbound use. With no OpenTelemetry SDK registered,
 // @opentelemetry/api is not loaded either (the tracing bridge waits for one). Runs the built dist in a child process, as a user's service runs it (from sources the
 // stack is imported up front; see outbound-module.ts).
 
@@ -84,7 +85,7 @@ const server = mesh.createServer((req, res) => res.end("meshed"), { port: 8081 }
 await server.listen(0, "127.0.0.1");
 const served = undiciLoaded();
 const lazyLoaded = !served;
-const outboundOnly = loaded().filter((file) => /\\/(destination|grpc)\\/dist\\/index\\.js$|\\/re2js\\/|\\/@opentelemetry\\/api\\//.test(file));
+const outboundOnly = loaded().filter((file) => /\\/(destination|grpc|proto)\\/dist\\/index\\.js$|\\/re2js\\/|\\/@opentelemetry\\/api\\//.test(file));
 const plain = http.createServer((req, res) => res.end("plain"));
 await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
 const response = await mesh.fetch("http://127.0.0.1:" + plain.address().port + "/");

@@ -15,7 +15,7 @@ import {
   meshChannel,
   unrefTimeout,
 } from "@inmesh/core";
-import { DEFAULT_MAX_MESSAGE_BYTES, decodeMessage, inbound } from "@inmesh/proto";
+import { DEFAULT_MAX_MESSAGE_BYTES, decodeMessage, inbound } from "@inmesh/proto/serving";
 import { serverOverLimits, uncompiledRegexes } from "./compile.js";
 import { type DefaultPolicyName, defaultServerPolicy } from "./defaults.js";
 import { NOT_LOADED_POLICY } from "./evaluator.js";

@@ -3,7 +3,7 @@ import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { CallCredentials, ChannelCredentials, type experimental } from "@grpc/grpc-js";
 import { isDnsName, MeshError, MeshErrorCode } from "@inmesh/core";
 import type { IdentityProvider } from "@inmesh/identity";
-import { encodeTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
+import { encodeTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto/serving";
 
 type SecureConnector = experimental.SecureConnector;
 type GrpcUri = experimental.GrpcUri;

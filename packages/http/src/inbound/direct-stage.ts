@@ -9,7 +9,7 @@ import {
   parseTransportHeader,
   TRANSPORT_HEADER_ALPN,
   type TransportHeader,
-} from "@inmesh/proto";
+} from "@inmesh/proto/serving";
 import type { ConnectionState } from "./gate.js";
 import { type Admission, debug, type Pipeline, remainingMs } from "./pipeline.js";
 import type { MeshPolicySource } from "./policy-source.js";

@@ -5,7 +5,7 @@
  */
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from "node:tls";
 import type { CompiledServerPolicy } from "@inmesh/policy";
-import { TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
+import { TRANSPORT_HEADER_ALPN } from "@inmesh/proto/serving";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
 import { detectHttp, HTTP_DETECT_MAX_BYTES } from "./detect.js";
 import type { ConnectionState } from "./gate.js";

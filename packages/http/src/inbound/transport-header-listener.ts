@@ -12,7 +12,7 @@ import {
   parseTransportHeader,
   TRANSPORT_HEADER_ALPN,
   type TransportHeader,
-} from "@inmesh/proto";
+} from "@inmesh/proto/serving";
 import type { MeshServerIdentity } from "./connection.js";
 import { CLIENT_HELLO_MAX_BYTES, detectConnection } from "./detect.js";
 import { checkPort } from "./policy-source.js";

@@ -11,7 +11,7 @@ import {
 } from "@inmesh/core";
 import type { Endpoint } from "@inmesh/destination";
 import type { IdentityProvider } from "@inmesh/identity";
-import { encodeTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto";
+import { encodeTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto/serving";
 import type { buildConnector } from "undici";
 
 /** How one endpoint is reached; computed once per pool. */
