@@ -61,14 +61,16 @@ function bindable(port: number, host: string): Promise<boolean> {
  * A TCP port free on `host`, for a server started later (a manifest's `containerPort`, an address given
  * in the environment). It is outside the kernel's ephemeral range, so no other socket on the machine is
  * given it meanwhile; this process walks its slice in turn, so it hands a port out again only after
- * the slice's other thousand.
+ * the slice's other thousand. Given several hosts, the port is free on each (one port every pod binds
+ * at its own address, as the transport-header port).
  */
-export async function freeLoopbackPort(host = "127.0.0.1"): Promise<number> {
+export async function freeLoopbackPort(host: string | readonly string[] = "127.0.0.1"): Promise<number> {
+  const hosts = typeof host === "string" ? [host] : host;
   const ports = workerSlice();
   for (let tried = 0; tried < SLICE_SIZE; tried++) {
     const port = ports.first + ports.next;
     ports.next = (ports.next + 1) % SLICE_SIZE;
-    if (await bindable(port, host)) return port;
+    if ((await Promise.all(hosts.map((one) => bindable(port, one)))).every(Boolean)) return port;
   }
-  throw new Error(`no free port on ${host} in ${ports.first}-${ports.first + SLICE_SIZE - 1}`);
+  throw new Error(`no free port on ${hosts.join(", ")} in ${ports.first}-${ports.first + SLICE_SIZE - 1}`);
 }

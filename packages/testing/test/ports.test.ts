@@ -40,6 +40,18 @@ describe("freeLoopbackPort", () => {
     for (let i = 0; i < 1_000; i++) expect(await freeLoopbackPort("127.0.0.1")).not.toBe(first);
   });
 
+  it("given several addresses, hands out only a port free on every one of them", async () => {
+    const taken = await freeLoopbackPort("127.0.18.2");
+    held.push(await listen(taken, "127.0.18.2"));
+    // Walk the whole slice round: the port held on one address never comes back, though the other is free.
+    for (let i = 0; i < 1_000; i++) {
+      const port = await freeLoopbackPort(["127.0.18.1", "127.0.18.2"]);
+      expect(port).not.toBe(taken);
+    }
+    const port = await freeLoopbackPort(["127.0.18.1", "127.0.18.2"]);
+    for (const host of ["127.0.18.1", "127.0.18.2"]) held.push(await listen(port, host));
+  });
+
   it("fails with the system's error for an address this machine does not have", async () => {
     await expect(freeLoopbackPort("192.0.2.1")).rejects.toMatchObject({ code: "EADDRNOTAVAIL" });
   });

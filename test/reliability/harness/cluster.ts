@@ -2,7 +2,6 @@
 // suite's own workloads, each pod on its own loopback address and a free port, and the variables each
 // child service is started with, as `inmesh env` gives them.
 import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type ControlPlane, startControlPlane } from "@inmesh/control-plane";
@@ -209,24 +208,6 @@ function withFreePorts(text: string, ports: Map<number, number>): string {
   return result;
 }
 
-/** A port of this worker's slice that is free on each of `hosts`. */
-async function freeOnAll(hosts: readonly string[]): Promise<number> {
-  for (let tried = 0; tried < 20; tried++) {
-    const port = await freeLoopbackPort(hosts[0]);
-    const elsewhere = await Promise.all(hosts.slice(1).map((host) => isFree(port, host)));
-    if (elsewhere.every(Boolean)) return port;
-  }
-  throw new Error(`no port free on all of ${hosts.join(", ")}`);
-}
-
-function isFree(port: number, host: string): Promise<boolean> {
-  const server = createServer();
-  return new Promise((resolve) => {
-    server.once("error", () => resolve(false));
-    server.listen(port, host, () => server.close(() => resolve(true)));
-  });
-}
-
 export async function startCluster(): Promise<Cluster> {
   const dir = await mkdtemp(path.join(tmpdir(), "inmesh-attack-"));
   const manifestsDir = path.join(dir, "manifests");
@@ -249,7 +230,7 @@ export async function startCluster(): Promise<Cluster> {
   // Pods take the transport-header port from the control plane (4143 in a cluster). A port of this
   // worker's own, free on every pod address, keeps suites running side by side (and other checkouts'
   // runs) from binding the same address.
-  const proxyInboundPort = await freeOnAll([...new Set([...pods.values()].map((pod) => pod.ip))]);
+  const proxyInboundPort = await freeLoopbackPort([...new Set([...pods.values()].map((pod) => pod.ip))]);
   const controlPlane = await startControlPlane({
     manifestsDir,
     cluster: { proxyInboundPort },
