@@ -142,6 +142,10 @@ describe("packages as a new user installs them from npm", () => {
         file,
       ).toEqual([]);
     }
+    // @inmesh/proto bundles @bufbuild/protobuf's wire code, so it ships that code's notices.
+    const proto = readdirSync(tarballs).find((name) => name.startsWith("inmesh-proto-"));
+    const { stdout: protoEntries } = await run("tar", ["-tzf", join(tarballs, proto ?? "missing")]);
+    expect(protoEntries.split("\n")).toContain("package/THIRD-PARTY-NOTICES.md");
     const license = readFileSync(join(project, "node_modules", "@inmesh", "mesh", "LICENSE"), "utf8");
     expect(license).toContain("Apache License");
     expect(license).toContain("Version 2.0");

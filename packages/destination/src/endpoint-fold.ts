@@ -1,6 +1,5 @@
-import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
-import { destination, net } from "@inmesh/proto";
+import { BinaryReader, destination, net, WireType } from "@inmesh/proto";
 import {
   addressKey,
   createEndpointConverter,

@@ -3,8 +3,7 @@
  * states after whole messages, in order (contract §8.2 Add/Remove/NoEndpoints), a noEndpoints or a newer
  * stream supersedes unfinished work, and a malformed address late in a message refuses it whole.
  */
-import { BinaryWriter } from "@bufbuild/protobuf/wire";
-import { destination } from "@inmesh/proto";
+import { BinaryWriter, destination } from "@inmesh/proto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { createEndpointUpdateFold, type MessageFold } from "../src/endpoint-fold.js";

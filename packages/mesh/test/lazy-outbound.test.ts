@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 // An inbound-only service loads no outbound stack: undici, the dispatcher, discovery (@inmesh/destination),
 // the destination and outbound codecs (all of @inmesh/proto but its `serving` entry), the gRPC mesh
 // channel and re2js come with the first outbound use. With no OpenTelemetry SDK registered,
-// @opentelemetry/api is not loaded either (the tracing bridge waits for one). Runs the built dist in a child process, as a user's service runs it (from sources the
+// @opentelemetry/api is not loaded either (the tracing bridge waits for one). @bufbuild/protobuf is never
+// loaded: @inmesh/proto bundles the wire reader and writer it needs (its `/wire` entry loads ~20 modules). Runs the built dist in a child process, as a user's service runs it (from sources the
 // stack is imported up front; see outbound-module.ts).
 
 const meshDist = fileURLToPath(new URL("../dist/index.js", import.meta.url));
@@ -89,7 +90,7 @@ const outboundOnly = loaded().filter((file) => /\\/(destination|grpc|proto)\\/di
 const plain = http.createServer((req, res) => res.end("plain"));
 await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
 const response = await mesh.fetch("http://127.0.0.1:" + plain.address().port + "/");
-const result = { served, outboundOnly: lazyLoaded ? outboundOnly : [], body: await response.text(), afterFetch: undiciLoaded(), dispatch: typeof mesh.dispatcher.dispatch };
+const result = { served, outboundOnly: lazyLoaded ? outboundOnly : [], body: await response.text(), afterFetch: undiciLoaded(), dispatch: typeof mesh.dispatcher.dispatch, protobufRuntime: loaded().filter((file) => file.includes("/@bufbuild/")) };
 plain.close();
 await mesh.close();
 console.log(JSON.stringify(result));
@@ -118,6 +119,7 @@ console.log(JSON.stringify(result));
       body: "plain",
       afterFetch: true,
       dispatch: "function",
+      protobufRuntime: [],
     });
   });
 });

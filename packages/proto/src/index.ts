@@ -13,6 +13,12 @@ import * as outbound from "./gen/outbound.js";
 import * as tlsRoute from "./gen/tls_route.js";
 import * as transportHeader from "./gen/transport_header.js";
 
+/**
+ * The wire reader and writer the codecs are built on, bundled into this package: code that reads
+ * messages field by field and hands the reader to a codec's `decode` must use these classes, since the
+ * codecs test `instanceof BinaryReader`.
+ */
+export { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 export {
   durationFromMs,
   durationToMs,
