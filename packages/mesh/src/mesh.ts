@@ -1,5 +1,12 @@
 import { EventEmitter } from "node:events";
-import { type Env, MeshChannel, MeshError, MeshErrorCode, meshChannel } from "@inmesh/core";
+import {
+  type ControlPlaneAddress,
+  type Env,
+  MeshChannel,
+  MeshError,
+  MeshErrorCode,
+  meshChannel,
+} from "@inmesh/core";
 import type { Discovery } from "@inmesh/destination";
 import type { MeshPolicySource } from "@inmesh/http";
 import {
@@ -229,10 +236,14 @@ export function createMeshCore(options: MeshOptions = {}): MeshCore {
     return status !== "closing" && status !== "closed" && reasons().length === 0;
   }
 
+  let identityAddress: { value: ControlPlaneAddress | undefined } | undefined;
   const readiness = new ReadinessReporter(
     {
       identity,
-      identityAddress: identityServiceAddress(env, options),
+      identityAddress: () => {
+        identityAddress ??= { value: identityServiceAddress(env, options) };
+        return identityAddress.value;
+      },
       watcher,
       policyAddress: config.policy?.address,
     },

@@ -23,7 +23,8 @@ export const defaultWarningHandler = (warning: MeshError): void => {
 
 export interface ReadinessSources {
   readonly identity: IdentityProvider;
-  readonly identityAddress: ControlPlaneAddress | undefined;
+  /** Asked only when a message names it: resolving it parses the identity configuration again. */
+  readonly identityAddress: () => ControlPlaneAddress | undefined;
   readonly watcher: PolicyWatcher | undefined;
   readonly policyAddress: ControlPlaneAddress | undefined;
 }
@@ -43,7 +44,7 @@ export function missingDependencies(sources: ReadinessSources): MissingDependenc
   if (!identityState.ready) {
     missing.push({
       dependency: "identity",
-      address: formatAddress(sources.identityAddress),
+      address: formatAddress(sources.identityAddress()),
       variable: "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
       error: identityState.lastError?.message,
     });
