@@ -12,9 +12,11 @@
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
  */
 import { execFileSync } from "node:child_process";
+import { once } from "node:events";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import tls from "node:tls";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
@@ -448,6 +450,86 @@ async function memory() {
       "≤ 2",
       (v) => v <= 2,
       `${errors} errors`,
+    ),
+  );
+  await connectionMemory();
+}
+
+/**
+ * What a server keeps per idle keep-alive mTLS connection (one request served on it), SDK server against
+ * node:https with the same mTLS context: JS heap in use after full collections, before and after opening
+ * the connections, divided by their number. A server holding thousands of client connections pays this
+ * per connection, and it is deterministic to within a few bytes.
+ */
+async function connectionMemory() {
+  const count = QUICK ? 200 : 400;
+  log(`S8c: heap per idle mTLS connection, ${count} connections, SDK server and node:https…`);
+  const perConnection = {};
+  for (const kind of ["mesh", "https"]) {
+    const server = await cluster.startServer(kind, { core: SERVER_CORE, nodeFlags: ["--expose-gc"] });
+    const open = async () => {
+      const socket = tls.connect({
+        ...cluster.clientTls,
+        port: server.port,
+        host: "127.0.0.1",
+        ALPNProtocols: ["http/1.1"],
+      });
+      await once(socket, "secureConnect");
+      return socket;
+    };
+    // Listeners, not `for await`: leaving an async iterator early destroys the socket.
+    const ask = (socket, target) =>
+      new Promise((resolve, reject) => {
+        let text = "";
+        const onData = (chunk) => {
+          text += chunk;
+          const end = text.indexOf("\r\n\r\n");
+          const length = /content-length: (\d+)/i.exec(text);
+          if (end < 0 || !length || text.length < end + 4 + Number(length[1])) return;
+          socket.off("data", onData);
+          socket.off("close", onClose);
+          resolve(text.slice(end + 4));
+        };
+        const onClose = () => reject(new Error(`${kind}: connection closed before the response`));
+        socket.on("data", onData);
+        socket.once("close", onClose);
+        socket.write(`GET ${target} HTTP/1.1\r\nhost: bench\r\n\r\n`);
+      });
+    const heapInUse = async () => {
+      const socket = await open();
+      const bytes = Number(await ask(socket, "/__heap"));
+      socket.destroy();
+      return bytes;
+    };
+    // Warm-up: the code paths compiled and the server's pools sized before the first reading.
+    for (let i = 0; i < 20; i += 1) {
+      const socket = await open();
+      await ask(socket, "/");
+      socket.destroy();
+    }
+    await sleep(200);
+    const before = await heapInUse();
+    const sockets = [];
+    for (let i = 0; i < count; i += 1) {
+      const socket = await open();
+      await ask(socket, "/");
+      sockets.push(socket);
+    }
+    await sleep(200);
+    perConnection[kind] = ((await heapInUse()) - before) / count;
+    for (const socket of sockets) socket.destroy();
+    await server.stop();
+  }
+  raw.connectionMemory = perConnection;
+  rows.push(
+    row(
+      "S8c",
+      "JS heap per idle keep-alive mTLS connection, SDK server ÷ node:https (same mTLS)",
+      perConnection.mesh / perConnection.https,
+      "×",
+      "≤ 1.5",
+      (v) => v <= 1.5,
+      `${(perConnection.mesh / 1024).toFixed(1)} vs ${(perConnection.https / 1024).toFixed(1)} KiB per connection`,
     ),
   );
 }

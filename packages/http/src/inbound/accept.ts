@@ -149,6 +149,12 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     victim.destroy();
   }
 
+  // One listener for every connection ('close' fires once): a `once` wrapper and a closure per
+  // connection would stay in memory for the connection's whole life.
+  function forgetOnClose(this: Socket): void {
+    forget(this);
+  }
+
   function forget(raw: Socket): void {
     const entry = tracked.get(raw);
     if (entry === undefined) return;
@@ -168,7 +174,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
     const entry = new Tracked("detecting", listener);
     tracked.set(raw, entry);
     listener.set(raw, entry);
-    raw.once("close", () => forget(raw));
+    raw.on("close", forgetOnClose);
     const acceptedAt = Date.now();
     const admission: Admission = {
       raw,
@@ -273,7 +279,7 @@ export function createAcceptStage(options: AcceptStageOptions): AcceptStage {
       const entry = new Tracked("busy", adoptedConnections);
       tracked.set(raw, entry);
       adoptedConnections.set(raw, entry);
-      raw.once("close", () => forget(raw));
+      raw.on("close", forgetOnClose);
     },
     setIdle(raw, idle) {
       tracked.get(raw)?.setIdle(idle);

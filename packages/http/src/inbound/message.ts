@@ -73,10 +73,19 @@ export class Http1Drain {
   /** The served connections (the keep-alive sweep walks them too). */
   readonly sockets = new Set<Duplex>();
   private draining = false;
+  // Shared by every socket ('close' fires once): no wrapper or closure kept per connection.
+  private readonly untrack: (this: Duplex) => void;
+
+  constructor() {
+    const sockets = this.sockets;
+    this.untrack = function (this: Duplex) {
+      sockets.delete(this);
+    };
+  }
 
   track(socket: Duplex): void {
     this.sockets.add(socket);
-    socket.once("close", () => this.sockets.delete(socket));
+    socket.on("close", this.untrack);
   }
 
   start(closeIdle: () => void): void {

@@ -183,10 +183,12 @@ export function observeTcp(
     denied: false,
   };
   if (tcpOpen.hasSubscribers) tcpOpen.publish(message);
-  socket.once("error", (error: NodeJS.ErrnoException) => {
-    message.errno = error.code ?? "EUNKNOWN";
+  // `on`, not `once`: 'close' fires once anyway, and a `once` wrapper per listener would stay in memory
+  // for the connection's whole life.
+  socket.on("error", (error: NodeJS.ErrnoException) => {
+    message.errno ??= error.code ?? "EUNKNOWN";
   });
-  socket.once("close", () => {
+  socket.on("close", () => {
     message.bytesRead = socket.bytesRead;
     message.bytesWritten = socket.bytesWritten;
     if (tcpClose.hasSubscribers) tcpClose.publish(message);

@@ -30,6 +30,7 @@ interface PendingTls {
   readonly admission: Admission;
   readonly policy: CompiledServerPolicy;
   readonly handshakeTimer: NodeJS.Timeout;
+  readonly onRawClose: () => void;
 }
 
 function addressKey(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
@@ -68,11 +69,14 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
       raw.destroy();
     }, remainingMs(admission.detectDeadline));
     handshakeTimer.unref();
-    pending.set(key, { admission, policy, handshakeTimer });
-    raw.once("close", () => {
+    const onRawClose = () => {
       clearTimeout(handshakeTimer);
       if (pending.get(key)?.admission === admission) pending.delete(key);
-    });
+    };
+    pending.set(key, { admission, policy, handshakeTimer, onRawClose });
+    // Removed once the handshake is done: it would keep the timer, the key and this closure for the
+    // connection's whole life.
+    raw.on("close", onRawClose);
     ((direct ? directTlsServer : tlsServer) as TlsServer).emit("connection", raw);
   }
 
@@ -81,7 +85,10 @@ export function createTlsStage(options: TlsStageOptions): TlsStage {
     const key = addressKey(socket);
     const entry = pending.get(key);
     pending.delete(key);
-    if (entry !== undefined) clearTimeout(entry.handshakeTimer);
+    if (entry !== undefined) {
+      clearTimeout(entry.handshakeTimer);
+      entry.admission.raw.removeListener("close", entry.onRawClose);
+    }
     if (entry === undefined || pipeline.shutdown.closing) {
       socket.destroy();
       return;
