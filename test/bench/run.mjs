@@ -12,15 +12,13 @@
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
  */
 import { execFileSync } from "node:child_process";
-import { once } from "node:events";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import tls from "node:tls";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
-import { createLeanClient } from "./lib/lean-load.mjs";
+import { connect, createLeanClient, getOnce } from "./lib/lean-load.mjs";
 import { createPool, openLoop } from "./lib/load.mjs";
 import { renderMarkdown, renderSvg } from "./lib/report.mjs";
 
@@ -467,44 +465,18 @@ async function connectionMemory() {
   const perConnection = {};
   for (const kind of ["mesh", "https"]) {
     const server = await cluster.startServer(kind, { core: SERVER_CORE, nodeFlags: ["--expose-gc"] });
-    const open = async () => {
-      const socket = tls.connect({
-        ...cluster.clientTls,
-        port: server.port,
-        host: "127.0.0.1",
-        ALPNProtocols: ["http/1.1"],
-      });
-      await once(socket, "secureConnect");
-      return socket;
-    };
-    // Listeners, not `for await`: leaving an async iterator early destroys the socket.
-    const ask = (socket, target) =>
-      new Promise((resolve, reject) => {
-        let text = "";
-        const onData = (chunk) => {
-          text += chunk;
-          const end = text.indexOf("\r\n\r\n");
-          const length = /content-length: (\d+)/i.exec(text);
-          if (end < 0 || !length || text.length < end + 4 + Number(length[1])) return;
-          socket.off("data", onData);
-          socket.off("close", onClose);
-          resolve(text.slice(end + 4));
-        };
-        const onClose = () => reject(new Error(`${kind}: connection closed before the response`));
-        socket.on("data", onData);
-        socket.once("close", onClose);
-        socket.write(`GET ${target} HTTP/1.1\r\nhost: bench\r\n\r\n`);
-      });
+    const tlsOptions = { ...cluster.clientTls, ALPNProtocols: ["http/1.1"] };
+    const open = () => connect(server.port, tlsOptions);
     const heapInUse = async () => {
       const socket = await open();
-      const bytes = Number(await ask(socket, "/__heap"));
+      const bytes = Number(await getOnce(socket, "/__heap"));
       socket.destroy();
       return bytes;
     };
     // Warm-up: the code paths compiled and the server's pools sized before the first reading.
     for (let i = 0; i < 20; i += 1) {
       const socket = await open();
-      await ask(socket, "/");
+      await getOnce(socket, "/");
       socket.destroy();
     }
     await sleep(200);
@@ -512,7 +484,7 @@ async function connectionMemory() {
     const sockets = [];
     for (let i = 0; i < count; i += 1) {
       const socket = await open();
-      await ask(socket, "/");
+      await getOnce(socket, "/");
       sockets.push(socket);
     }
     await sleep(200);

@@ -11,8 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 // the destination and outbound codecs (all of @inmesh/proto but its `serving` entry), the gRPC mesh
 // channel and re2js come with the first outbound use. With no OpenTelemetry SDK registered,
 // @opentelemetry/api is not loaded either (the tracing bridge waits for one). @bufbuild/protobuf is never
-// loaded: @inmesh/proto bundles the wire reader and writer it needs (its `/wire` entry loads ~20 modules). Runs the built dist in a child process, as a user's service runs it (from sources the
-// stack is imported up front; see outbound-module.ts).
+// loaded: @inmesh/proto bundles the wire reader and writer it needs (its `/wire` entry loads ~20 modules).
+// Runs the built dist in a child process, as a user's service runs it (from sources the stack is imported
+// up front; see outbound-module.ts).
 
 const meshDist = fileURLToPath(new URL("../dist/index.js", import.meta.url));
 

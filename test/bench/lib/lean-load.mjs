@@ -93,7 +93,43 @@ class Connection {
   }
 }
 
-async function connect(port, tlsOptions) {
+/**
+ * Sends one keep-alive `GET target` on `socket` and resolves with the response body (latin1), leaving the
+ * connection open. Listeners, not `for await`: leaving an async iterator early destroys the socket.
+ */
+export function getOnce(socket, target) {
+  return new Promise((resolve, reject) => {
+    let buffer = Buffer.alloc(0);
+    const onData = (chunk) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      let length;
+      try {
+        length = responseLength(buffer);
+      } catch (error) {
+        finish();
+        reject(error);
+        return;
+      }
+      if (length === 0) return;
+      finish();
+      resolve(buffer.latin1Slice(buffer.indexOf(HEADER_END) + HEADER_END.length, length));
+    };
+    const onClose = () => {
+      finish();
+      reject(new Error("connection closed before the response"));
+    };
+    const finish = () => {
+      socket.off("data", onData);
+      socket.off("close", onClose);
+    };
+    socket.on("data", onData);
+    socket.on("close", onClose);
+    socket.write(`GET ${target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: keep-alive\r\n\r\n`);
+  });
+}
+
+/** A connection to 127.0.0.1:`port`: TLS with `tlsOptions` (server name not checked), plaintext without. */
+export async function connect(port, tlsOptions) {
   return new Promise((resolve, reject) => {
     const socket = tlsOptions
       ? tls.connect({
