@@ -185,8 +185,8 @@ function boundSession(
   idleStates.set(session, state);
   const injectedSocket = injected?.socket as (Duplex & { readonly bytesRead?: number }) | undefined;
   if (injectedSocket !== undefined && typeof injectedSocket.bytesRead === "number") {
-    keepAlive.watch(session, injectedSocket as Duplex & { readonly bytesRead: number }, () => {
-      debug("grpc: injected session did not answer a keep-alive PING");
+    keepAlive.watch(session, injectedSocket as Duplex & { readonly bytesRead: number }, (why) => {
+      debug("grpc: closing an injected session (%s)", why);
       session.destroy();
       state.socket?.destroy();
     });

@@ -21,6 +21,7 @@ import {
   createResetBudgets,
   createStreamAdmission,
   ENHANCE_YOUR_CALM,
+  type KeepAliveRelease,
   refuseSession,
   type SessionResetBudget,
 } from "@inmesh/core/http2-abuse";
@@ -110,7 +111,8 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
   const sessions = new Map<ServerHttp2Session, SessionEntry>();
   const resetBudgets = createResetBudgets(RESET_BUDGETS);
   const admission = createStreamAdmission();
-  // PINGs a silent session; see createKeepAliveSweep for the Node 20 sessions this frees.
+  // PINGs a silent session, and lets go of those nghttp2 ended (Node 20 leaves them open): see
+  // createKeepAliveSweep.
   const keepAlive = createKeepAliveSweep({
     intervalMs: options.keepAliveIntervalMs,
     timeoutMs: options.keepAliveTimeoutMs,
@@ -141,7 +143,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       timer: boundedWait(session, pending.raw, options.headersTimeoutMs, "no request headers"),
     };
     sessions.set(session, entry);
-    keepAlive.watch(session, entry.raw, () => unresponsive(entry));
+    keepAlive.watch(session, entry.raw, (why) => letGo(entry, why));
     options.setIdle(entry.raw, true);
     // Per session, so a stream reset before its 'stream' event (it then has no session) still counts.
     session.on("stream", onSessionStream);
@@ -221,11 +223,8 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     return timer;
   }
 
-  function unresponsive(entry: SessionEntry): void {
-    debug(
-      "inbound: http2 session from %s did not answer a keep-alive PING: closing",
-      entry.raw.remoteAddress,
-    );
+  function letGo(entry: SessionEntry, why: KeepAliveRelease): void {
+    debug("inbound: closing http2 session from %s (%s)", entry.raw.remoteAddress, why);
     sessions.delete(entry.session);
     clearTimeout(entry.timer);
     entry.session.destroy();

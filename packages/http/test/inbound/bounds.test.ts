@@ -18,7 +18,9 @@ import { createMeshServer, type MeshServer, type MeshServerOptions } from "../..
 import {
   continuation,
   data,
+  Flag,
   FrameType,
+  frame,
   get,
   headers,
   PREFACE,
@@ -393,6 +395,58 @@ describe("inbound bounds (small configured timeouts)", () => {
           settings(),
           headers(1, call, { endStream: false }),
           continuation(1, [["x-after", "end-headers"]], true),
+        ]);
+        const closed = await untilClosed(track(plainSocket({ port })), bytes);
+        expect(closed.elapsedMs).toBeLessThan(4000);
+      } finally {
+        grpcServer.forceShutdown();
+      }
+    });
+
+    // Keep-alive off and every timeout at a minute: what closes these within seconds is the sweep noticing
+    // that nghttp2 is done with the session (Node 24 closes them itself; Node 20 held them until a timeout).
+    const UNBOUNDED = {
+      http2KeepAliveIntervalMs: 0,
+      headersTimeoutMs: 60_000,
+      requestTimeoutMs: 60_000,
+      http2IdleTimeoutMs: 60_000,
+    };
+    const protocolErrors = [
+      ["a SETTINGS acknowledgement with a payload", frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(6))],
+      ["a CONTINUATION with no HEADERS before it", continuation(1, [["x-stray", "continuation"]], true)],
+      [
+        "a CONTINUATION after a complete header block, with a request open",
+        Buffer.concat([
+          headers(1, post("/"), { endStream: false }),
+          continuation(1, [["x-after", "end-headers"]], true),
+        ]),
+      ],
+    ] as const;
+    for (const [what, bad] of protocolErrors) {
+      it(`closes a session nghttp2 ended on ${what}, with keep-alive off`, async () => {
+        const { port } = await serve(UNBOUNDED);
+        const closed = await untilClosed(
+          track(plainSocket({ port })),
+          Buffer.concat([PREFACE, settings(), bad]),
+        );
+        expect(goawaySent(closed.bytes)).toBe(true);
+        expect(closed.elapsedMs).toBeLessThan(4000);
+        await legitimateHttp2(port);
+      });
+    }
+
+    it("closes a grpc-js session nghttp2 ended on a protocol error, with keep-alive off", async () => {
+      const grpcServer = new GrpcServer();
+      try {
+        const port = await serveGrpc(grpcServer, {
+          headersTimeoutMs: 60_000,
+          idleTimeoutMs: 60_000,
+          keepAliveIntervalMs: 0,
+        });
+        const bytes = Buffer.concat([
+          PREFACE,
+          settings(),
+          frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(6)),
         ]);
         const closed = await untilClosed(track(plainSocket({ port })), bytes);
         expect(closed.elapsedMs).toBeLessThan(4000);
