@@ -167,6 +167,20 @@ export function refuseSession(
   // destroy(undefined, code) would send NO_ERROR (undefined takes the default first argument).
   session.goaway(code);
   session.destroy();
+  destroyAfter(socket, graceMs);
+}
+
+/**
+ * Closes a session nghttp2 is done with (see `sessionFinished`). Its GOAWAY may still be on its way
+ * through the socket's buffers: node ends the socket once they are written, and `socket` is destroyed
+ * after `graceMs` whatever the client does.
+ */
+export function closeEndedSession(session: ServerHttp2Session, graceMs: number, socket: Duplex): void {
+  if (!session.destroyed) session.destroy();
+  destroyAfter(socket, graceMs);
+}
+
+function destroyAfter(socket: Duplex, graceMs: number): void {
   if (socket.destroyed) return;
   const timer = setTimeout(() => socket.destroy(), graceMs);
   timer.unref();

@@ -5,6 +5,7 @@ import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import { checkDuration, type PeerIdentity } from "@inmesh/core";
 import {
+  closeEndedSession,
   createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
@@ -187,6 +188,10 @@ function boundSession(
   if (injectedSocket !== undefined && typeof injectedSocket.bytesRead === "number") {
     keepAlive.watch(session, injectedSocket as Duplex & { readonly bytesRead: number }, (why) => {
       debug("grpc: closing an injected session (%s)", why);
+      if (why === "ended by nghttp2" && state.socket !== undefined) {
+        closeEndedSession(session, REFUSE_GRACE_MS, state.socket);
+        return;
+      }
       session.destroy();
       state.socket?.destroy();
     });

@@ -17,6 +17,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import {
+  closeEndedSession,
   createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
@@ -225,8 +226,13 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
 
   function letGo(entry: SessionEntry, why: KeepAliveRelease): void {
     debug("inbound: closing http2 session from %s (%s)", entry.raw.remoteAddress, why);
-    sessions.delete(entry.session);
     clearTimeout(entry.timer);
+    if (why === "ended by nghttp2") {
+      // Its GOAWAY may still be on its way out; the session's close destroys `raw` (onSessionClose).
+      closeEndedSession(entry.session, CLOSE_GRACE_MS, entry.raw);
+      return;
+    }
+    sessions.delete(entry.session);
     entry.session.destroy();
     entry.raw.destroy();
   }
