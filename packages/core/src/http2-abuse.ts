@@ -167,7 +167,7 @@ export function refuseSession(
   // destroy(undefined, code) would send NO_ERROR (undefined takes the default first argument).
   session.goaway(code);
   session.destroy();
-  destroyAfter(socket, graceMs);
+  destroySocketAfter(socket, graceMs);
 }
 
 /**
@@ -177,10 +177,11 @@ export function refuseSession(
  */
 export function closeEndedSession(session: ServerHttp2Session, graceMs: number, socket: Duplex): void {
   if (!session.destroyed) session.destroy();
-  destroyAfter(socket, graceMs);
+  destroySocketAfter(socket, graceMs);
 }
 
-function destroyAfter(socket: Duplex, graceMs: number): void {
+/** Destroys `socket` after `graceMs` unless it closes first: the bound on a close that waits for the peer. */
+export function destroySocketAfter(socket: Duplex, graceMs: number): void {
   if (socket.destroyed) return;
   const timer = setTimeout(() => socket.destroy(), graceMs);
   timer.unref();
@@ -251,13 +252,11 @@ export function sessionFinished(session: ServerHttp2Session): boolean {
 
 /**
  * HTTP/2 keep-alive, as linkerd2-proxy's servers (hyper) do it: a session from which nothing has been
- * read for the interval gets a PING, and one that does not answer within the timeout is let go. Besides
- * peers that vanished without a FIN, this frees sessions nghttp2 ended on a protocol error: on Node 20
- * node then stops reading the socket and never learns that the peer closed it, so the session, its
- * socket and any stream left open stayed until the process exited (an open stream cannot even be
- * reset). Each tick also lets go of sessions nghttp2 is finished with (see `sessionFinished`), within a
- * second and with keep-alive off too. One sweep reads each socket's byte count: nothing is done per
- * frame or per request.
+ * read for the interval gets a PING, and one that does not answer within the timeout is let go (a peer
+ * that vanished without a FIN). Each tick also lets go of sessions nghttp2 is finished with (see
+ * `sessionFinished`), with keep-alive off too: on Node 20 those otherwise stayed, with any stream left
+ * open, until a timeout (before keep-alive, until the process exited). One sweep reads each socket's
+ * byte count: nothing is done per frame or per request.
  */
 export function createKeepAliveSweep(options: KeepAliveOptions): KeepAliveSweep {
   const { intervalMs, timeoutMs } = options;

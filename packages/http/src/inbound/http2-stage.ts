@@ -21,6 +21,7 @@ import {
   createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
+  destroySocketAfter,
   ENHANCE_YOUR_CALM,
   type KeepAliveRelease,
   refuseSession,
@@ -177,14 +178,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     debug("inbound: http2 session error: %s", error.message);
     // Node destroys the session and ends its socket, which waits for the peer: bounded here.
     const entry = sessions.get(this);
-    if (entry !== undefined) destroyAfterGrace(entry.raw);
-  }
-
-  function destroyAfterGrace(raw: Socket): void {
-    if (raw.destroyed) return;
-    const timer = setTimeout(() => raw.destroy(), CLOSE_GRACE_MS);
-    timer.unref();
-    raw.once("close", () => clearTimeout(timer));
+    if (entry !== undefined) destroySocketAfter(entry.raw, CLOSE_GRACE_MS);
   }
 
   function onSessionStream(this: ServerHttp2Session, stream: ServerHttp2Stream): void {

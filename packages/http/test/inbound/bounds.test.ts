@@ -376,31 +376,38 @@ describe("inbound bounds (small configured timeouts)", () => {
       await legitimateHttp2(port);
     });
 
-    it("closes a grpc-js session nghttp2 ended on a protocol error while a call was open", async () => {
+    /** grpc-js behind the injector with `bounds`; resolves once the server closed a connection sent `bytes`. */
+    async function grpcClosed(bounds: Parameters<typeof serveGrpc>[1], bytes: Buffer): Promise<Closed> {
       const grpcServer = new GrpcServer();
       try {
-        const port = await serveGrpc(grpcServer, {
+        const port = await serveGrpc(grpcServer, bounds);
+        return await untilClosed(track(plainSocket({ port })), bytes);
+      } finally {
+        grpcServer.forceShutdown();
+      }
+    }
+
+    it("closes a grpc-js session nghttp2 ended on a protocol error while a call was open", async () => {
+      const call = [
+        ...post("/test.Echo/Call"),
+        ["content-type", "application/grpc"],
+        ["te", "trailers"],
+      ] as const;
+      const closed = await grpcClosed(
+        {
           headersTimeoutMs: 60_000,
           idleTimeoutMs: 60_000,
           keepAliveIntervalMs: KEEP_ALIVE.http2KeepAliveIntervalMs,
           keepAliveTimeoutMs: KEEP_ALIVE.http2KeepAliveTimeoutMs,
-        });
-        const call = [
-          ...post("/test.Echo/Call"),
-          ["content-type", "application/grpc"],
-          ["te", "trailers"],
-        ] as const;
-        const bytes = Buffer.concat([
+        },
+        Buffer.concat([
           PREFACE,
           settings(),
           headers(1, call, { endStream: false }),
           continuation(1, [["x-after", "end-headers"]], true),
-        ]);
-        const closed = await untilClosed(track(plainSocket({ port })), bytes);
-        expect(closed.elapsedMs).toBeLessThan(4000);
-      } finally {
-        grpcServer.forceShutdown();
-      }
+        ]),
+      );
+      expect(closed.elapsedMs).toBeLessThan(4000);
     });
 
     // Keep-alive off and every timeout at a minute: what closes these within seconds is the sweep noticing
@@ -436,23 +443,11 @@ describe("inbound bounds (small configured timeouts)", () => {
     }
 
     it("closes a grpc-js session nghttp2 ended on a protocol error, with keep-alive off", async () => {
-      const grpcServer = new GrpcServer();
-      try {
-        const port = await serveGrpc(grpcServer, {
-          headersTimeoutMs: 60_000,
-          idleTimeoutMs: 60_000,
-          keepAliveIntervalMs: 0,
-        });
-        const bytes = Buffer.concat([
-          PREFACE,
-          settings(),
-          frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(6)),
-        ]);
-        const closed = await untilClosed(track(plainSocket({ port })), bytes);
-        expect(closed.elapsedMs).toBeLessThan(4000);
-      } finally {
-        grpcServer.forceShutdown();
-      }
+      const closed = await grpcClosed(
+        { headersTimeoutMs: 60_000, idleTimeoutMs: 60_000, keepAliveIntervalMs: 0 },
+        Buffer.concat([PREFACE, settings(), frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(6))]),
+      );
+      expect(closed.elapsedMs).toBeLessThan(4000);
     });
 
     it("closes a connection whose peer does not answer its PING", async () => {

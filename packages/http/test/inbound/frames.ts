@@ -112,13 +112,6 @@ export function windowUpdate(streamId: number, increment: number): Buffer {
   return frame(FrameType.WINDOW_UPDATE, 0, streamId, payload);
 }
 
-export function goaway(lastStreamId: number, code = 0): Buffer {
-  const payload = Buffer.alloc(8);
-  payload.writeUInt32BE(lastStreamId);
-  payload.writeUInt32BE(code, 4);
-  return frame(FrameType.GOAWAY, 0, 0, payload);
-}
-
 export function ping(ack = false): Buffer {
   return frame(FrameType.PING, ack ? Flag.ACK : 0, 0, Buffer.alloc(8));
 }
