@@ -411,9 +411,10 @@ async function memory() {
   log(
     `S8: RSS at ${CONFIG.rate} RPS, 50 connections, ${CONFIG.memorySeconds} s, SDK app and plain app side by side, ${CONFIG.memoryPairs} pairs…`,
   );
-  // One pair can mislead: the SDK app's V8 young generation doubles (8 → 16 MiB committed) at a moment
-  // that varies from run to run, and ΔRSS after 60 s came out either ~16 or ~24 MiB for the same build.
-  // So S8 is a median over pairs, like every other figure here.
+  // One pair can mislead: V8 resizes each app's young generation (4, 8, 16 MiB committed), up and down,
+  // by what survives its scavenges and how fast the app allocates, at moments that vary from run to run.
+  // ΔRSS after 60 s came out either ~16 or ~24 MiB for the same build; over one 5-minute pair the plain
+  // app's grew from 4 to 8 MiB and the SDK app's shrank from 8 to 4. So S8 is a median over pairs.
   const pairs = [];
   for (let index = 0; index < CONFIG.memoryPairs; index += 1) {
     const pair = await memoryPair();
