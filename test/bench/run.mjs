@@ -17,6 +17,7 @@ import os from "node:os";
 import path from "node:path";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
+import { createH2Client } from "./lib/h2-load.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { connect, createLeanClient, getOnce } from "./lib/lean-load.mjs";
 import { createPool, openLoop } from "./lib/load.mjs";
@@ -270,7 +271,56 @@ async function inbound() {
   notes.push(note);
   log(`  ${note}`);
   for (const client of Object.values(clients)) client.close();
-  await Promise.all([mesh, https, http, nginx, app].map((server) => server.stop()));
+  await Promise.all([https, http, nginx, app].map((server) => server.stop()));
+  await inboundHttp2(mesh);
+  await mesh.stop();
+}
+
+/**
+ * S1d: what a Linkerd sidecar (or the SDK's own client) sends a meshed workload is HTTP/2, HTTP/1
+ * requests upgraded and marked `l5d-orig-proto`, many streams on one connection. The SDK server hands
+ * them to the same node:http app through its HTTP/1 downgrade; the baseline is node:http2 with the
+ * same mTLS context serving the app on its compatibility objects. CPU per request, interleaved pairs.
+ */
+async function inboundHttp2(mesh) {
+  log("S1d: HTTP/2 (l5d-orig-proto) closed loop, SDK server vs node:http2 (interleaved)…");
+  const h2 = await cluster.startServer("h2", { core: SERVER_CORE });
+  const targets = { mesh: { port: mesh.port, pids: mesh.pids }, h2: { port: h2.port, pids: h2.pids } };
+  const clients = {};
+  for (const [name, t] of Object.entries(targets))
+    clients[name] = await createH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
+  for (const name of Object.keys(targets)) await clients[name].closedLoop({ seconds: 1 });
+  const results = { mesh: [], h2: [] };
+  for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
+    for (const [name, target] of Object.entries(targets)) {
+      const cpuBefore = totalCpu(target.pids);
+      const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
+      const cpu = totalCpu(target.pids) - cpuBefore;
+      results[name].push({ rps: count / seconds, cpuUs: (cpu / count) * 1e6, busy: cpu / seconds });
+    }
+    log(
+      `  pair ${pair + 1}: ${Object.entries(results)
+        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s ${l.at(-1).cpuUs.toFixed(0)}µs cpu/req`)
+        .join(", ")}`,
+    );
+  }
+  raw.inboundHttp2 = results;
+  const busy = Object.entries(results)
+    .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
+    .join(", ");
+  rows.push(
+    row(
+      "S1d",
+      "CPU/request over HTTP/2 (a sidecar's upgraded requests), SDK server ÷ node:http2 (same mTLS)",
+      summary(results.mesh.map((value, i) => value.cpuUs / results.h2[i].cpuUs)),
+      "×",
+      "≤ 1.10",
+      (v) => v <= 1.1,
+      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; server core busy ${busy}`,
+    ),
+  );
+  for (const client of Object.values(clients)) client.close();
+  await h2.stop();
 }
 
 async function latency() {

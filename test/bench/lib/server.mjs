@@ -1,9 +1,11 @@
 /**
  * One benchmark server per process, so each is pinned and measured on its own:
  *   node server.mjs <kind> <setup.json>
- * kind: `mesh` (createMeshServer: mTLS + policy + l5d-client-id), `https` (node:https with the same mTLS
- * context as the mesh server, no policy), `http` (plain node:http: S1a/S1b's baseline, and the app behind
- * nginx). Every kind serves the same app. Prints `LISTENING <port>` once it serves; SIGTERM stops it.
+ * kind: `mesh` (createMeshServer: mTLS + policy + l5d-client-id; HTTP/2 requests reach the node:http
+ * app through its HTTP/1 downgrade, as a Linkerd sidecar's do), `https` (node:https with the same mTLS
+ * context as the mesh server, no policy), `h2` (node:http2 with the same mTLS context, the app on its
+ * compatibility objects: S1d's baseline), `http` (plain node:http: S1a/S1b's baseline, and the app
+ * behind nginx). Every kind serves the same app. Prints `LISTENING <port>` once it serves; SIGTERM stops it.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -45,7 +47,15 @@ if (kind === "http") {
     readToken: () => setup.token,
   });
   await identity.ready();
-  if (kind === "https") {
+  if (kind === "h2") {
+    const http2 = await import("node:http2");
+    const server = http2.createSecureServer(identity.tlsServerOptions(), app);
+    port = await listen(server, setup.port ?? 0);
+    close = async () => {
+      server.close();
+      await identity.close();
+    };
+  } else if (kind === "https") {
     const server = https.createServer({ ...identity.tlsServerOptions(), keepAliveTimeout: 60_000 }, app);
     port = await listen(server, setup.port ?? 0);
     close = async () => {
