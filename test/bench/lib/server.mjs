@@ -4,7 +4,8 @@
  * kind: `mesh` (createMeshServer: mTLS + policy + l5d-client-id; HTTP/2 requests reach the node:http
  * app through its HTTP/1 downgrade, as a Linkerd sidecar's do), `https` (node:https with the same mTLS
  * context as the mesh server, no policy), `h2` (node:http2 with the same mTLS context, the app on its
- * compatibility objects: S1d's baseline), `http` (plain node:http: S1a/S1b's baseline, and the app
+ * compatibility objects: S1d's baseline), `mesh-h2compat` (the mesh server with `http2Compat`: HTTP/2
+ * requests reach the app on node:http2 compatibility objects, no downgrade), `http` (plain node:http: S1a/S1b's baseline, and the app
  * behind nginx). Every kind serves the same app. Prints `LISTENING <port>` once it serves; SIGTERM stops it.
  */
 import { readFileSync } from "node:fs";
@@ -63,7 +64,7 @@ if (kind === "http") {
       server.close();
       await identity.close();
     };
-  } else if (kind === "mesh") {
+  } else if (kind === "mesh" || kind === "mesh-h2compat") {
     const { createMeshServer } = await import(distOf("http"));
     const policy = await admitOne(setup.clientIdentity);
     const mesh = createMeshServer({
@@ -72,6 +73,7 @@ if (kind === "http") {
       port: 8080,
       handler: app,
       keepAliveTimeoutMs: 60_000,
+      http2Compat: kind === "mesh-h2compat",
     });
     port = (await mesh.listen(setup.port ?? 0, "127.0.0.1")).port;
     close = async () => {
