@@ -191,28 +191,7 @@ async function inbound() {
   const clients = {};
   for (const [name, t] of Object.entries(targets))
     clients[name] = await createLeanClient(t.port, t.tls, CONFIG.concurrency);
-  for (const name of Object.keys(targets)) await clients[name].closedLoop({ seconds: 1 });
-  const results = Object.fromEntries(Object.keys(targets).map((name) => [name, []]));
-  for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
-    for (const [name, target] of Object.entries(targets)) {
-      const cpuBefore = totalCpu(target.pids);
-      const clientBefore = process.cpuUsage();
-      const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
-      const cpu = totalCpu(target.pids) - cpuBefore;
-      const client = process.cpuUsage(clientBefore);
-      results[name].push({
-        rps: count / seconds,
-        cpuUs: (cpu / count) * 1e6,
-        busy: cpu / seconds,
-        clientCpuUs: (client.user + client.system) / count,
-      });
-    }
-    log(
-      `  pair ${pair + 1}: ${Object.entries(results)
-        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s ${l.at(-1).cpuUs.toFixed(0)}µs cpu/req`)
-        .join(", ")}`,
-    );
-  }
+  const results = await interleaved(targets, clients);
   raw.inbound = results;
   const ratio = (a, b, field) => results[a].map((value, i) => value[field] / results[b][i][field]);
   rows.push(
@@ -277,6 +256,37 @@ async function inbound() {
 }
 
 /**
+ * Closed-loop phases, one target after the other, `CONFIG.pairs` times (after a 1 s warm-up each): per
+ * phase the throughput, the target's CPU per request and how busy its core was, and what the load
+ * generator spent per request.
+ */
+async function interleaved(targets, clients) {
+  for (const name of Object.keys(targets)) await clients[name].closedLoop({ seconds: 1 });
+  const results = Object.fromEntries(Object.keys(targets).map((name) => [name, []]));
+  for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
+    for (const [name, target] of Object.entries(targets)) {
+      const cpuBefore = totalCpu(target.pids);
+      const clientBefore = process.cpuUsage();
+      const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
+      const cpu = totalCpu(target.pids) - cpuBefore;
+      const client = process.cpuUsage(clientBefore);
+      results[name].push({
+        rps: count / seconds,
+        cpuUs: (cpu / count) * 1e6,
+        busy: cpu / seconds,
+        clientCpuUs: (client.user + client.system) / count,
+      });
+    }
+    log(
+      `  pair ${pair + 1}: ${Object.entries(results)
+        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s ${l.at(-1).cpuUs.toFixed(0)}µs cpu/req`)
+        .join(", ")}`,
+    );
+  }
+  return results;
+}
+
+/**
  * S1d: what a Linkerd sidecar (or the SDK's own client) sends a meshed workload is HTTP/2, HTTP/1
  * requests upgraded and marked `l5d-orig-proto`, many streams on one connection. The SDK server hands
  * them to the same node:http app through its HTTP/1 downgrade; the baseline is node:http2 with the
@@ -297,21 +307,7 @@ async function inboundHttp2(mesh) {
   const clients = {};
   for (const [name, t] of Object.entries(targets))
     clients[name] = await createH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
-  for (const name of Object.keys(targets)) await clients[name].closedLoop({ seconds: 1 });
-  const results = { mesh: [], h2: [], compat: [] };
-  for (let pair = 0; pair < CONFIG.pairs; pair += 1) {
-    for (const [name, target] of Object.entries(targets)) {
-      const cpuBefore = totalCpu(target.pids);
-      const { count, seconds } = await clients[name].closedLoop({ seconds: CONFIG.seconds });
-      const cpu = totalCpu(target.pids) - cpuBefore;
-      results[name].push({ rps: count / seconds, cpuUs: (cpu / count) * 1e6, busy: cpu / seconds });
-    }
-    log(
-      `  pair ${pair + 1}: ${Object.entries(results)
-        .map(([n, l]) => `${n} ${Math.round(l.at(-1).rps)}/s ${l.at(-1).cpuUs.toFixed(0)}µs cpu/req`)
-        .join(", ")}`,
-    );
-  }
+  const results = await interleaved(targets, clients);
   raw.inboundHttp2 = results;
   const busy = Object.entries(results)
     .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
