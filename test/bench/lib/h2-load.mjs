@@ -6,6 +6,7 @@
  * response ends. A status other than 200 fails the run rather than being counted.
  */
 import http2 from "node:http2";
+import { runClosedLoop } from "./lean-load.mjs";
 
 export async function createH2Client(port, tlsOptions, streams) {
   const session = http2.connect(`https://127.0.0.1:${port}`, {
@@ -19,33 +20,16 @@ export async function createH2Client(port, tlsOptions, streams) {
   const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
   return {
     closedLoop({ seconds }) {
-      return new Promise((resolve, reject) => {
-        const started = performance.now();
-        const deadline = started + seconds * 1000;
-        let count = 0;
-        let active = streams;
-        let failed = false;
-        const fail = (error) => {
-          if (failed) return;
-          failed = true;
-          reject(error);
-        };
+      return runClosedLoop(streams, seconds, (tally) => {
         const send = () => {
           const request = session.request(headers);
           request.on("response", (response) => {
-            if (response[":status"] !== 200) fail(new Error(`HTTP/2 status ${response[":status"]}`));
+            if (response[":status"] !== 200) tally.fail(new Error(`HTTP/2 status ${response[":status"]}`));
           });
           request.on("data", () => {});
-          request.on("error", fail);
+          request.on("error", (error) => tally.fail(error));
           request.on("end", () => {
-            count += 1;
-            // The clock is read once per response; a stream slot stops after its first response past it.
-            if (performance.now() < deadline) {
-              send();
-              return;
-            }
-            active -= 1;
-            if (active === 0) resolve({ count, seconds: (performance.now() - started) / 1000 });
+            if (tally.completed()) send();
           });
           request.end();
         };

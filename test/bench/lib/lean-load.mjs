@@ -148,6 +148,37 @@ export async function connect(port, tlsOptions) {
 }
 
 /**
+ * One closed-loop phase over `slots` request slots (connections, or streams of one connection) for
+ * `seconds`: `start(tally)` sends each slot's first request; `tally.completed()` counts a response and
+ * says whether that slot sends again (the clock is read once per response, and a slot stops after its
+ * first response past the deadline); `tally.fail(error)` ends the phase. Resolves with the responses
+ * completed and the time taken once every slot has stopped.
+ */
+export function runClosedLoop(slots, seconds, start) {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const deadline = started + seconds * 1000;
+    let count = 0;
+    let active = slots;
+    let failed = false;
+    start({
+      completed() {
+        count += 1;
+        if (performance.now() < deadline) return true;
+        active -= 1;
+        if (active === 0) resolve({ count, seconds: (performance.now() - started) / 1000 });
+        return false;
+      },
+      fail(error) {
+        if (failed) return;
+        failed = true;
+        reject(error);
+      },
+    });
+  });
+}
+
+/**
  * `connections` keep-alive connections to 127.0.0.1:`port` (TLS with `tlsOptions`, plaintext without).
  * `closedLoop({ seconds })` returns the responses completed and the time taken.
  */
@@ -157,29 +188,15 @@ export async function createLeanClient(port, tlsOptions, connections) {
   const pool = sockets.map((socket) => new Connection(socket, request));
   return {
     closedLoop({ seconds }) {
-      return new Promise((resolve, reject) => {
-        const started = performance.now();
-        const deadline = started + seconds * 1000;
-        let count = 0;
-        let active = pool.length;
-        let failed = false;
+      return runClosedLoop(pool.length, seconds, (tally) => {
         const loop = {
           completed(connection) {
-            count += 1;
-            // The clock is read once per response; a connection stops after its first response past it.
-            if (performance.now() < deadline) {
-              connection.send();
-              return;
-            }
-            connection.loop = undefined;
-            active -= 1;
-            if (active === 0) resolve({ count, seconds: (performance.now() - started) / 1000 });
+            if (tally.completed()) connection.send();
+            else connection.loop = undefined;
           },
           fail(error) {
-            if (failed) return;
-            failed = true;
             for (const connection of pool) connection.loop = undefined;
-            reject(error);
+            tally.fail(error);
           },
         };
         for (const connection of pool) {
