@@ -193,7 +193,7 @@ async function inbound() {
     clients[name] = await createLeanClient(t.port, t.tls, CONFIG.concurrency);
   const results = await interleaved(targets, clients);
   raw.inbound = results;
-  const ratio = (a, b, field) => results[a].map((value, i) => value[field] / results[b][i][field]);
+  const ratio = (a, b, field) => pairRatios(results, a, b, field);
   rows.push(
     row(
       "S1b",
@@ -238,9 +238,7 @@ async function inbound() {
       absolute(results, "cpuUs", ["mesh", "nginx"], " µs"),
     ),
   );
-  const busy = Object.entries(results)
-    .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
-    .join(", ");
+  const busy = medianBusy(results);
   // What the load generator spends per request, against what the server does: with less, one core of
   // it can keep a server core busy, so a server core well below 100% busy means other work on core 1.
   const clientCpu = Object.entries(results)
@@ -286,6 +284,18 @@ async function interleaved(targets, clients) {
   return results;
 }
 
+/** Per pair, `a`'s `field` divided by `b`'s in the same pair. */
+function pairRatios(results, a, b, field) {
+  return results[a].map((value, i) => value[field] / results[b][i][field]);
+}
+
+/** How busy each target's server core was during its phases (median over pairs). */
+function medianBusy(results) {
+  return Object.entries(results)
+    .map(([name, list]) => `${name} ${(median(list.map((v) => v.busy)) * 100).toFixed(0)}%`)
+    .join(", ");
+}
+
 /**
  * S1d: what a Linkerd sidecar (or the SDK's own client) sends a meshed workload is HTTP/2, HTTP/1
  * requests upgraded and marked `l5d-orig-proto`, many streams on one connection. The SDK server hands
@@ -309,18 +319,16 @@ async function inboundHttp2(mesh) {
     clients[name] = await createH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
   const results = await interleaved(targets, clients);
   raw.inboundHttp2 = results;
-  const busy = Object.entries(results)
-    .map(([n, l]) => `${n} ${(median(l.map((v) => v.busy)) * 100).toFixed(0)}%`)
-    .join(", ");
+  const busy = medianBusy(results);
   rows.push(
     row(
       "S1d",
       "CPU/request over HTTP/2 (a sidecar's upgraded requests), SDK server ÷ node:http2 (same mTLS)",
-      summary(results.mesh.map((value, i) => value.cpuUs / results.h2[i].cpuUs)),
+      summary(pairRatios(results, "mesh", "h2", "cpuUs")),
       "×",
       "≤ 1.10",
       (v) => v <= 1.1,
-      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(results.compat.map((value, i) => value.cpuUs / results.h2[i].cpuUs)).toFixed(2)}×; server core busy ${busy}`,
+      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "compat", "h2", "cpuUs")).toFixed(2)}×; server core busy ${busy}`,
     ),
   );
   for (const client of Object.values(clients)) client.close();
@@ -428,7 +436,7 @@ async function outbound() {
     );
   }
   raw.outbound = results;
-  const ratio = (a, b) => results[a].map((value, i) => value.rps / results[b][i].rps);
+  const ratio = (a, b) => pairRatios(results, a, b, "rps");
   rows.push(
     row(
       "S3a",

@@ -2,11 +2,12 @@
  * One benchmark server per process, so each is pinned and measured on its own:
  *   node server.mjs <kind> <setup.json>
  * kind: `mesh` (createMeshServer: mTLS + policy + l5d-client-id; HTTP/2 requests reach the node:http
- * app through its HTTP/1 downgrade, as a Linkerd sidecar's do), `https` (node:https with the same mTLS
- * context as the mesh server, no policy), `h2` (node:http2 with the same mTLS context, the app on its
- * compatibility objects: S1d's baseline), `mesh-h2compat` (the mesh server with `http2Compat`: HTTP/2
- * requests reach the app on node:http2 compatibility objects, no downgrade), `http` (plain node:http: S1a/S1b's baseline, and the app
- * behind nginx). Every kind serves the same app. Prints `LISTENING <port>` once it serves; SIGTERM stops it.
+ * app through its HTTP/1 downgrade, as a Linkerd sidecar's do), `mesh-h2compat` (the same with
+ * `http2Compat`: HTTP/2 requests reach the app on node:http2 compatibility objects, no downgrade),
+ * `https` (node:https with the same mTLS context as the mesh server, no policy), `h2` (node:http2 with
+ * the same mTLS context, the app on its compatibility objects: S1d's baseline), `http` (plain
+ * node:http: S1a/S1b's baseline, and the app behind nginx). Every kind serves the same app. Prints
+ * `LISTENING <port>` once it serves; SIGTERM stops it.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
