@@ -3,6 +3,7 @@
  *   - S1a / S1c: instructions per request (callgrind slope, see lib/instructions.mjs) of the SDK server
  *     over node:http and over node:https with the same mTLS context must not exceed the committed
  *     baseline (test/bench/baseline.json) by more than 5%;
+ *   - S1d: the same over sidecar-style HTTP/2 (the HTTP/1 downgrade) against node:http2;
  *   - S3a': the same for the outbound client, the mesh dispatcher over a bare undici Pool with the same
  *     mTLS options (V8's compile work left out, see clientInstructionsPerRequest);
  *   - S4: the policy evaluator allocates nothing per decision (policy-alloc.mjs --gate);
@@ -12,7 +13,7 @@
  *
  *   node test/bench/gates.mjs                     check
  *   node test/bench/gates.mjs --update-baseline   re-measure and write the baseline (commit it)
- *   --servers-only                                S1a/S1c only (the inbound loop: ~3 min instead of ~8);
+ *   --servers-only                                S1a/S1c/S1d only (the inbound loop: ~3 min instead of ~8);
  *                                                 with --update-baseline the client figures are kept
  * The instruction baseline holds for the Node major it was measured on; on another major the
  * instruction gate reports and does not fail.
@@ -74,16 +75,18 @@ try {
     const measure = () =>
       Promise.all([
         ...["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind)),
+        ...["mesh", "h2"].map((kind) => instructionsPerRequest(cluster, kind, { http2: true })),
         ...(target === undefined
           ? [kept("meshClientInstructions"), kept("poolClientInstructions")]
           : ["mesh", "pool"].map((kind) =>
               clientInstructionsPerRequest(cluster, kind, { targetPort: target.port }),
             )),
       ]);
-    let [mesh, https, http, meshClient, poolClient] = await measure();
+    let [mesh, https, http, meshH2, h2, meshClient, poolClient] = await measure();
     const ratios = () => ({
       s1a: mesh.perRequest / http.perRequest,
       s1c: mesh.perRequest / https.perRequest,
+      s1d: meshH2.perRequest / h2.perRequest,
       s3aPrime: meshClient.perRequest / poolClient.perRequest,
     });
     const overLimit = (baseline) =>
@@ -97,12 +100,14 @@ try {
       log("over the limit: measuring once more");
       const again = await measure();
       const lower = (a, b) => (b.perRequest < a.perRequest ? b : a);
-      [mesh, https, http, meshClient, poolClient] = [
+      [mesh, https, http, meshH2, h2, meshClient, poolClient] = [
         lower(mesh, again[0]),
         lower(https, again[1]),
         lower(http, again[2]),
-        lower(meshClient, again[3]),
-        lower(poolClient, again[4]),
+        lower(meshH2, again[3]),
+        lower(h2, again[4]),
+        lower(meshClient, again[5]),
+        lower(poolClient, again[6]),
       ];
     }
     await target?.stop();
@@ -113,12 +118,18 @@ try {
       httpInstructions: Math.round(http.perRequest),
       s1a: round(mesh.perRequest / http.perRequest),
       s1c: round(mesh.perRequest / https.perRequest),
+      meshH2Instructions: Math.round(meshH2.perRequest),
+      h2Instructions: Math.round(h2.perRequest),
+      s1d: round(meshH2.perRequest / h2.perRequest),
       meshClientInstructions: Math.round(meshClient.perRequest),
       poolClientInstructions: Math.round(poolClient.perRequest),
       s3aPrime: round(meshClient.perRequest / poolClient.perRequest),
     };
     log(
       `instructions/request: SDK ${measured.meshInstructions}, node:https ${measured.httpsInstructions}, node:http ${measured.httpInstructions}; S1a ${measured.s1a}×, S1c ${measured.s1c}×`,
+    );
+    log(
+      `HTTP/2 instructions/request: SDK ${measured.meshH2Instructions}, node:http2 ${measured.h2Instructions}; S1d ${measured.s1d}×`,
     );
     log(
       `client instructions/request: mesh dispatcher ${measured.meshClientInstructions}, undici Pool ${measured.poolClientInstructions}; S3a' ${measured.s3aPrime}×`,
@@ -129,9 +140,17 @@ try {
         ? {
             ...existingBaseline(),
             ...Object.fromEntries(
-              ["node", "meshInstructions", "httpsInstructions", "httpInstructions", "s1a", "s1c"].map(
-                (field) => [field, measured[field]],
-              ),
+              [
+                "node",
+                "meshInstructions",
+                "httpsInstructions",
+                "httpInstructions",
+                "s1a",
+                "s1c",
+                "meshH2Instructions",
+                "h2Instructions",
+                "s1d",
+              ].map((field) => [field, measured[field]]),
             ),
             measuredAt: now,
           }
@@ -147,7 +166,7 @@ try {
           `instruction gate skipped: the baseline is for Node ${major(baseline.node)}, this is ${process.version}`,
         );
       } else {
-        for (const id of ["s1a", "s1c", "s3aPrime"]) {
+        for (const id of ["s1a", "s1c", "s1d", "s3aPrime"]) {
           const name = id === "s3aPrime" ? "S3a'" : id.toUpperCase();
           if (baseline[id] === undefined) {
             log(`${name}: ${measured[id]}× (no baseline yet: --update-baseline records it)`);

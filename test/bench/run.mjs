@@ -129,10 +129,14 @@ async function instructions() {
 
 /** S1a and S1c measured with the Node binary at `node`; `suffix` goes into the row names. */
 async function instructionRows(node, suffix) {
-  // Three servers, one per core at a time: callgrind counts instructions, so sharing cores does not matter.
-  const [mesh, https, http] = await Promise.all(
-    ["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind, { ...CONFIG.cg, node })),
-  );
+  // All at once: callgrind counts instructions, so sharing cores does not matter. The last two take
+  // sidecar-style HTTP/2 (S1d).
+  const [mesh, https, http, meshH2, h2] = await Promise.all([
+    ...["mesh", "https", "http"].map((kind) => instructionsPerRequest(cluster, kind, { ...CONFIG.cg, node })),
+    ...["mesh", "h2"].map((kind) =>
+      instructionsPerRequest(cluster, kind, { ...CONFIG.cg, node, http2: true }),
+    ),
+  ]);
   const openssl = execFileSync(node, ["-p", "process.versions.openssl"], { encoding: "utf8" }).trim();
   rows.push(
     row(
@@ -156,7 +160,18 @@ async function instructionRows(node, suffix) {
       `${fmtK(mesh.perRequest)} vs ${fmtK(https.perRequest)}`,
     ),
   );
-  return { node, openssl, mesh, https, http };
+  rows.push(
+    row(
+      `S1d${suffix ? "'" : ""}`,
+      `instructions/request over HTTP/2 (a sidecar's upgraded requests), SDK server ÷ node:http2 (same mTLS)${suffix}`,
+      meshH2.perRequest / h2.perRequest,
+      "×",
+      "≤ 1.10",
+      (v) => v <= 1.1,
+      `${fmtK(meshH2.perRequest)} vs ${fmtK(h2.perRequest)}`,
+    ),
+  );
+  return { node, openssl, mesh, https, http, meshH2, h2 };
 }
 
 /**

@@ -122,6 +122,52 @@ describe("expressMeshMiddleware", () => {
     expect(denied.body).toBe("");
   });
 
+  it("behind createMeshServer over sidecar-style HTTP/2: express.json() bodies, res.status().json(), Express's own 404", async () => {
+    const application = app();
+    application.post("/echo", express.json(), (req, res) => {
+      res.status(201).json({ received: req.body, clientId: req.get("l5d-client-id") ?? null });
+    });
+    const mesh: MeshServer = createMeshServer({
+      identity,
+      policy: policy(),
+      port: 8080,
+      handler: application,
+    });
+    cleanups.push(() => mesh.close());
+    const { port } = await mesh.listen(0, "127.0.0.1");
+    const session = h2Session(
+      meshTlsSocket({ port }, FOO, cp.trustAnchorsPem, bar),
+      `https://${FOO}:${port}`,
+    );
+    cleanups.push(async () => {
+      session.close();
+    });
+    const payload = { items: Array.from({ length: 2000 }, (_, index) => `item-${index}`) };
+    const posted = await h2Request(
+      session,
+      {
+        ":method": "POST",
+        ":path": "/echo",
+        ":authority": "foo.default.svc.cluster.local:8080",
+        "content-type": "application/json",
+        "l5d-orig-proto": "HTTP/1.1",
+      },
+      JSON.stringify(payload),
+    );
+    expect(posted.status).toBe(201);
+    expect(posted.headers["content-type"]).toMatch(/^application\/json/);
+    expect(posted.headers["l5d-orig-proto"]).toBe("HTTP/1.1");
+    expect(JSON.parse(posted.body)).toEqual({ received: payload, clientId: BAR });
+
+    const missing = await h2Request(session, {
+      ":path": "/nowhere",
+      ":authority": "foo.default.svc.cluster.local:8080",
+      "l5d-orig-proto": "HTTP/1.1",
+    });
+    expect(missing.status).toBe(404);
+    expect(missing.body).toContain("Cannot GET /nowhere");
+  });
+
   it("fails closed for requests that bypassed the mesh server", async () => {
     const port = await listen(createHttpServer(app()));
     const response = await rawHttp1(

@@ -41,3 +41,37 @@ export async function createH2Client(port, tlsOptions, streams) {
     },
   };
 }
+
+/**
+ * One request at a time on one mTLS session, with the undici Pool's `request()` shape that
+ * `sequential()` (load.mjs) drives: the HTTP/2 counterpart for callgrind's instructions per request.
+ */
+export async function createH2Sequential(port, tlsOptions) {
+  const session = http2.connect(`https://127.0.0.1:${port}`, {
+    ...tlsOptions,
+    checkServerIdentity: () => undefined,
+  });
+  await new Promise((resolve, reject) => {
+    session.once("connect", resolve);
+    session.once("error", reject);
+  });
+  const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
+  return {
+    request() {
+      return new Promise((resolve, reject) => {
+        const request = session.request(headers);
+        let statusCode = 0;
+        request.on("response", (response) => {
+          statusCode = Number(response[":status"]);
+        });
+        request.on("data", () => {});
+        request.on("error", reject);
+        request.on("end", () => resolve({ statusCode, body: { dump: async () => {} } }));
+        request.end();
+      });
+    },
+    close() {
+      session.close();
+    },
+  };
+}

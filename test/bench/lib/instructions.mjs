@@ -17,6 +17,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { median } from "./env.mjs";
+import { createH2Sequential } from "./h2-load.mjs";
 import { createPool, sequential } from "./load.mjs";
 
 export function hasCallgrind() {
@@ -31,12 +32,12 @@ export function hasCallgrind() {
 
 /**
  * @param cluster from startCluster()
- * @param kind `mesh`, `https` or `http`
+ * @param kind `mesh`, `https` or `http`; with `http2`, `mesh` or `h2` (node:http2)
  */
 export async function instructionsPerRequest(cluster, kind, options = {}) {
   // Five short pairs rather than three long ones: a major GC lands in one pair's large segment now and
   // then (+5-20% for that pair), and the median of five shrugs off two such pairs.
-  const { warmup = 4000, small = 300, large = 1200, pairs = 5, core, node } = options;
+  const { warmup = 4000, small = 300, large = 1200, pairs = 5, core, node, http2 = false } = options;
   const dir = mkdtempSync(path.join(tmpdir(), "inmesh-callgrind-"));
   const server = await cluster.startServer(kind, {
     core,
@@ -44,7 +45,10 @@ export async function instructionsPerRequest(cluster, kind, options = {}) {
     wrap: ["valgrind", "--tool=callgrind", `--callgrind-out-file=${dir}/cg.%p`, "--dump-instr=no"],
     nodeFlags: ["--predictable"],
   });
-  const pool = createPool(server.port, kind === "http" ? undefined : cluster.clientTls, 1);
+  // `http2`: sidecar-style requests (prior-knowledge HTTP/2, `l5d-orig-proto`) on one mTLS session.
+  const pool = http2
+    ? await createH2Sequential(server.port, cluster.clientTls)
+    : createPool(server.port, kind === "http" ? undefined : cluster.clientTls, 1);
   let dumps = 0;
   const dump = () => {
     execFileSync("callgrind_control", ["--dump", String(server.pid)], { stdio: "ignore" });

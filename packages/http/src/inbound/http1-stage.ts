@@ -1,19 +1,13 @@
 /**
- * HTTP/1: a `node:http` server fed with the connections detection classified as HTTP/1 (and with the
- * in-memory connections the HTTP/2 downgrade bridge opens). Authorizes each request before the handler
- * sees it; node:http bounds headers, whole requests and keep-alive idleness.
+ * HTTP/1: a `node:http` server fed with the connections detection classified as HTTP/1. Authorizes each
+ * request before the handler sees it; node:http bounds headers, whole requests and keep-alive idleness.
  */
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
-import { attachMeshContext, type MeshRequestContext } from "./context.js";
+import { attachMeshContext } from "./context.js";
 import {
   authorizeRequest,
   type ConnectionState,
@@ -41,11 +35,7 @@ export interface Http1StageOptions {
 }
 
 export interface Http1Stage {
-  /** The node:http server; the HTTP/2 downgrade bridge hands it in-memory connections. */
-  readonly server: Server;
   serve(socket: Socket | TLSSocket, state: ConnectionState, raw: Socket): void;
-  /** A bridge connection carrying one request the HTTP/2 stage already authorized. */
-  markBridged(socket: Duplex, context: MeshRequestContext, telemetry: CallTelemetry | undefined): void;
   startDrain(): void;
   close(): void;
 }
@@ -67,17 +57,11 @@ interface Http1Connection {
   idleDeferred: boolean;
 }
 
-interface Bridged {
-  readonly context: MeshRequestContext;
-  readonly telemetry: CallTelemetry | undefined;
-}
-
 const kConnection = Symbol("inmesh.http1.connection");
-const kBridged = Symbol("inmesh.http1.bridged");
 const kCall = Symbol("inmesh.http1.call");
 const kSyntheticGrpcStatus = Symbol("inmesh.http1.syntheticGrpcStatus");
 
-type ServedSocket = Duplex & { [kConnection]?: Http1Connection; [kBridged]?: Bridged };
+type ServedSocket = Duplex & { [kConnection]?: Http1Connection };
 /**
  * What one response carries until it closes: its connection (for in-flight counting) and, when calls are
  * observed, its call. One shared close listener reads them, instead of a closure (and a `once` wrapper)
@@ -200,15 +184,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   }
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectContinue = false): void {
-    const socket = req.socket as ServedSocket;
-    const bridge = socket[kBridged];
-    if (bridge !== undefined) {
-      attachMeshContext(req, bridge.context);
-      if (expectContinue) res.writeContinue();
-      runHandler(bridge.telemetry, handler as Http1Handler, req, res);
-      return;
-    }
-    const connection = socket[kConnection];
+    const connection = (req.socket as ServedSocket)[kConnection];
     if (connection === undefined || handler === undefined) {
       res.destroy();
       return;
@@ -304,11 +280,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
   }
 
   return {
-    server,
     serve,
-    markBridged: (socket, context, telemetry) => {
-      (socket as ServedSocket)[kBridged] = { context, telemetry };
-    },
     startDrain() {
       drain.start(closeIdle);
     },

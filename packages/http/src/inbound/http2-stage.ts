@@ -2,7 +2,7 @@
  * HTTP/2: a `node:http2` server fed with the connections detection classified as prior-knowledge
  * HTTP/2 (plaintext, or mesh TLS without ALPN as sidecars send), or the hand-off of whole connections to
  * `onHttp2Connection` (grpc-js). Authorizes each stream, then serves it with `onStream`, the compat
- * handler, or the HTTP/1 handler through the downgrade bridge.
+ * handler, or the HTTP/1 handler with the request downgraded to HTTP/1 objects (http1-downgrade.ts).
  */
 import type {
   Http2ServerRequest,
@@ -37,8 +37,8 @@ import {
   sendSyntheticOnStream,
 } from "./gate.js";
 import { L5D_ORIG_PROTO } from "./headers.js";
-import { bridgeToHttp1 } from "./http1-bridge.js";
-import type { Http1Stage } from "./http1-stage.js";
+import { type DowngradeAddress, downgradeAddress, downgradeStream } from "./http1-downgrade.js";
+import type { Http1Handler } from "./http1-stage.js";
 import { debug, type ShutdownFlag, swallow } from "./pipeline.js";
 
 import { type CallTelemetry, callsObserved, endCall, runHandler, startCall } from "./telemetry.js";
@@ -65,7 +65,7 @@ export interface Http2StageOptions {
   /** Tells the accept stage whether a connection is between requests (reaped first at the cap). */
   setIdle(raw: Socket, idle: boolean): void;
   /** Serves requests when neither `onStream` nor the compat handler does (downgraded to HTTP/1). */
-  readonly http1: Http1Stage;
+  readonly http1Handler: Http1Handler | undefined;
   readonly hasHandler: boolean;
   readonly compatHandler: Http2CompatHandler | undefined;
   readonly onStream:
@@ -101,7 +101,11 @@ const RESET_BUDGETS = {
 interface SessionEntry {
   readonly session: ServerHttp2Session;
   readonly state: ConnectionState;
+  /** The socket the session reads (TLS, or the plaintext one). */
+  readonly socket: Socket | TLSSocket;
   readonly raw: Socket;
+  /** What downgraded requests read from `req.socket`; built on the session's first one. */
+  address: DowngradeAddress | undefined;
   openStreams: number;
   readonly resets: SessionResetBudget;
   /** The first-request headers bound, then the idle bound whenever no stream is open. */
@@ -109,7 +113,7 @@ interface SessionEntry {
 }
 
 export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
-  const { gate, port, shutdown, http1, onStream, onHttp2Connection, compatHandler } = options;
+  const { gate, port, shutdown, http1Handler, onStream, onHttp2Connection, compatHandler } = options;
   const sessions = new Map<ServerHttp2Session, SessionEntry>();
   const resetBudgets = createResetBudgets(RESET_BUDGETS);
   const admission = createStreamAdmission();
@@ -119,7 +123,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     intervalMs: options.keepAliveIntervalMs,
     timeoutMs: options.keepAliveTimeoutMs,
   });
-  let pendingSession: { readonly state: ConnectionState; readonly raw: Socket } | undefined;
+  let pendingSession:
+    | { readonly state: ConnectionState; readonly socket: Socket | TLSSocket; readonly raw: Socket }
+    | undefined;
 
   const h2 = createHttp2Server({
     settings: {
@@ -139,7 +145,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     const entry: SessionEntry = {
       session,
       state: pending.state,
+      socket: pending.socket,
       raw: pending.raw,
+      address: undefined,
       openStreams: 0,
       resets: resetBudgets.forSession(pending.state.facts.address || undefined),
       timer: boundedWait(session, pending.raw, options.headersTimeoutMs, "no request headers"),
@@ -310,7 +318,7 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       socket.destroy();
       return;
     }
-    pendingSession = { state, raw };
+    pendingSession = { state, socket, raw };
     try {
       h2.emit("connection", socket);
     } finally {
@@ -325,12 +333,13 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     rawHeaders: string[],
   ): void {
     if (stream.destroyed || stream.closed) return;
-    const state =
-      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session)?.state;
-    if (state === undefined) {
+    const entry =
+      stream.session === undefined ? undefined : sessions.get(stream.session as ServerHttp2Session);
+    if (entry === undefined) {
       stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
+    const state = entry.state;
     const method = String(headers[":method"] ?? "");
     if (method === "CONNECT") {
       stream.respond({ ":status": 405, "content-length": "0" }, { endStream: true });
@@ -347,21 +356,23 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
     });
     if (result instanceof Promise) {
       result.then(
-        (settled) => finishStream(stream, headers, state, settled),
+        (settled) => finishStream(stream, headers, rawHeaders, entry, settled),
         () => stream.close(h2constants.NGHTTP2_INTERNAL_ERROR),
       );
     } else {
-      finishStream(stream, headers, state, result);
+      finishStream(stream, headers, rawHeaders, entry, result);
     }
   }
 
   function finishStream(
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
-    state: ConnectionState,
+    rawHeaders: string[],
+    entry: SessionEntry,
     result: MeshAuthorization,
   ): void {
     if (stream.destroyed || stream.closed) return;
+    const state = entry.state;
     const telemetry = callsObserved() ? observeStream(stream, state, headers, result) : undefined;
     if (!result.allowed) {
       sendSyntheticOnStream(stream, result.response);
@@ -375,19 +386,29 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       else scope(() => onStream(stream, headers, context));
       return;
     }
-    const socket = stream.session?.socket;
-    bridgeToHttp1(stream, headers, {
-      server: http1.server,
-      address: {
-        remoteAddress: socket?.remoteAddress,
-        remotePort: socket?.remotePort,
-        localAddress: socket?.localAddress,
-        localPort: socket?.localPort,
-        encrypted: state.tls,
-      },
-      origProto: context.origProto,
-      onServerSocket: (bridgeSocket) => http1.markBridged(bridgeSocket, context, telemetry),
-    });
+    if (http1Handler === undefined) {
+      stream.close(h2constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    entry.address ??= downgradeAddress(entry.socket, state.tls);
+    let downgraded: ReturnType<typeof downgradeStream>;
+    try {
+      downgraded = downgradeStream(stream, rawHeaders, {
+        address: entry.address,
+        origProto: context.origProto,
+      });
+    } catch (error) {
+      debug("inbound: %s", (error as Error).message);
+      stream.respond({ ":status": 500, "content-length": "0" }, { endStream: true });
+      return;
+    }
+    const { req, res } = downgraded;
+    attachMeshContext(req, context);
+    // As node:http without a 'checkContinue' listener: the client may send its body (the gate has
+    // already admitted the request).
+    const expect = headers.expect;
+    if (typeof expect === "string" && expect.toLowerCase() === "100-continue") res.writeContinue();
+    runHandler(telemetry, http1Handler, req, res);
   }
 
   function onCompatRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {

@@ -313,7 +313,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     keepAliveIntervalMs: http2KeepAliveIntervalMs,
     keepAliveTimeoutMs: http2KeepAliveTimeoutMs,
     setIdle: pipeline.setIdle,
-    http1,
+    http1Handler: options.http2Compat === true ? undefined : (handler as MeshRequestHandler | undefined),
     hasHandler: handler !== undefined,
     compatHandler:
       options.http2Compat === true && handler !== undefined ? (handler as MeshRequestHandler) : undefined,
