@@ -7,8 +7,8 @@
  *   - S3a': the same for the outbound client, the mesh dispatcher over a bare undici Pool with the same
  *     mTLS options (V8's compile work left out, see clientInstructionsPerRequest);
  *   - S4: the policy evaluator allocates nothing per decision (policy-alloc.mjs --gate);
- *   - heap: the SDK server's heap after full GCs does not grow with the number of requests served
- *     (nothing per request outlives the request).
+ *   - heap: the SDK server's heap after full GCs does not grow with the number of requests served,
+ *     HTTP/1 or sidecar-style HTTP/2 (nothing per request outlives the request).
  * Throughput and latency stay out of CI (too noisy on shared machines): see `pnpm bench`.
  *
  *   node test/bench/gates.mjs                     check
@@ -23,6 +23,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { ROOT } from "./lib/env.mjs";
+import { createH2Sequential } from "./lib/h2-load.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { createPool, sequential } from "./lib/load.mjs";
 
@@ -222,6 +223,22 @@ async function heapGate(cluster) {
     `heap: ${(before / 2 ** 20).toFixed(2)} MiB → ${(after / 2 ** 20).toFixed(2)} MiB after ${requests} more requests (${perRequest.toFixed(2)} B/request; gate ≤ ${HEAP_BYTES_PER_REQUEST})`,
   );
   if (perRequest > HEAP_BYTES_PER_REQUEST) failures.push(`heap grows ${perRequest.toFixed(2)} B per request`);
+  // The same over sidecar-style HTTP/2 (the downgrade to the HTTP/1 app), 8 sessions.
+  const sessions = await Promise.all(
+    Array.from({ length: 8 }, () => createH2Sequential(server.port, cluster.clientTls)),
+  );
+  const h2Burst = (n) => Promise.all(sessions.map((session) => sequential(session, n / 8)));
+  await h2Burst(4000);
+  const h2Before = await heap();
+  await h2Burst(requests);
+  const h2After = await heap();
+  const h2PerRequest = (h2After - h2Before) / requests;
+  log(
+    `heap over HTTP/2: ${(h2Before / 2 ** 20).toFixed(2)} MiB → ${(h2After / 2 ** 20).toFixed(2)} MiB after ${requests} more requests (${h2PerRequest.toFixed(2)} B/request; gate ≤ ${HEAP_BYTES_PER_REQUEST})`,
+  );
+  if (h2PerRequest > HEAP_BYTES_PER_REQUEST)
+    failures.push(`heap grows ${h2PerRequest.toFixed(2)} B per HTTP/2 request`);
+  for (const session of sessions) session.close();
   await pool.close();
   await server.stop();
 }

@@ -481,8 +481,9 @@ function respond(res: DowngradedResponse, self: ResponseInternals, stream: Serve
     }
     start = lineEnd + 2;
   }
+  // Fields the Connection header names are hop-by-hop too ("keep-alive" is what node:http writes).
   const connection = fields.connection;
-  if (typeof connection === "string" && connection.indexOf(",") >= 0) {
+  if (typeof connection === "string" && connection !== "keep-alive" && connection !== "close") {
     for (const token of connection.split(",")) delete fields[token.trim().toLowerCase()];
   }
   for (const name of CONNECTION_FIELDS) delete fields[name];

@@ -365,6 +365,15 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
         res.end("next");
         return;
       }
+      if (req.url === "/hop") {
+        // Fields the Connection header names are hop-by-hop, however many it names.
+        res.setHeader("connection", req.headers["x-names"] as string);
+        res.setHeader("x-hop-a", "1");
+        res.setHeader("x-hop-b", "2");
+        res.setHeader("x-end-to-end", "3");
+        res.end();
+        return;
+      }
       res.statusCode = 201;
       res.setHeader("content-type", "application/json");
       res.setHeader("x-custom", "yes");
@@ -391,6 +400,13 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
     const next = await send(session, { ":path": "/next", ...H11 });
     expect(next.status).toBe(200);
     expect(next.body.toString()).toBe("next");
+    for (const names of ["x-hop-a", "x-hop-a, X-Hop-B", "close, x-hop-b"]) {
+      const hop = await send(session, { ":path": "/hop", "x-names": names, ...H11 });
+      expect(hop.status, names).toBe(200);
+      expect(hop.headers["x-end-to-end"], names).toBe("3");
+      expect(hop.headers["x-hop-a"], names).toBe(names.includes("hop-a") ? undefined : "1");
+      expect(hop.headers["x-hop-b"], names).toBe(names.toLowerCase().includes("hop-b") ? undefined : "2");
+    }
   });
 
   it("echoes l5d-orig-proto on the response only when the request carried it", async () => {
