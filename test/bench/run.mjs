@@ -6,7 +6,8 @@
  *
  *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~15 min)
  *   pnpm bench --quick         smoke run (3 pairs of 1 s, S8 for 10 s, short callgrind; ~4 min)
- *   pnpm bench --only=inbound,startup   groups: instructions, inbound, latency, outbound, memory, startup
+ *   pnpm bench --only=inbound,startup   groups: instructions, inbound, latency, outbound, memory, rotation,
+ *                                       startup
  * S1a/S1c are also measured on a second Node line when one is found (BENCH_OTHER_NODE=<binary>, else the
  * Node 24 that .ci/run installs).
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
@@ -90,6 +91,7 @@ try {
   if (wanted("latency")) await latency();
   if (wanted("outbound")) await outbound();
   if (wanted("memory")) await memory();
+  if (wanted("rotation")) await rotation();
   if (wanted("startup")) await startup();
 } finally {
   await cluster.close();
@@ -399,6 +401,112 @@ async function latency() {
   );
   await Promise.all(Object.values(pools).map((pool) => pool.close()));
   await Promise.all([mesh, https, nginx, app].map((server) => server.stop()));
+}
+
+/**
+ * S7: certificate rotation under load. Each server's identity re-certifies every ~10 s (`maxRefreshMs`:
+ * a new certificate and SecureContext each time, as 30 s certificates refreshed at 70% would bring)
+ * while 1,000 RPS of keep-alive requests and 20 new connections a second (each a full handshake on the
+ * context of the moment) arrive. No request may fail, and the server's event loop may never be blocked
+ * for more than 10 ms (monitorEventLoopDelay, 1 ms resolution). node:https with the same identity
+ * provider, the same rotations and the same load runs alongside, in interleaved halves.
+ */
+async function rotation() {
+  const seconds = QUICK ? 16 : 120;
+  log(`S7: certificate rotation every ~10 s under ${CONFIG.rate} RPS, ${seconds} s per server…`);
+  const rotate = { extra: { minRefreshMs: 1000, maxRefreshMs: 10_000, monitorLoop: true } };
+  const servers = {
+    mesh: await cluster.startServer("mesh", { core: SERVER_CORE, ...rotate }),
+    https: await cluster.startServer("https", { core: SERVER_CORE, ...rotate }),
+  };
+  const totals = {};
+  for (const name of Object.keys(servers))
+    totals[name] = { errors: 0, requests: 0, fresh: 0, maxMs: 0, p99Ms: [], rotations: 0 };
+  const pools = {};
+  for (const [name, server] of Object.entries(servers))
+    pools[name] = createPool(server.port, cluster.clientTls, 16);
+  const loopStats = async (name) => {
+    const { body } = await pools[name].request({ path: "/__loop", method: "GET" });
+    return JSON.parse(await body.text());
+  };
+  // Compiling the request path is start-up work, not rotation's: each server is warmed up first.
+  for (const pool of Object.values(pools)) await openLoop(pool, { rate: CONFIG.rate, seconds: 2 });
+  for (let half = 0; half < 2; half += 1) {
+    for (const name of Object.keys(servers)) {
+      await loopStats(name);
+      const stop = { now: false };
+      const fresh = freshConnections(servers[name].port, 20, stop);
+      const load = await openLoop(pools[name], { rate: CONFIG.rate, seconds: seconds / 2 });
+      stop.now = true;
+      const handshakes = await fresh;
+      const stats = await loopStats(name);
+      const total = totals[name];
+      total.errors += load.errors + handshakes.errors;
+      total.requests += load.count + load.errors;
+      total.fresh += handshakes.count;
+      total.maxMs = Math.max(total.maxMs, stats.maxMs);
+      total.p99Ms.push(stats.p99Ms);
+      total.rotations += stats.rotations;
+      log(
+        `  ${name}: ${load.count + load.errors} requests, ${handshakes.count} new connections, ${load.errors + handshakes.errors} failed; ${stats.rotations} rotations; loop delay max ${stats.maxMs.toFixed(1)} ms, p99 ${stats.p99Ms.toFixed(1)} ms`,
+      );
+    }
+  }
+  raw.rotation = totals;
+  const { mesh, https } = totals;
+  rows.push(
+    row(
+      "S7",
+      "failed requests during certificate rotation under load, SDK server",
+      mesh.errors,
+      "failed",
+      "0",
+      (v) => v === 0,
+      `${mesh.rotations} rotations in ${seconds} s; ${mesh.requests} keep-alive requests and ${mesh.fresh} new connections; node:https ${https.errors} failed`,
+    ),
+  );
+  rows.push(
+    row(
+      "S7",
+      "max event-loop delay during rotation under load, SDK server",
+      mesh.maxMs,
+      "ms",
+      "≤ 10",
+      (v) => v <= 10,
+      `p99 ${median(mesh.p99Ms).toFixed(1)} ms; node:https under the same rotations and load: max ${https.maxMs.toFixed(1)} ms, p99 ${median(https.p99Ms).toFixed(1)} ms`,
+    ),
+  );
+  await Promise.all(Object.values(pools).map((pool) => pool.close()));
+  await Promise.all(Object.values(servers).map((server) => server.stop()));
+}
+
+/** `perSecond` requests a second, each on a new mTLS connection (a full handshake), until `stop.now`. */
+async function freshConnections(port, perSecond, stop) {
+  let count = 0;
+  let errors = 0;
+  const inflight = [];
+  while (!stop.now) {
+    inflight.push(
+      (async () => {
+        const socket = await connect(port, cluster.clientTls);
+        try {
+          if ((await getOnce(socket, "/")) !== "ok") throw new Error("unexpected response");
+        } finally {
+          socket.destroy();
+        }
+      })().then(
+        () => {
+          count += 1;
+        },
+        () => {
+          errors += 1;
+        },
+      ),
+    );
+    await sleep(1000 / perSecond);
+  }
+  await Promise.all(inflight);
+  return { count, errors };
 }
 
 async function outbound() {

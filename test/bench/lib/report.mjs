@@ -5,7 +5,7 @@ function central(value) {
 }
 
 function format(value, unit) {
-  const digits = unit === "×" ? 2 : unit === "MiB" ? 1 : 0;
+  const digits = unit === "×" ? 2 : unit === "MiB" || (unit === "ms" && Math.abs(value) < 100) ? 1 : 0;
   return `${value.toFixed(digits)}${unit === "×" ? "×" : ` ${unit}`}`;
 }
 

@@ -12,10 +12,17 @@
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { distOf } from "./env.mjs";
 
 const [kind, setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
+
+// S7: how long the event loop was blocked, and how many certificates the identity installed, since the
+// last `/__loop` (which resets both).
+const loopDelay = setup.monitorLoop ? monitorEventLoopDelay({ resolution: 1 }) : undefined;
+loopDelay?.enable();
+let rotations = 0;
 
 const body = Buffer.from("ok");
 function app(req, res) {
@@ -24,6 +31,18 @@ function app(req, res) {
     globalThis.gc();
     globalThis.gc();
     res.end(String(process.memoryUsage().heapUsed));
+    return;
+  }
+  if (req.url === "/__loop" && loopDelay !== undefined) {
+    res.end(
+      JSON.stringify({
+        maxMs: loopDelay.max / 1e6,
+        p99Ms: loopDelay.percentile(99) / 1e6,
+        rotations,
+      }),
+    );
+    loopDelay.reset();
+    rotations = 0;
     return;
   }
   res.setHeader("content-length", body.byteLength);
@@ -47,6 +66,12 @@ if (kind === "http") {
     identityServiceAddress: setup.identityAddress,
     identityServiceName: setup.identityName,
     readToken: () => setup.token,
+    // S7 re-certifies every few seconds (undefined: the defaults).
+    minRefreshMs: setup.minRefreshMs,
+    maxRefreshMs: setup.maxRefreshMs,
+  });
+  identity.on("refreshed", () => {
+    rotations += 1;
   });
   await identity.ready();
   if (kind === "h2") {
