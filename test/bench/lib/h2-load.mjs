@@ -8,7 +8,10 @@
 import http2 from "node:http2";
 import { runClosedLoop } from "./lean-load.mjs";
 
-export async function createH2Client(port, tlsOptions, streams) {
+/** What a sidecar sends: an HTTP/1 `GET /` upgraded to HTTP/2. */
+const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
+
+async function connectSession(port, tlsOptions) {
   const session = http2.connect(`https://127.0.0.1:${port}`, {
     ...tlsOptions,
     checkServerIdentity: () => undefined,
@@ -17,7 +20,11 @@ export async function createH2Client(port, tlsOptions, streams) {
     session.once("connect", resolve);
     session.once("error", reject);
   });
-  const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
+  return session;
+}
+
+export async function createH2Client(port, tlsOptions, streams) {
+  const session = await connectSession(port, tlsOptions);
   return {
     closedLoop({ seconds }) {
       return runClosedLoop(streams, seconds, (tally) => {
@@ -47,15 +54,7 @@ export async function createH2Client(port, tlsOptions, streams) {
  * `sequential()` (load.mjs) drives: the HTTP/2 counterpart for callgrind's instructions per request.
  */
 export async function createH2Sequential(port, tlsOptions) {
-  const session = http2.connect(`https://127.0.0.1:${port}`, {
-    ...tlsOptions,
-    checkServerIdentity: () => undefined,
-  });
-  await new Promise((resolve, reject) => {
-    session.once("connect", resolve);
-    session.once("error", reject);
-  });
-  const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
+  const session = await connectSession(port, tlsOptions);
   return {
     request() {
       return new Promise((resolve, reject) => {

@@ -186,6 +186,62 @@ function pattern(length: number, seed: number): Buffer {
   return bytes;
 }
 
+/**
+ * A handler that answers `/next`, and for any other request records what its req and res report while
+ * the client uploads; `receiving` settles on the upload's first bytes.
+ */
+function watchUpload(): {
+  readonly events: {
+    aborted: boolean;
+    ended: boolean;
+    reqClosed: boolean;
+    resClosed: boolean;
+    complete?: boolean;
+  };
+  readonly receiving: Promise<void>;
+  readonly handler: Handler;
+} {
+  const events: {
+    aborted: boolean;
+    ended: boolean;
+    reqClosed: boolean;
+    resClosed: boolean;
+    complete?: boolean;
+  } = {
+    aborted: false,
+    ended: false,
+    reqClosed: false,
+    resClosed: false,
+  };
+  let gotData: (() => void) | undefined;
+  const receiving = new Promise<void>((resolve) => {
+    gotData = resolve;
+  });
+  const handler: Handler = (req, res) => {
+    if (req.url === "/next") {
+      res.end("next");
+      return;
+    }
+    req.on("data", () => gotData?.());
+    req.on("end", () => {
+      events.ended = true;
+    });
+    req.on("error", () => undefined);
+    req.on("aborted", () => {
+      events.aborted = true;
+      events.complete = req.complete;
+    });
+    req.on("close", () => {
+      events.reqClosed = true;
+      events.complete ??= req.complete;
+    });
+    res.on("close", () => {
+      events.resClosed = true;
+    });
+  };
+  return { events, receiving, handler };
+}
+
 describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgrade contract)", () => {
   let cp: ControlPlane;
   let identity: IdentityProvider;
@@ -696,29 +752,12 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
   // ---------- 7. resets ----------
 
   it("a client reset (CANCEL) mid request body closes the handler's req and res; the session serves on", async () => {
-    const closed = { req: false, res: false };
-    let gotData: (() => void) | undefined;
-    const receiving = new Promise<void>((resolve) => {
-      gotData = resolve;
-    });
-    const port = await serve((req, res) => {
-      if (req.url === "/next") {
-        res.end("next");
-        return;
-      }
-      req.on("data", () => gotData?.());
-      req.on("error", () => undefined);
-      req.on("close", () => {
-        closed.req = true;
-      });
-      res.on("close", () => {
-        closed.res = true;
-      });
-    });
+    const upload = watchUpload();
+    const port = await serve(upload.handler);
     const { session } = mtls(port);
-    const cancelled = await cancelMidBody(session, receiving);
+    const cancelled = await cancelMidBody(session, upload.receiving);
     expect(cancelled.rstCode).toBe(h2constants.NGHTTP2_CANCEL);
-    await eventually(() => closed.req && closed.res, 5000, "req and res closed");
+    await eventually(() => upload.events.reqClosed && upload.events.resClosed, 5000, "req and res closed");
     const next = await send(session, { ":path": "/next", ...H11 });
     expect(next.status).toBe(200);
     expect(next.body.toString()).toBe("next");
@@ -727,34 +766,8 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
   // node:http2's client ends the request body (END_STREAM) before it resets a stream, so the server sees
   // a complete body there; a proxy (hyper) resets without ending. Raw frames send exactly that.
   it("a reset without END_STREAM mid request body aborts the handler's req (complete === false) and closes its res; the server serves on", async () => {
-    const events = { aborted: false, reqClosed: false, resClosed: false, ended: false };
-    let complete: boolean | undefined;
-    let gotData: (() => void) | undefined;
-    const receiving = new Promise<void>((resolve) => {
-      gotData = resolve;
-    });
-    const port = await serve((req, res) => {
-      if (req.url === "/next") {
-        res.end("next");
-        return;
-      }
-      req.on("data", () => gotData?.());
-      req.on("end", () => {
-        events.ended = true;
-      });
-      req.on("error", () => undefined);
-      req.on("aborted", () => {
-        events.aborted = true;
-        complete = req.complete;
-      });
-      req.on("close", () => {
-        events.reqClosed = true;
-        complete ??= req.complete;
-      });
-      res.on("close", () => {
-        events.resClosed = true;
-      });
-    });
+    const upload = watchUpload();
+    const port = await serve(upload.handler);
     const socket = plainSocket({ port });
     socket.on("error", () => undefined);
     await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
@@ -766,13 +779,13 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
         data(1, Buffer.alloc(8 * 1024, 0x61)),
       ]),
     );
-    await receiving;
+    await upload.receiving;
     socket.write(rstStream(1, h2constants.NGHTTP2_CANCEL));
-    await eventually(() => events.resClosed && events.reqClosed, 5000, "req and res closed");
+    await eventually(() => upload.events.resClosed && upload.events.reqClosed, 5000, "req and res closed");
     socket.destroy();
-    expect(events.aborted).toBe(true);
-    expect(complete).toBe(false);
-    expect(events.ended).toBe(false);
+    expect(upload.events.aborted).toBe(true);
+    expect(upload.events.complete).toBe(false);
+    expect(upload.events.ended).toBe(false);
     const { session } = h2c(port);
     const next = await send(session, { ":path": "/next", ...H11 });
     expect(next.status).toBe(200);
