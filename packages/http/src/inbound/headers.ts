@@ -129,18 +129,14 @@ function removeRawHeader(rawHeaders: string[], lowerName: string): void {
   rawHeaders.length = write;
 }
 
-/** Response headers HTTP/1 applications may set that HTTP/2 forbids (node:http2 throws on them). */
-const CONNECTION_SPECIFIC = new Set([
+/** Hop-by-hop fields HTTP/1 carries and HTTP/2 forbids (node:http2 throws on them), lowercase. */
+export const CONNECTION_SPECIFIC_FIELDS: readonly string[] = [
   "connection",
   "keep-alive",
   "proxy-connection",
   "transfer-encoding",
   "upgrade",
-]);
-
-export function isConnectionSpecificHeader(name: string): boolean {
-  return CONNECTION_SPECIFIC.has(name.toLowerCase());
-}
+];
 
 /**
  * The request path and query of a request target. An absolute-form target (`http://host/p?q`) yields its

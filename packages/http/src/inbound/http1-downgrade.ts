@@ -20,7 +20,7 @@ import { constants as h2constants, type ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
-import { L5D_ORIG_PROTO, type OrigProto } from "./headers.js";
+import { CONNECTION_SPECIFIC_FIELDS, L5D_ORIG_PROTO, type OrigProto } from "./headers.js";
 import { MeshIncomingMessage } from "./message.js";
 import { debug } from "./pipeline.js";
 
@@ -68,7 +68,6 @@ interface ResponseInternals {
 interface IncomingInternals {
   complete: boolean;
   _consuming: boolean;
-  _dumped: boolean;
   _readableState: { resumeScheduled: boolean };
   _addHeaderLines(headers: string[], n: number): void;
   _dump(): void;
@@ -453,9 +452,6 @@ function writeInformation(
   if (callback !== undefined) process.nextTick(callback);
 }
 
-/** Response header fields HTTP/2 forbids (node:http2 throws on them). */
-const CONNECTION_FIELDS = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
-
 /**
  * Sends the response head node:http serialized as HTTP/2 headers. Duplicate fields are merged as node:http
  * merges them when it parses a response (single-value fields keep their first value, `set-cookie` stays a
@@ -465,28 +461,14 @@ function respond(res: DowngradedResponse, self: ResponseInternals, stream: Serve
   if (stream.destroyed) return false;
   const head = self._header as string;
   const fields: Record<string, string | string[] | number> = { ":status": res.statusCode };
-  // After the status line, one "Name: value\r\n" per field, then an empty line.
-  let start = head.indexOf("\r\n") + 2;
-  const end = head.length - 2;
-  while (start < end) {
-    const lineEnd = head.indexOf("\r\n", start);
-    const colon = head.indexOf(":", start);
-    if (colon > start && colon < lineEnd) {
-      addHeaderLine.call(
-        HEADER_LINE_OPTIONS,
-        head.slice(start, colon),
-        trimValue(head, colon + 1, lineEnd),
-        fields,
-      );
-    }
-    start = lineEnd + 2;
-  }
+  // After the status line, the fields, then an empty line.
+  addFieldLines(head, head.indexOf("\r\n") + 2, head.length - 2, fields);
   // Fields the Connection header names are hop-by-hop too ("keep-alive" is what node:http writes).
   const connection = fields.connection;
   if (typeof connection === "string" && connection !== "keep-alive" && connection !== "close") {
     for (const token of connection.split(",")) delete fields[token.trim().toLowerCase()];
   }
-  for (const name of CONNECTION_FIELDS) delete fields[name];
+  for (const name of CONNECTION_SPECIFIC_FIELDS) delete fields[name];
   if (res.origProto !== undefined) fields[L5D_ORIG_PROTO] = res.origProto;
   const noBody = !self._hasBody;
   const waitForTrailers = !noBody && res[kWaitsForTrailers];
@@ -501,6 +483,28 @@ function respond(res: DowngradedResponse, self: ResponseInternals, stream: Serve
   return true;
 }
 
+/**
+ * Files the "Name: value\r\n" lines of `text` between `start` and `end` into `dest` (the last line may
+ * lack its CRLF), merging duplicates as node:http does for a message it parses.
+ */
+function addFieldLines(text: string, start: number, end: number, dest: Record<string, unknown>): void {
+  let line = start;
+  while (line < end) {
+    let lineEnd = text.indexOf("\r\n", line);
+    if (lineEnd < 0 || lineEnd > end) lineEnd = end;
+    const colon = text.indexOf(":", line);
+    if (colon > line && colon < lineEnd) {
+      addHeaderLine.call(
+        HEADER_LINE_OPTIONS,
+        text.slice(line, colon),
+        trimValue(text, colon + 1, lineEnd),
+        dest,
+      );
+    }
+    line = lineEnd + 2;
+  }
+}
+
 function trimValue(text: string, from: number, to: number): string {
   let start = from;
   let end = to;
@@ -512,22 +516,8 @@ function trimValue(text: string, from: number, to: number): string {
 function onWantTrailers(this: DowngradedStream): void {
   const trailer = (this[kView]?._httpMessage as unknown as ResponseInternals | undefined)?._trailer ?? "";
   const trailers: Record<string, string | string[]> = {};
-  let start = 0;
-  while (start < trailer.length) {
-    let lineEnd = trailer.indexOf("\r\n", start);
-    if (lineEnd < 0) lineEnd = trailer.length;
-    const colon = trailer.indexOf(":", start);
-    if (colon > start && colon < lineEnd) {
-      addHeaderLine.call(
-        HEADER_LINE_OPTIONS,
-        trailer.slice(start, colon),
-        trimValue(trailer, colon + 1, lineEnd),
-        trailers,
-      );
-    }
-    start = lineEnd + 2;
-  }
-  for (const name of CONNECTION_FIELDS) delete trailers[name];
+  addFieldLines(trailer, 0, trailer.length, trailers);
+  for (const name of CONNECTION_SPECIFIC_FIELDS) delete trailers[name];
   try {
     this.sendTrailers(trailers);
   } catch (error) {
@@ -622,14 +612,7 @@ function withoutPseudoHeaders(raw: readonly string[]): string[] {
 }
 
 /** Request fields an HTTP/2 request cannot hand an HTTP/1 application (pseudo-headers apart). */
-const DROP_REQUEST = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-  "te",
-]);
+const DROP_REQUEST = new Set([...CONNECTION_SPECIFIC_FIELDS, "te"]);
 
 export interface DowngradeOptions {
   readonly address: DowngradeAddress;
