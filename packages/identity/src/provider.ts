@@ -3,6 +3,7 @@ import { type Stats, unwatchFile, watchFile } from "node:fs";
 import { open, readFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { setImmediate as setImmediatePromise } from "node:timers/promises";
 import type { ConnectionOptions, PeerCertificate, SecureContext, TLSSocket, TlsOptions } from "node:tls";
 import { debuglog } from "node:util";
 import {
@@ -398,6 +399,7 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
     generation: number,
   ) => {
     const base = { privateKeyPem, certificateChainPem: chainPem, trustAnchorsPem: anchors.pem };
+    let clientSecureContext: SecureContext | undefined;
     const material: IdentityMaterial = {
       localName,
       certificateGeneration: generation,
@@ -407,8 +409,15 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
       certificateChainPem: chainPem,
       privateKeyPem,
       trustAnchorsPem: anchors.pem,
+      // Built here, so OpenSSL refusing the key, chain or anchors fails the install, not a handshake.
       serverSecureContext: createMeshSecureContext({ ...base, role: "server" }),
-      clientSecureContext: createMeshSecureContext({ ...base, role: "client" }),
+      // Built on first use from the same inputs the server context just accepted: an inbound-only
+      // service never pays for it, and a rotation's tick builds one context, not two (each is ~1.6 ms of
+      // synchronous OpenSSL work on Node 20; S7 bounds the longest tick at 10 ms).
+      get clientSecureContext() {
+        clientSecureContext ??= createMeshSecureContext({ ...base, role: "client" });
+        return clientSecureContext;
+      },
     };
     return material;
   };
@@ -489,6 +498,9 @@ export function createIdentityProvider(options: IdentityProviderOptions = {}): I
           signal: attemptAbort.signal,
         },
       );
+      // The response was decoded and its chain verified in this tick; installing (a SecureContext)
+      // waits for the next, so neither stretches the other's (S7).
+      await setImmediatePromise();
       release();
       if (status === "closed") return;
       install(installedKey, issued);
