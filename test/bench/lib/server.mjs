@@ -12,17 +12,47 @@
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
-import { monitorEventLoopDelay } from "node:perf_hooks";
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { distOf } from "./env.mjs";
 
 const [kind, setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
 
 // S7: how long the event loop was blocked, and how many certificates the identity installed, since the
-// last `/__loop` (which resets both).
+// last `/__loop` (which resets all of it).
 const loopDelay = setup.monitorLoop ? monitorEventLoopDelay({ resolution: 1 }) : undefined;
 loopDelay?.enable();
 let rotations = 0;
+// Which stalls were a rotation's: a 1 ms timer notes each turn it ran late by more than STALL_MS, with
+// when; a stall noted within ROTATION_WINDOW_MS before a 'refreshed' event (the Certify round trip, the
+// chain check and the install all come just before it) or just after it (the turn that emitted it) is
+// the rotation's, the others are the load's, the collector's or the machine's.
+const STALL_MS = 2;
+const ROTATION_WINDOW_MS = { before: 150, after: 10 };
+let stalls = [];
+let refreshedAt = [];
+if (loopDelay !== undefined) {
+  let expected = performance.now() + 1;
+  setInterval(() => {
+    const now = performance.now();
+    if (now - expected > STALL_MS) stalls.push({ at: now, ms: now - expected });
+    expected = now + 1;
+  }, 1).unref();
+}
+
+/** The longest stalls in and out of a rotation's window since the last reset, in ms. */
+function attributeStalls() {
+  let rotationMaxMs = 0;
+  let otherMaxMs = 0;
+  for (const stall of stalls) {
+    const inRotation = refreshedAt.some(
+      (at) => stall.at >= at - ROTATION_WINDOW_MS.before && stall.at <= at + ROTATION_WINDOW_MS.after,
+    );
+    if (inRotation) rotationMaxMs = Math.max(rotationMaxMs, stall.ms);
+    else otherMaxMs = Math.max(otherMaxMs, stall.ms);
+  }
+  return { rotationMaxMs, otherMaxMs };
+}
 
 const body = Buffer.from("ok");
 function app(req, res) {
@@ -39,10 +69,13 @@ function app(req, res) {
         maxMs: loopDelay.max / 1e6,
         p99Ms: loopDelay.percentile(99) / 1e6,
         rotations,
+        ...attributeStalls(),
       }),
     );
     loopDelay.reset();
     rotations = 0;
+    stalls = [];
+    refreshedAt = [];
     return;
   }
   res.setHeader("content-length", body.byteLength);
@@ -72,6 +105,7 @@ if (kind === "http") {
   });
   identity.on("refreshed", () => {
     rotations += 1;
+    refreshedAt.push(performance.now());
   });
   await identity.ready();
   if (kind === "h2") {
