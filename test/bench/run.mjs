@@ -6,8 +6,8 @@
  *
  *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~15 min)
  *   pnpm bench --quick         smoke run (3 pairs of 1 s, S8 for 10 s, short callgrind; ~4 min)
- *   pnpm bench --only=inbound,startup   groups: instructions, inbound, latency, outbound, memory, rotation,
- *                                       startup
+ *   pnpm bench --only=inbound,startup   groups: instructions, inbound, latency, outbound, memory,
+ *                                       control-plane, rotation, startup
  * S1a/S1c are also measured on a second Node line when one is found (BENCH_OTHER_NODE=<binary>, else the
  * Node 24 that .ci/run installs).
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
@@ -91,6 +91,7 @@ try {
   if (wanted("latency")) await latency();
   if (wanted("outbound")) await outbound();
   if (wanted("memory")) await memory();
+  if (wanted("control-plane")) await fromModule("control-plane", "control-plane-cost.mjs", "measureS10");
   if (wanted("rotation")) await rotation();
   if (wanted("startup")) await startup();
 } finally {
@@ -791,6 +792,27 @@ async function startup() {
       `node:http: ${median(results.httpCpu).toFixed(0)} ms CPU`,
     ),
   );
+}
+
+/**
+ * A scenario measured by its own module in lib/ (`measureXX({ cluster, config, quick, loadCore,
+ * serverCore, log, row, summary })` → `{ rows, raw, notes }`): its rows join the report in order.
+ */
+async function fromModule(group, file, exported) {
+  const measure = (await import(`./lib/${file}`))[exported];
+  const result = await measure({
+    cluster,
+    config: CONFIG,
+    quick: QUICK,
+    loadCore: LOAD_CORE,
+    serverCore: SERVER_CORE,
+    log,
+    row,
+    summary,
+  });
+  rows.push(...result.rows);
+  raw[group] = result.raw;
+  notes.push(...(result.notes ?? []));
 }
 
 // ---- helpers ----

@@ -4,14 +4,21 @@ function central(value) {
   return typeof value === "number" ? value : value.median;
 }
 
+/** Decimals a figure in `unit` is shown with: enough that a row near its target reads apart from it. */
+function digitsFor(value, unit) {
+  if (unit === "×" || unit === "% of a core") return 2;
+  if (unit === "MiB" || unit === "MB" || (unit === "ms" && Math.abs(value) < 100)) return 1;
+  return 0;
+}
+
 function format(value, unit) {
-  const digits = unit === "×" ? 2 : unit === "MiB" || (unit === "ms" && Math.abs(value) < 100) ? 1 : 0;
-  return `${value.toFixed(digits)}${unit === "×" ? "×" : ` ${unit}`}`;
+  return `${value.toFixed(digitsFor(value, unit))}${unit === "×" ? "×" : ` ${unit}`}`;
 }
 
 function formatValue(value, unit) {
   if (typeof value === "number") return format(value, unit);
-  const iqr = `IQR ${value.q1.toFixed(unit === "×" ? 2 : 0)}–${value.q3.toFixed(unit === "×" ? 2 : 0)}, n=${value.n}`;
+  const digits = digitsFor(value.median, unit);
+  const iqr = `IQR ${value.q1.toFixed(digits)}–${value.q3.toFixed(digits)}, n=${value.n}`;
   return `${format(value.median, unit)} (${iqr})`;
 }
 
