@@ -80,8 +80,11 @@ export function peerVerification(
     return { identity: { kind: "none", reason: "unverified" } };
   }
   let result: PeerVerification;
-  const certificate = socket.getPeerX509Certificate();
-  if (certificate === undefined) {
+  // The leaf's DER from getPeerCertificate() (an empty object when none was presented), not
+  // getPeerX509Certificate(): when the peer sends an intermediate, as Linkerd clients send their issuer,
+  // that call took ~0.2 ms per connection on Node 20 (~0.02 ms for a lone leaf), this one ~0.09 ms (S6).
+  const leafDer = socket.getPeerCertificate()?.raw;
+  if (leafDer === undefined || leafDer.byteLength === 0) {
     result = { identity: { kind: "tls-anonymous", tls: "established" } };
   } else if (!socket.authorized) {
     const code = String(socket.authorizationError ?? "UNKNOWN");
@@ -90,7 +93,7 @@ export function peerVerification(
       failure: { reason: "tls-unauthorized", message: `OpenSSL refused the peer chain: ${code}` },
     };
   } else {
-    const verdict = checkLeafCertificate(certificate.raw, { purpose: options.purpose ?? "client" });
+    const verdict = checkLeafCertificate(leafDer, { purpose: options.purpose ?? "client" });
     result = verdict.ok
       ? { identity: { kind: "mesh", name: verdict.identity, tls: "established" } }
       : { identity: { kind: "none", reason: "unverified" }, failure: verdict.failure };
