@@ -7,7 +7,7 @@
  *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~15 min)
  *   pnpm bench --quick         smoke run (3 pairs of 1 s, S8 for 10 s, short callgrind; ~4 min)
  *   pnpm bench --only=inbound,startup   groups: instructions, inbound, handshakes, latency, outbound,
- *                                       memory, control-plane, rotation, startup
+ *                                       retries, memory, control-plane, rotation, startup
  * S1a/S1c are also measured on a second Node line when one is found (BENCH_OTHER_NODE=<binary>, else the
  * Node 24 that .ci/run installs).
  * BENCH_QUICK=1 is the same as --quick. Builds the packages first when a dist is missing.
@@ -91,6 +91,7 @@ try {
   if (wanted("handshakes")) await fromModule("handshakes", "handshakes.mjs", "measureS6");
   if (wanted("latency")) await latency();
   if (wanted("outbound")) await outbound();
+  if (wanted("retries")) await fromModule("retries", "retries.mjs", "measureS9");
   if (wanted("memory")) await memory();
   if (wanted("control-plane")) await fromModule("control-plane", "control-plane-cost.mjs", "measureS10");
   if (wanted("rotation")) await rotation();
