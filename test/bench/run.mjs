@@ -23,6 +23,7 @@ import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } fr
 import { connect, createLeanClient, getOnce } from "./lib/lean-load.mjs";
 import { createPool, openLoop } from "./lib/load.mjs";
 import { renderMarkdown, renderSvg } from "./lib/report.mjs";
+import { log, row } from "./lib/standalone.mjs";
 
 const args = process.argv.slice(2);
 const QUICK = args.includes("--quick") || process.env.BENCH_QUICK === "1";
@@ -819,11 +820,6 @@ async function fromModule(group, file, exported) {
 
 // ---- helpers ----
 
-function row(id, what, value, unit, target, test, detail = "") {
-  const central = typeof value === "number" ? value : value.median;
-  return { id, what, value, unit, target, met: test(central), detail };
-}
-
 function absolute(results, field, names, unit) {
   return names
     .map((name) => `${name} ${median(results[name].map((v) => v[field])).toFixed(0)}${unit}`)
@@ -832,10 +828,6 @@ function absolute(results, field, names, unit) {
 
 function fmtK(value) {
   return `${(value / 1000).toFixed(1)}k`;
-}
-
-function log(message) {
-  process.stderr.write(`${message}\n`);
 }
 
 function updateReadme(markdown) {

@@ -10,6 +10,7 @@ import path from "node:path";
 // Built, as every package a benchmark loads: ports outside the ephemeral range, see its comment.
 import { freeLoopbackPort } from "../../../packages/testing/dist/ports.js";
 import { distOf, pin, ROOT, sleep } from "./env.mjs";
+import { readLines } from "./line-child.mjs";
 
 export const NS = "default";
 export const identityOf = (sa) => `${sa}.${NS}.serviceaccount.identity.linkerd.cluster.local`;
@@ -137,45 +138,21 @@ export async function startCluster() {
     children.add(child);
     child.once("exit", () => children.delete(child));
     if (core !== undefined) pin(child.pid, core);
-    let stderr = "";
-    child.stderr.on("data", (chunk) => {
-      stderr = (stderr + chunk).slice(-4000);
-    });
-    let out = "";
-    const waiters = [];
-    child.stdout.on("data", (chunk) => {
-      out += chunk;
-      let newline = out.indexOf("\n");
-      while (newline >= 0) {
-        const line = out.slice(0, newline);
-        out = out.slice(newline + 1);
-        waiters.shift()?.resolve(line);
-        newline = out.indexOf("\n");
-      }
-    });
-    child.once("exit", (code) => {
-      for (const waiter of waiters.splice(0))
-        waiter.reject(new Error(`${kind} client exited (${code}): ${stderr}`));
-    });
-    const nextLine = () => new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+    const { nextLine, ask, stderr } = readLines(child, `${kind} client`);
     const ready = await nextLine();
-    if (ready !== "READY") throw new Error(`${kind} client: ${ready} ${stderr}`);
+    if (ready !== "READY") throw new Error(`${kind} client: ${ready} ${stderr()}`);
     if (core !== undefined) pin(child.pid, core);
     return {
       kind,
       pid: child.pid,
       async run(n) {
-        const done = nextLine();
-        child.stdin.write(`${n}\n`);
-        const line = await done;
-        if (line !== `DONE ${n}`) throw new Error(`${kind} client: ${line} ${stderr}`);
+        const line = await ask(String(n));
+        if (line !== `DONE ${n}`) throw new Error(`${kind} client: ${line} ${stderr()}`);
       },
       /** A closed loop of `concurrency` workers for `seconds`: requests/s and the client's CPU µs/request. */
       async loop(seconds, concurrency) {
-        const done = nextLine();
-        child.stdin.write(`loop ${seconds} ${concurrency}\n`);
-        const match = /^LOOP (\d+) ([\d.]+) ([\d.]+)$/.exec(await done);
-        if (!match) throw new Error(`${kind} client: no loop result ${stderr}`);
+        const match = /^LOOP (\d+) ([\d.]+) ([\d.]+)$/.exec(await ask(`loop ${seconds} ${concurrency}`));
+        if (!match) throw new Error(`${kind} client: no loop result ${stderr()}`);
         const [count, elapsed, cpuUs] = match.slice(1).map(Number);
         return { rps: count / elapsed, cpuUs: cpuUs / count };
       },

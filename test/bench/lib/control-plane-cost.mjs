@@ -39,6 +39,7 @@ import tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import { freeLoopbackPort } from "../../../packages/testing/dist/ports.js";
 import { distOf, pin, ROOT, requireFrom, sleep, summary } from "./env.mjs";
+import { readLines } from "./line-child.mjs";
 
 const NS = "default";
 const ENDPOINTS = 200;
@@ -204,37 +205,14 @@ async function startChild(name, args, env, core) {
     env: { ...process.env, ...env },
   });
   pin(child.pid, core);
-  let stderr = "";
-  child.stderr.on("data", (chunk) => {
-    stderr = (stderr + chunk).slice(-4000);
-  });
-  let out = "";
-  const waiters = [];
-  child.stdout.on("data", (chunk) => {
-    out += chunk;
-    let newline = out.indexOf("\n");
-    while (newline >= 0) {
-      waiters.shift()?.resolve(out.slice(0, newline));
-      out = out.slice(newline + 1);
-      newline = out.indexOf("\n");
-    }
-  });
-  child.once("exit", (code) => {
-    for (const waiter of waiters.splice(0))
-      waiter.reject(new Error(`S10 ${name} exited (${code}): ${stderr}`));
-  });
-  const nextLine = () => new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+  const { stderr, nextLine, ask } = readLines(child, `S10 ${name}`);
   const ready = await nextLine();
-  if (ready !== "READY") throw new Error(`S10 ${name}: ${ready} ${stderr}`);
+  if (ready !== "READY") throw new Error(`S10 ${name}: ${ready} ${stderr()}`);
   // Threads started after the first pin (V8 workers, libuv pool) follow the core too.
   pin(child.pid, core);
   return {
-    stderr: () => stderr,
-    async ask(command) {
-      const answer = nextLine();
-      child.stdin.write(`${command}\n`);
-      return answer;
-    },
+    stderr,
+    ask,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((resolve) => child.once("exit", resolve));
@@ -515,23 +493,6 @@ function mb(bytes) {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const quick = process.argv.includes("--quick") || process.env.BENCH_QUICK === "1";
-  const loadCore = 0;
-  const serverCore = 1;
-  pin(process.pid, loadCore);
-  const result = await measureS10({
-    cluster: undefined,
-    config: quick ? { pairs: 3, seconds: 1 } : { pairs: 7, seconds: 5 },
-    quick,
-    loadCore,
-    serverCore,
-    log: (message) => process.stderr.write(`${message}\n`),
-    row: (id, what, value, unit, target, test, detail = "") => {
-      const central = typeof value === "number" ? value : value.median;
-      return { id, what, value, unit, target, met: test(central), detail };
-    },
-    summary,
-  });
-  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-  process.exit(0);
+  const { runAlone } = await import("./standalone.mjs");
+  await runAlone(measureS10, { cluster: false });
 }

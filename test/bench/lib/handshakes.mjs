@@ -21,12 +21,12 @@
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os, { tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import tls from "node:tls";
 import { pathToFileURL } from "node:url";
 import { SERVER_IDENTITY } from "./cluster.mjs";
-import { median, pin, ROOT, summary, totalCpu } from "./env.mjs";
+import { median, pin, ROOT, totalCpu } from "./env.mjs";
 import { instructionsPerConnection } from "./handshakes-instructions.mjs";
 import { hasCallgrind } from "./instructions.mjs";
 import { getOnce } from "./lean-load.mjs";
@@ -354,32 +354,6 @@ async function startResumableServer(cluster, core) {
 // ---- run alone ----
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  const { startCluster } = await import("./cluster.mjs");
-  const quick = process.argv.includes("--quick") || process.env.BENCH_QUICK === "1";
-  const loadCore = 0;
-  const serverCore = os.availableParallelism() > 1 ? 1 : 0;
-  pin(process.pid, loadCore);
-  const log = (message) => process.stderr.write(`${message}\n`);
-  // As run.mjs builds its rows.
-  const row = (id, what, value, unit, target, test, detail = "") => {
-    const central = typeof value === "number" ? value : value.median;
-    return { id, what, value, unit, target, met: test(central), detail };
-  };
-  const cluster = await startCluster();
-  try {
-    const { rows, notes } = await measureS6({
-      cluster,
-      config: quick ? { pairs: 3, seconds: 1 } : { pairs: 7, seconds: 5 },
-      quick,
-      loadCore,
-      serverCore,
-      log,
-      row,
-      summary,
-    });
-    process.stdout.write(`${JSON.stringify({ rows, notes }, null, 2)}\n`);
-  } finally {
-    await cluster.close();
-  }
-  process.exit(0);
+  const { runAlone } = await import("./standalone.mjs");
+  await runAlone(measureS6);
 }

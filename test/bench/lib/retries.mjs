@@ -37,6 +37,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { CLIENT_IDENTITY, identityOf, NS } from "./cluster.mjs";
 import { cpuSeconds, median, pin, ROOT, rssBytes } from "./env.mjs";
+import { readLines } from "./line-child.mjs";
 
 /** Requests a second of the CPU phases: half of run.mjs's 1,000, so a busy shared core still keeps up. */
 const RATE = 500;
@@ -136,35 +137,16 @@ async function startChild(script, args, { core, nodeFlags = [], ready }) {
     stdio: ["pipe", "pipe", "pipe"],
   });
   if (core !== undefined) pin(child.pid, core);
-  let stderr = "";
-  child.stderr.on("data", (chunk) => {
-    stderr = (stderr + chunk).slice(-4000);
-  });
-  let out = "";
-  const waiters = [];
-  child.stdout.on("data", (chunk) => {
-    out += chunk;
-    for (let newline = out.indexOf("\n"); newline >= 0; newline = out.indexOf("\n")) {
-      const line = out.slice(0, newline);
-      out = out.slice(newline + 1);
-      waiters.shift()?.resolve(line);
-    }
-  });
-  child.once("exit", (code) => {
-    for (const waiter of waiters.splice(0)) waiter.reject(new Error(`${script} exited (${code}): ${stderr}`));
-  });
-  const nextLine = () => new Promise((resolve, reject) => waiters.push({ resolve, reject }));
+  const { stderr, nextLine, ask: askLine } = readLines(child, script);
   /** Sends one command line and resolves with the reply that `pattern` matches (its first group). */
   const ask = async (command, pattern) => {
-    const reply = nextLine();
-    child.stdin.write(`${command}\n`);
-    const match = pattern.exec(await reply);
-    if (!match) throw new Error(`${script}: unexpected reply to ${command}: ${stderr}`);
+    const match = pattern.exec(await askLine(command));
+    if (!match) throw new Error(`${script}: unexpected reply to ${command}: ${stderr()}`);
     return match[1];
   };
   const first = await nextLine();
   const match = ready.exec(first);
-  if (!match) throw new Error(`${script}: ${first} ${stderr}`);
+  if (!match) throw new Error(`${script}: ${first} ${stderr()}`);
   if (core !== undefined) pin(child.pid, core);
   return {
     pid: child.pid,
@@ -435,46 +417,12 @@ function report({ results, probes, warmUp, config, rate, row, summary }) {
 // ---- run alone ----
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const quick = process.argv.includes("--quick") || process.env.BENCH_QUICK === "1";
   // --pairs, --seconds, --rate: other lengths and rates than run.mjs's, for trying things out.
   const overrides = {};
   for (const name of ["pairs", "seconds", "rate"]) {
     const arg = process.argv.find((a) => a.startsWith(`--${name}=`));
     if (arg) overrides[name] = Number(arg.slice(name.length + 3));
   }
-  const { startCluster } = await import("./cluster.mjs");
-  const { summary } = await import("./env.mjs");
-  const loadCore = 0;
-  const serverCore = (await import("node:os")).availableParallelism() > 1 ? 1 : 0;
-  pin(process.pid, loadCore);
-  const log = (message) => process.stderr.write(`${message}\n`);
-  // As run.mjs's row().
-  const row = (id, what, value, unit, target, test, detail = "") => {
-    const central = typeof value === "number" ? value : value.median;
-    return { id, what, value, unit, target, met: test(central), detail };
-  };
-  const cluster = await startCluster();
-  let exitCode = 0;
-  try {
-    const result = await measureS9({
-      cluster,
-      config: { ...(quick ? { pairs: 3, seconds: 1 } : { pairs: 7, seconds: 5 }), ...overrides },
-      rate: overrides.rate,
-      quick,
-      loadCore,
-      serverCore,
-      log,
-      row,
-      summary,
-    });
-    // --raw: the measurements and notes as well.
-    const shown = process.argv.includes("--raw") ? result : result.rows;
-    process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
-  } catch (error) {
-    log(String(error?.stack ?? error));
-    exitCode = 1;
-  } finally {
-    await cluster.close();
-  }
-  process.exit(exitCode);
+  const { runAlone } = await import("./standalone.mjs");
+  await runAlone(measureS9, { config: overrides, extra: { rate: overrides.rate } });
 }
