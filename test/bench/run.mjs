@@ -2,9 +2,10 @@
  * `pnpm bench`: the performance.md scenarios side by side, each a ratio against its baseline measured in
  * the same run (A/B phases interleaved, median and interquartile range over the pairs), with the load
  * generator pinned to core 0 and every server (nginx and its app together, as a sidecar shares its pod's
- * CPU) pinned to core 1 where `taskset` exists. Writes test/bench/results/latest.{md,json,svg}.
+ * CPU) pinned to core 1 where `taskset` exists. Writes test/bench/results/latest.{md,json,svg} (a quick or
+ * --only run: partial.{md,json,svg}).
  *
- *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~15 min)
+ *   pnpm bench                 full run (7 pairs of 5 s, S8 for 60 s; ~47 min)
  *   pnpm bench --quick         smoke run (3 pairs of 1 s, S8 for 10 s, short callgrind; ~4 min)
  *   pnpm bench --only=inbound,startup   groups: instructions, inbound, handshakes, latency, outbound,
  *                                       retries, memory, control-plane, rotation, startup
@@ -104,13 +105,16 @@ try {
 const outDir = path.join(ROOT, "test/bench/results");
 mkdirSync(outDir, { recursive: true });
 const report = { machine, config: CONFIG, rows, notes, raw };
-writeFileSync(path.join(outDir, "latest.json"), `${JSON.stringify(report, null, 2)}\n`);
-writeFileSync(path.join(outDir, "latest.md"), renderMarkdown(report));
-writeFileSync(path.join(outDir, "latest.svg"), renderSvg(report));
+// Only a full run of every scenario replaces latest.* (and the README's table, which shows it); a quick
+// or --only run writes partial.* (not committed), so trying one group out cannot clobber a full run's data.
+const complete = !QUICK && ONLY === undefined;
+const base = complete ? "latest" : "partial";
+writeFileSync(path.join(outDir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`);
+writeFileSync(path.join(outDir, `${base}.md`), renderMarkdown(report));
+writeFileSync(path.join(outDir, `${base}.svg`), renderSvg(report));
 process.stdout.write(`\n${renderMarkdown(report)}`);
-// A full run of every scenario is what the README shows.
-if (!QUICK && ONLY === undefined) updateReadme(renderMarkdown(report));
-log(`wrote ${path.relative(process.cwd(), outDir)}/latest.{md,json,svg}`);
+if (complete) updateReadme(renderMarkdown(report));
+log(`wrote ${path.relative(process.cwd(), outDir)}/${base}.{md,json,svg}`);
 process.exit(0);
 
 // ---- scenarios ----
