@@ -204,7 +204,12 @@ function major(version) {
   return String(version).replace(/^v/, "").split(".")[0];
 }
 
-/** Heap growth over N requests, after full GCs: nothing per request outlives the request. */
+/**
+ * Heap growth over N requests, after full GCs: nothing per request outlives the request. Measured over
+ * two windows in a row and judged on the smaller: V8's own one-off growth (code and feedback of paths
+ * still being optimized) lands in one window, a leak lands in both. One window on a busy CI machine read
+ * 4.89 B/request over HTTP/2 where the windows after it read 0.4-1.2.
+ */
 async function heapGate(cluster) {
   const server = await cluster.startServer("mesh", { nodeFlags: ["--expose-gc"] });
   const pool = createPool(server.port, cluster.clientTls, 8);
@@ -212,32 +217,34 @@ async function heapGate(cluster) {
     const { body } = await pool.request({ path: "/__heap", method: "GET" });
     return Number(await body.text());
   };
-  const burst = (n) => Promise.all(Array.from({ length: 8 }, () => sequential(pool, n / 8)));
-  await burst(4000);
-  const before = await heap();
   const requests = 40_000;
-  await burst(requests);
-  const after = await heap();
-  const perRequest = (after - before) / requests;
-  log(
-    `heap: ${(before / 2 ** 20).toFixed(2)} MiB → ${(after / 2 ** 20).toFixed(2)} MiB after ${requests} more requests (${perRequest.toFixed(2)} B/request; gate ≤ ${HEAP_BYTES_PER_REQUEST})`,
-  );
-  if (perRequest > HEAP_BYTES_PER_REQUEST) failures.push(`heap grows ${perRequest.toFixed(2)} B per request`);
+  /** Bytes per request the heap grew in each of two windows of `requests`, after a warm-up. */
+  const growth = async (send) => {
+    await send(4000);
+    const start = await heap();
+    await send(requests);
+    const middle = await heap();
+    await send(requests);
+    const end = await heap();
+    return { start, end, windows: [(middle - start) / requests, (end - middle) / requests] };
+  };
+  const judge = (label, { start, end, windows }) => {
+    const perRequest = Math.min(...windows);
+    log(
+      `heap${label}: ${(start / 2 ** 20).toFixed(2)} MiB → ${(end / 2 ** 20).toFixed(2)} MiB over 2 × ${requests} requests (${windows.map((w) => w.toFixed(2)).join(", ")} B/request; gate on the smaller ≤ ${HEAP_BYTES_PER_REQUEST})`,
+    );
+    if (perRequest > HEAP_BYTES_PER_REQUEST)
+      failures.push(`heap grows ${perRequest.toFixed(2)} B per request${label} in both windows`);
+  };
+  judge("", await growth((n) => Promise.all(Array.from({ length: 8 }, () => sequential(pool, n / 8)))));
   // The same over sidecar-style HTTP/2 (the downgrade to the HTTP/1 app), 8 sessions.
   const sessions = await Promise.all(
     Array.from({ length: 8 }, () => createH2Sequential(server.port, cluster.clientTls)),
   );
-  const h2Burst = (n) => Promise.all(sessions.map((session) => sequential(session, n / 8)));
-  await h2Burst(4000);
-  const h2Before = await heap();
-  await h2Burst(requests);
-  const h2After = await heap();
-  const h2PerRequest = (h2After - h2Before) / requests;
-  log(
-    `heap over HTTP/2: ${(h2Before / 2 ** 20).toFixed(2)} MiB → ${(h2After / 2 ** 20).toFixed(2)} MiB after ${requests} more requests (${h2PerRequest.toFixed(2)} B/request; gate ≤ ${HEAP_BYTES_PER_REQUEST})`,
+  judge(
+    " over HTTP/2",
+    await growth((n) => Promise.all(sessions.map((session) => sequential(session, n / 8)))),
   );
-  if (h2PerRequest > HEAP_BYTES_PER_REQUEST)
-    failures.push(`heap grows ${h2PerRequest.toFixed(2)} B per HTTP/2 request`);
   for (const session of sessions) session.close();
   await pool.close();
   await server.stop();
