@@ -286,7 +286,8 @@ http {
   };
 }
 
-function stopChild(child, signal = "SIGTERM") {
+/** SIGTERM (or `signal`), then SIGKILL after 5 s; resolves once the child has exited. */
+export function stopChild(child, signal = "SIGTERM") {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill("SIGKILL"), 5000);

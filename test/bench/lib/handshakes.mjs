@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import tls from "node:tls";
 import { pathToFileURL } from "node:url";
-import { SERVER_IDENTITY } from "./cluster.mjs";
+import { SERVER_IDENTITY, stopChild } from "./cluster.mjs";
 import { median, pin, ROOT, totalCpu } from "./env.mjs";
 import { instructionsPerConnection } from "./handshakes-instructions.mjs";
 import { hasCallgrind } from "./instructions.mjs";
@@ -323,15 +323,7 @@ async function startResumableServer(cluster, core) {
   });
   const stop = () => {
     rmSync(dir, { recursive: true, force: true });
-    if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      child.once("exit", () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      child.kill("SIGTERM");
-    });
+    return stopChild(child);
   };
   try {
     const port = await new Promise((resolve, reject) => {
