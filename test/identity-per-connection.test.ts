@@ -27,9 +27,13 @@ const BOOKS_ID = "books.shop.serviceaccount.identity.linkerd.cluster.local";
 const WEB_ID = "web.shop.serviceaccount.identity.linkerd.cluster.local";
 const REQUESTS_AFTER_FIRST = 60;
 
-/** Methods that build or parse a certificate: at most one call per connection, from anyone. */
+/**
+ * Methods that build, parse or encode a certificate (getSession's encoding carries the peer's): at most
+ * one call per connection, from anyone.
+ */
 const CERTIFICATE_METHODS = [
   "getPeerCertificate",
+  "getSession",
   "getPeerX509Certificate",
   "getCertificate",
   "getX509Certificate",
@@ -38,7 +42,6 @@ const CERTIFICATE_METHODS = [
 const STATE_METHODS = [
   "getPeerFinished",
   "getFinished",
-  "getSession",
   "isSessionReused",
   "getCipher",
   "getProtocol",
