@@ -81,12 +81,20 @@ export interface HostPort {
 }
 
 /** Parses `host:port`, `[v6]:port` and Linkerd's FQDN-with-trailing-dot form `name.:8080`. */
-export function parseHostPort(variable: string, value: string): HostPort {
+export function parseHostPort(
+  variable: string,
+  value: string,
+  options: {
+    /** An address to listen on, where port 0 asks the kernel for a free port (never one to connect to). */
+    readonly listen?: boolean;
+  } = {},
+): HostPort {
   const trimmed = value.trim();
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(trimmed);
   if (!match) throw invalid(variable, value, "expected host:port");
   const port = Number(match[3]);
-  if (port < 1 || port > 65535) throw invalid(variable, value, "port must be 1-65535");
+  const lowest = options.listen === true ? 0 : 1;
+  if (port < lowest || port > 65535) throw invalid(variable, value, `port must be ${lowest}-65535`);
   const host = (match[1] ?? match[2] ?? "").replace(/(?<=[^.])\.$/, "");
   return { host, port };
 }

@@ -66,6 +66,17 @@ describe("environment parsing", () => {
     expect(variableOf(() => parseHostPort("A", "h:70000"))).toBe("A");
   });
 
+  it("port 0 only where the address is one to listen on (the kernel picks a free port)", () => {
+    expect(parseHostPort("A", "127.0.0.1:0", { listen: true })).toEqual({ host: "127.0.0.1", port: 0 });
+    expect(variableOf(() => parseHostPort("A", "127.0.0.1:0"))).toBe("A");
+    expect(variableOf(() => parseHostPort("A", "127.0.0.1:65536", { listen: true }))).toBe("A");
+    expect(
+      variableOf(() =>
+        parseControlPlaneAddress({ LINKERD2_PROXY_POLICY_SVC_ADDR: "127.0.0.1:0" }, "LINKERD2_PROXY_POLICY"),
+      ),
+    ).toBe("LINKERD2_PROXY_POLICY_SVC_ADDR");
+  });
+
   it("control-plane addresses follow the proxy's loopback rule", () => {
     const loopback = parseControlPlaneAddress(
       { LINKERD2_PROXY_POLICY_SVC_ADDR: "127.0.0.1:8090" },

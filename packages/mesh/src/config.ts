@@ -167,14 +167,16 @@ export function resolveMeshConfig(env: Env, options: MeshConfigOptions = {}): Me
   const opaquePorts = opaqueText ? parsePortList(ENV.opaquePorts, opaqueText) : new Set<number>();
 
   const inboundListenText = readEnv(env, ENV.inboundListen);
-  const inboundListen = inboundListenText ? parseHostPort(ENV.inboundListen, inboundListenText) : undefined;
+  const inboundListen = inboundListenText
+    ? parseHostPort(ENV.inboundListen, inboundListenText, { listen: true })
+    : undefined;
 
   const allowText = readEnv(env, ENV.allowNonLoopbackAdmin);
   const allowNonLoopbackAdmin =
     options.allowNonLoopbackAdmin ??
     (allowText === undefined ? true : parseBooleanEnv(ENV.allowNonLoopbackAdmin, allowText));
   const adminText = options.adminAddress ?? readEnv(env, ENV.adminListen) ?? "127.0.0.1:4191";
-  const admin = parseHostPort(ENV.adminListen, adminText);
+  const admin = parseHostPort(ENV.adminListen, adminText, { listen: true });
   if (!isLoopbackHost(admin.host) && !allowNonLoopbackAdmin) {
     const why =
       options.allowNonLoopbackAdmin === false

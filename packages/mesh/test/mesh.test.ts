@@ -149,6 +149,24 @@ describe("createMesh against the dev control plane", () => {
     await denied.arrayBuffer();
   });
 
+  it("binds the admin server to a free port when LINKERD2_PROXY_ADMIN_LISTEN_ADDR asks for port 0", async () => {
+    // A second process of pod web-0: its own admin server, not the pod's transport-header port.
+    const { variables } = await controlPlane.writeEnv("web-0", { namespace: "bookshop" });
+    const mesh = createMesh({
+      env: { ...variables, LINKERD2_PROXY_ADMIN_LISTEN_ADDR: "127.0.0.1:0" },
+      tracing: false,
+      transportHeader: false,
+    });
+    meshes.push(mesh);
+    await mesh.ready();
+    const admin = mesh.admin();
+    expect(admin?.host).toBe("127.0.0.1");
+    expect(admin?.port).toBeGreaterThan(0);
+    const live = await fetch(`http://127.0.0.1:${admin?.port}/live`);
+    expect(live.status).toBe(200);
+    expect(await live.text()).toBe("live\n");
+  });
+
   it("refuses to serve a port whose policy is not watched", async () => {
     const books = meshes[0] as Mesh;
     expect(() => books.createServer(() => {}, { port: booksPort + 1 })).toThrow(/not an inbound port/);
