@@ -64,18 +64,21 @@ describe("a real TLS peer: openssl s_client against a node:tls server on our Sec
       ...extra,
     ]);
 
+  /** s_client as a meshed client: TLS 1.3, our SNI, its leaf, the issuer it sends along, its key. */
+  const meshClientArgs = () => [
+    "-tls1_3",
+    "-servername",
+    WEB,
+    "-cert",
+    files.cert as string,
+    "-cert_chain",
+    files.chain as string,
+    "-key",
+    files.key as string,
+  ];
+
   it("reports the client's identity when it presents a certificate from the mesh CA", async () => {
-    const result = await sClient([
-      "-tls1_3",
-      "-servername",
-      WEB,
-      "-cert",
-      files.cert as string,
-      "-cert_chain",
-      files.chain as string,
-      "-key",
-      files.key as string,
-    ]);
+    const result = await sClient(meshClientArgs());
     expect(result.stdout.trim()).toBe(CLIENT);
     expect(server.peers.at(-1)).toEqual({ kind: "mesh", name: CLIENT, tls: "established" });
   });
@@ -110,17 +113,7 @@ describe("a real TLS peer: openssl s_client against a node:tls server on our Sec
       return session;
     };
     try {
-      const result = await sClient([
-        "-tls1_3",
-        "-servername",
-        WEB,
-        "-cert",
-        files.cert as string,
-        "-cert_chain",
-        files.chain as string,
-        "-key",
-        files.key as string,
-      ]);
+      const result = await sClient(meshClientArgs());
       expect(result.stdout.trim()).toBe(CLIENT);
     } finally {
       prototype.getPeerX509Certificate = original.x509;
@@ -148,17 +141,7 @@ describe("a real TLS peer: openssl s_client against a node:tls server on our Sec
       return changed;
     };
     try {
-      const result = await sClient([
-        "-tls1_3",
-        "-servername",
-        WEB,
-        "-cert",
-        files.cert as string,
-        "-cert_chain",
-        files.chain as string,
-        "-key",
-        files.key as string,
-      ]);
+      const result = await sClient(meshClientArgs());
       expect(result.stdout.trim()).toBe(CLIENT);
     } finally {
       prototype.getSession = original;

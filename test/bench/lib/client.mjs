@@ -12,21 +12,14 @@
  */
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { distOf, requireFrom } from "./env.mjs";
+import { distOf, identityFromSetup, requireFrom } from "./env.mjs";
 
 const [kind, setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
 const undici = requireFrom("http", "undici");
 const { credentials } = requireFrom("proto", "@grpc/grpc-js");
-const { createIdentityProvider } = await import(distOf("identity"));
 
-const identity = createIdentityProvider({
-  localName: setup.clientIdentity,
-  trustAnchorsPem: setup.anchors,
-  identityServiceAddress: setup.identityAddress,
-  identityServiceName: setup.identityName,
-  readToken: () => setup.token,
-});
+const identity = await identityFromSetup(setup, setup.clientIdentity);
 await identity.ready();
 
 let send;

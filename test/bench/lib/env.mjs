@@ -15,6 +15,22 @@ export function distOf(name) {
   return pathToFileURL(`${ROOT}packages/${name}/dist/index.js`).href;
 }
 
+/**
+ * The identity a bench child runs with, certified by the cluster's identity service from the setup the
+ * parent wrote (cluster.mjs `setupFor`); `extra` adds provider options (S7's refresh bounds).
+ */
+export async function identityFromSetup(setup, localName, extra = {}) {
+  const { createIdentityProvider } = await import(distOf("identity"));
+  return createIdentityProvider({
+    localName,
+    trustAnchorsPem: setup.anchors,
+    identityServiceAddress: setup.identityAddress,
+    identityServiceName: setup.identityName,
+    readToken: () => setup.token,
+    ...extra,
+  });
+}
+
 /** A dependency as one of our packages resolves it (undici from @inmesh/http, grpc-js from proto). */
 export function requireFrom(pkg, specifier) {
   return createRequire(`${ROOT}packages/${pkg}/package.json`)(specifier);

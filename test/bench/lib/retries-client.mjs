@@ -20,25 +20,18 @@
  */
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { distOf, median, requireFrom } from "./env.mjs";
+import { distOf, identityFromSetup, median, requireFrom } from "./env.mjs";
 import { BODY_BYTES, bodyChunks } from "./retries-payload.mjs";
 
 const [setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
 const undici = requireFrom("http", "undici");
 const { credentials } = requireFrom("proto", "@grpc/grpc-js");
-const { createIdentityProvider } = await import(distOf("identity"));
 const { createDiscovery, createContextToken } = await import(distOf("destination"));
 const { destination, outbound } = await import(distOf("proto"));
 const { createMeshDispatcher } = await import(distOf("http"));
 
-const identity = createIdentityProvider({
-  localName: setup.clientIdentity,
-  trustAnchorsPem: setup.anchors,
-  identityServiceAddress: setup.identityAddress,
-  identityServiceName: setup.identityName,
-  readToken: () => setup.token,
-});
+const identity = await identityFromSetup(setup, setup.clientIdentity);
 await identity.ready();
 const discovery = createDiscovery({
   destinationClient: new destination.DestinationClient(

@@ -14,7 +14,7 @@
 import { readFileSync } from "node:fs";
 import https from "node:https";
 import { createInterface } from "node:readline";
-import { distOf } from "./env.mjs";
+import { identityFromSetup } from "./env.mjs";
 import { isBodyOf } from "./retries-payload.mjs";
 
 const [setupFile] = process.argv.slice(2);
@@ -59,14 +59,7 @@ function app(req, res) {
   });
 }
 
-const { createIdentityProvider } = await import(distOf("identity"));
-const identity = createIdentityProvider({
-  localName: setup.serverIdentity,
-  trustAnchorsPem: setup.anchors,
-  identityServiceAddress: setup.identityAddress,
-  identityServiceName: setup.identityName,
-  readToken: () => setup.token,
-});
+const identity = await identityFromSetup(setup, setup.serverIdentity);
 await identity.ready();
 const server = https.createServer({ ...identity.tlsServerOptions(), keepAliveTimeout: 60_000 }, app);
 server.on("secureConnection", () => {

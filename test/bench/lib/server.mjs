@@ -13,7 +13,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
-import { distOf } from "./env.mjs";
+import { distOf, identityFromSetup } from "./env.mjs";
 
 const [kind, setupFile] = process.argv.slice(2);
 const setup = JSON.parse(readFileSync(setupFile, "utf8"));
@@ -92,13 +92,7 @@ if (kind === "http") {
     server.close();
   };
 } else {
-  const { createIdentityProvider } = await import(distOf("identity"));
-  const identity = createIdentityProvider({
-    localName: setup.serverIdentity,
-    trustAnchorsPem: setup.anchors,
-    identityServiceAddress: setup.identityAddress,
-    identityServiceName: setup.identityName,
-    readToken: () => setup.token,
+  const identity = await identityFromSetup(setup, setup.serverIdentity, {
     // S7 re-certifies every few seconds (undefined: the defaults).
     minRefreshMs: setup.minRefreshMs,
     maxRefreshMs: setup.maxRefreshMs,
