@@ -19,7 +19,7 @@ import os from "node:os";
 import path from "node:path";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
 import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
-import { createH2Client } from "./lib/h2-load.mjs";
+import { createLeanH2Client } from "./lib/h2-load.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { connect, createLeanClient, getOnce } from "./lib/lean-load.mjs";
 import { createPool, openLoop } from "./lib/load.mjs";
@@ -341,7 +341,7 @@ async function inboundHttp2(mesh) {
   };
   const clients = {};
   for (const [name, t] of Object.entries(targets))
-    clients[name] = await createH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
+    clients[name] = await createLeanH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
   const results = await interleaved(targets, clients);
   raw.inboundHttp2 = results;
   const busy = medianBusy(results);
