@@ -104,10 +104,10 @@ export function peerVerification(
 }
 
 /**
- * The DER of the peer's leaf certificate, or undefined when it presented none. Taken from the session
- * `getSession()` encodes, where OpenSSL's SSL_SESSION carries the peer's certificate as it arrived:
- * ~0.03 ms per connection on Node 20, where getPeerCertificate() builds a dozen strings and three
- * fingerprints around the same bytes (~0.15 ms) and getPeerX509Certificate() copies the peer's
+ * The DER of the peer's leaf certificate, undefined (or empty) when it presented none. Taken from the
+ * session `getSession()` encodes, where OpenSSL's SSL_SESSION carries the peer's certificate as it
+ * arrived: ~0.03 ms per connection on Node 20, where getPeerCertificate() builds a dozen strings and
+ * three fingerprints around the same bytes (~0.15 ms) and getPeerX509Certificate() copies the peer's
  * intermediates too (~0.38 ms): S6. An encoding this reader does not know falls back to
  * getPeerCertificate().
  */
@@ -115,8 +115,7 @@ function peerLeafDer(socket: TLSSocket): Buffer | undefined {
   const session = socket.getSession();
   const fromSession = session === undefined ? undefined : peerCertificateOfSession(session);
   if (fromSession !== undefined) return fromSession ?? undefined;
-  const raw = socket.getPeerCertificate()?.raw;
-  return raw === undefined || raw.byteLength === 0 ? undefined : raw;
+  return socket.getPeerCertificate()?.raw;
 }
 
 /** SSL_SESSION_ASN1_VERSION: the first field of every session OpenSSL 1.0.1 to 3.x encodes. */

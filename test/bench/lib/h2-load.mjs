@@ -1,13 +1,12 @@
 /**
- * The closed-loop load generator of the HTTP/2 rows (S1d): what a Linkerd sidecar sends a meshed
- * workload. linkerd2-proxy upgrades an application's HTTP/1 requests to HTTP/2 toward meshed endpoints
- * and marks them `l5d-orig-proto: HTTP/1.1`, multiplexed on one connection per peer; the SDK's own
- * client does the same. `streams` requests are kept in flight on one mTLS session, the next sent when a
- * response ends. A status other than 200 fails the run rather than being counted.
+ * The HTTP/2 load of the S1d rows and gates: what a Linkerd sidecar sends a meshed workload.
+ * linkerd2-proxy upgrades an application's HTTP/1 requests to HTTP/2 toward meshed endpoints and marks
+ * them `l5d-orig-proto: HTTP/1.1`, multiplexed on one connection per peer; the SDK's own client does the
+ * same. The closed loop keeps `streams` requests in flight on one mTLS session, the next sent when a
+ * response ends; a status other than 200 fails the run rather than being counted.
  */
 import http2 from "node:http2";
-import tls from "node:tls";
-import { runClosedLoop } from "./lean-load.mjs";
+import { connect, runClosedLoop } from "./lean-load.mjs";
 
 /** What a sidecar sends: an HTTP/1 `GET /` upgraded to HTTP/2. */
 const headers = { ":method": "GET", ":path": "/", "l5d-orig-proto": "HTTP/1.1" };
@@ -24,7 +23,15 @@ async function connectSession(port, tlsOptions) {
   return session;
 }
 
-const FRAME = { DATA: 0x0, HEADERS: 0x1, RST_STREAM: 0x3, SETTINGS: 0x4, PING: 0x6, GOAWAY: 0x7 };
+const FRAME = {
+  DATA: 0x0,
+  HEADERS: 0x1,
+  RST_STREAM: 0x3,
+  SETTINGS: 0x4,
+  PING: 0x6,
+  GOAWAY: 0x7,
+  WINDOW_UPDATE: 0x8,
+};
 const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8, PRIORITY: 0x20 };
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 /** HPACK's static-table index 8, `:status: 200`, as nghttp2 (node:http2) sends it first in a response. */
@@ -50,20 +57,7 @@ const literal = (text) => Buffer.concat([Buffer.from([text.length]), Buffer.from
  * enough to count finished streams; anything but a 200 (or a reset, or GOAWAY) fails the run.
  */
 export async function createLeanH2Client(port, tlsOptions, streams) {
-  const socket = await new Promise((resolve, reject) => {
-    const connection = tls.connect({
-      host: "127.0.0.1",
-      port,
-      ...tlsOptions,
-      ALPNProtocols: ["h2"],
-      checkServerIdentity: () => undefined,
-    });
-    connection.once("secureConnect", () => {
-      connection.off("error", reject);
-      resolve(connection);
-    });
-    connection.once("error", reject);
-  });
+  const socket = await connect(port, { ...tlsOptions, ALPNProtocols: ["h2"] });
   // node:http2 servers choose h2; a meshed server takes HTTP/2 by prior knowledge, as sidecars send it.
   if (socket.alpnProtocol !== "h2" && socket.alpnProtocol !== false)
     throw new Error(`server chose ALPN ${socket.alpnProtocol}, not h2`);
@@ -75,7 +69,11 @@ export async function createLeanH2Client(port, tlsOptions, streams) {
   const windowUpdate = Buffer.alloc(4);
   windowUpdate.writeUInt32BE(2 ** 30, 0);
   socket.write(
-    Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0, settings), frame(0x8, 0, 0, windowUpdate)]),
+    Buffer.concat([
+      PREFACE,
+      frame(FRAME.SETTINGS, 0, 0, settings),
+      frame(FRAME.WINDOW_UPDATE, 0, 0, windowUpdate),
+    ]),
   );
   const block = Buffer.concat([
     Buffer.from([0x82, 0x87, 0x84]), // :method GET, :scheme https, :path /
@@ -154,32 +152,6 @@ export async function createLeanH2Client(port, tlsOptions, streams) {
     close() {
       loop = undefined;
       socket.destroy();
-    },
-  };
-}
-
-export async function createH2Client(port, tlsOptions, streams) {
-  const session = await connectSession(port, tlsOptions);
-  return {
-    closedLoop({ seconds }) {
-      return runClosedLoop(streams, seconds, (tally) => {
-        const send = () => {
-          const request = session.request(headers);
-          request.on("response", (response) => {
-            if (response[":status"] !== 200) tally.fail(new Error(`HTTP/2 status ${response[":status"]}`));
-          });
-          request.on("data", () => {});
-          request.on("error", (error) => tally.fail(error));
-          request.on("end", () => {
-            if (tally.completed()) send();
-          });
-          request.end();
-        };
-        for (let i = 0; i < streams; i += 1) send();
-      });
-    },
-    close() {
-      session.close();
     },
   };
 }
