@@ -291,7 +291,7 @@ function checkLeaf(parsed: ParsedCertificate, options: LeafCheckOptions): string
   }
   const name = parseSan(parsed);
   if (options.expectedIdentity !== undefined && name !== options.expectedIdentity) {
-    refuse("identity-mismatch", `certificate is for ${name}, expected ${options.expectedIdentity}`, 0);
+    refuse("identity-mismatch", mismatchMessage(name, options.expectedIdentity), 0);
   }
   return name;
 }
@@ -321,14 +321,70 @@ export function checkLeafCertificate(
   leafDer: Uint8Array,
   options: LeafCheckOptions = {},
 ): PeerCertificateVerdict {
-  return verdictFrom(() => {
-    const parsed = parseOrRefuse(leafDer, 0, options.maxCertificateBytes ?? DEFAULT_MAX_CERTIFICATE_BYTES);
+  const maxBytes = options.maxCertificateBytes ?? DEFAULT_MAX_CERTIFICATE_BYTES;
+  const purpose = options.purpose ?? "client";
+  const key = leafDer.byteLength <= maxBytes ? passedLeafKey(leafDer, purpose) : undefined;
+  const passed = key === undefined ? undefined : passedLeaves.get(key);
+  if (passed !== undefined) {
+    // Most recently used last, so a busy client's leaf is not the next one evicted.
+    passedLeaves.delete(key as string);
+    passedLeaves.set(key as string, passed);
+    return withExpectedIdentity(passed, options.expectedIdentity);
+  }
+  const verdict = verdictFrom(() => {
+    const parsed = parseOrRefuse(leafDer, 0, maxBytes);
     return {
-      identity: checkLeaf(parsed, options),
+      identity: checkLeaf(parsed, { purpose }),
       notBeforeMs: parsed.notBeforeMs,
       notAfterMs: parsed.notAfterMs,
     };
   });
+  if (!verdict.ok || key === undefined) return verdict;
+  const frozen = Object.freeze(verdict);
+  passedLeaves.set(key, frozen);
+  if (passedLeaves.size > PASSED_LEAVES_MAX) {
+    passedLeaves.delete(passedLeaves.keys().next().value as string);
+  }
+  return withExpectedIdentity(frozen, options.expectedIdentity);
+}
+
+/**
+ * Leaves that passed checkLeaf, by purpose and DER. A peer presents the same leaf on every connection
+ * for the day it is valid, and parsing it again cost ~30 µs of each new connection (S6). The verdict
+ * depends on nothing but these bytes and the purpose (OpenSSL has checked the chain and the validity
+ * period by the time a leaf gets here), so the same bytes get the same answer. Refused leaves are not
+ * kept: a peer sending new ones cannot push the leaves of the clients that pass out of the cache.
+ */
+const passedLeaves = new Map<string, PeerCertificateVerdict & { ok: true }>();
+const PASSED_LEAVES_MAX = 256;
+
+/** For tests: how many passed leaves are remembered now. */
+export function rememberedLeafCount(): number {
+  return passedLeaves.size;
+}
+
+function passedLeafKey(leafDer: Uint8Array, purpose: CertificatePurpose): string {
+  // latin1 maps each byte to one character, so equal keys are equal bytes.
+  return purpose + Buffer.from(leafDer.buffer, leafDer.byteOffset, leafDer.byteLength).toString("latin1");
+}
+
+function withExpectedIdentity(
+  verdict: PeerCertificateVerdict & { ok: true },
+  expectedIdentity: string | undefined,
+): PeerCertificateVerdict {
+  if (expectedIdentity === undefined || verdict.identity === expectedIdentity) return verdict;
+  return {
+    ok: false,
+    failure: {
+      reason: "identity-mismatch",
+      message: mismatchMessage(verdict.identity, expectedIdentity),
+      depth: 0,
+    },
+  };
+}
+
+function mismatchMessage(identity: string, expectedIdentity: string): string {
+  return `certificate is for ${identity}, expected ${expectedIdentity}`;
 }
 
 function signedBy(child: X509Certificate, parent: X509Certificate): "yes" | "no" | "bad-signature" {

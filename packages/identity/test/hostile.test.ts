@@ -12,6 +12,7 @@ import {
   peerVerification,
   verifyPeerCertificateChain,
 } from "../src/index.js";
+import { rememberedLeafCount } from "../src/verify.js";
 import { openssl, scratchDir } from "./support/identity-server.js";
 import { type MeshTlsServer, startMeshTlsServer, tlsRoundTrip } from "./support/tls-peers.js";
 import {
@@ -1039,6 +1040,56 @@ describe("hostile certificate suite (reliability R6)", () => {
     } finally {
       await server.close();
     }
+  });
+
+  it("remembers leaves that passed by their exact bytes and purpose, and answers as a first check would (S6)", async () => {
+    // Same length as ID, so one buffer can hold either leaf.
+    const OTHER = "api.shop.serviceaccount.identity.linkerd.cluster.local";
+    const keys = await ecKeys();
+    const web = await leafFrom(h, { keys });
+    const api = await leafFrom(h, {
+      keys,
+      extensions: linkerdLeafExtensions(sanExtension([generalName.dns(OTHER)])),
+    });
+    const first = checkLeafCertificate(web.leaf);
+    expect(first).toMatchObject({ ok: true, identity: ID });
+    expect(Object.isFrozen(first)).toBe(true);
+    expect(checkLeafCertificate(Uint8Array.from(web.leaf))).toEqual(first);
+    // An expected identity and a size cap apply to a remembered leaf as to a new one.
+    const mismatch = checkLeafCertificate(web.leaf, { expectedIdentity: OTHER });
+    const chainMismatch = verifyPeerCertificateChain(web.leaf, web.chain, h.anchorsPem, {
+      expectedIdentity: OTHER,
+    });
+    expect(chainMismatch.ok).toBe(false);
+    expect(mismatch).toEqual(chainMismatch);
+    expect(checkLeafCertificate(web.leaf, { expectedIdentity: ID })).toEqual(first);
+    const capped = checkLeafCertificate(web.leaf, { maxCertificateBytes: web.leaf.byteLength - 1 });
+    expect(capped.ok ? "ok" : capped.failure.reason).toBe("too-large");
+    // Memory reused for other bytes is judged by the bytes it holds now.
+    const scratch = Buffer.alloc(Math.max(web.leaf.byteLength, api.leaf.byteLength));
+    web.leaf.copy(scratch);
+    expect(checkLeafCertificate(scratch.subarray(0, web.leaf.byteLength))).toMatchObject({ identity: ID });
+    api.leaf.copy(scratch);
+    expect(checkLeafCertificate(scratch.subarray(0, api.leaf.byteLength))).toMatchObject({ identity: OTHER });
+    // The purpose is part of what is remembered: a serverAuth-only leaf passes as a server, not a client.
+    const serverOnly = (built.get("leaf EKU serverAuth only, used as a client") as Built).leaf;
+    expect(checkLeafCertificate(serverOnly, { purpose: "server" }).ok).toBe(true);
+    const asClient = checkLeafCertificate(serverOnly, { purpose: "client" });
+    expect(asClient.ok ? "ok" : asClient.failure.reason).toBe("extended-key-usage");
+    // Refused leaves are not remembered, and passed ones up to a bound.
+    const before = rememberedLeafCount();
+    const refused = (built.get("leaf EKU codeSigning") as Built).leaf;
+    expect(checkLeafCertificate(refused).ok).toBe(false);
+    expect(rememberedLeafCount()).toBe(before);
+    for (let i = 0; i < 300; i += 1) {
+      const name = `w${i}.shop.serviceaccount.identity.linkerd.cluster.local`;
+      const leaf = await leafFrom(h, {
+        keys,
+        extensions: linkerdLeafExtensions(sanExtension([generalName.dns(name)])),
+      });
+      expect(checkLeafCertificate(leaf.leaf)).toMatchObject({ ok: true, identity: name });
+    }
+    expect(rememberedLeafCount()).toBe(256);
   });
 
   it("never throws and never accepts on random or mutated input", () => {
