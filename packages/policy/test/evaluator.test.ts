@@ -1,3 +1,4 @@
+import { parseIpAddress } from "@inmesh/core";
 import type { inbound } from "@inmesh/proto";
 import { describe, expect, it } from "vitest";
 import { clientFacts, compileServerPolicy, type HttpDecision } from "../src/index.js";
@@ -1045,5 +1046,30 @@ describe("clientFacts", () => {
       family: undefined,
       address: "",
     });
+  });
+
+  it("reads dotted IPv4, plain or mapped, as the general IPv6 parser does", () => {
+    const none = { kind: "none", reason: "no_tls_from_remote" } as const;
+    const word = (ip: ReturnType<typeof parseIpAddress>) => Number((ip?.value ?? 0n) & 0xffffffffn);
+    const words = [0, 1, 0x7f000001, 0x0a000001, 0xc0a80a0b, 0x80000000, 0xfffffffe, 0xffffffff];
+    for (let i = 1; i <= 200; i += 1) words.push(Math.imul(i, 0x9e3779b1) >>> 0);
+    for (const value of words) {
+      const dotted = [value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff].join(".");
+      expect(word(parseIpAddress(dotted))).toBe(value);
+      for (const text of [dotted, `::ffff:${dotted}`, `::FFFF:${dotted}`, ` ${dotted} `]) {
+        expect(clientFacts(text, none), text).toMatchObject({
+          address: dotted,
+          family: 4,
+          ipWords: [value, 0, 0, 0],
+        });
+      }
+      // Written any other way, the general parser reads the same address.
+      expect(clientFacts(`0:0:0:0:0:ffff:${dotted}`, none)).toMatchObject({ address: dotted, family: 4 });
+    }
+    // Not dotted IPv4: left to the general parser, or to no address at all.
+    expect(clientFacts("::ffff:10.1.2", none)).toMatchObject({ family: undefined, address: "" });
+    expect(clientFacts("::fffe:10.1.2.3", none)).toMatchObject({ family: 6, address: "::fffe:a01:203" });
+    expect(clientFacts("010.1.2.3", none)).toMatchObject({ family: undefined, address: "" });
+    expect(clientFacts("::ffff:", none)).toMatchObject({ family: undefined, address: "" });
   });
 });
