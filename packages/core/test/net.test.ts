@@ -1,3 +1,4 @@
+import { isIPv4, isIPv6 } from "node:net";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
@@ -37,6 +38,73 @@ describe("IP networks", () => {
     );
     fc.assert(
       fc.property(fc.ipV4(), (text) => formatIpAddress(4, parseIpAddress(text)?.value ?? -1n) === text),
+    );
+  });
+
+  it("accepts exactly the IPv6 text net.isIPv6 accepts, and reads the value the URL parser does", () => {
+    // The URL parser knows no zones; its serialization is the RFC 5952 form formatIpAddress writes.
+    const urlForm = (text: string) => new URL(`http://[${text.split("%")[0]}]/`).hostname.slice(1, -1);
+    const agrees = (text: string) => {
+      const parsed = parseIpAddress(text);
+      if (isIPv4(text)) return parsed?.family === 4;
+      if (!isIPv6(text)) return parsed === undefined;
+      return parsed?.family === 6 && formatIpAddress(6, parsed.value) === urlForm(text);
+    };
+    const cases = [
+      "::",
+      "::1",
+      "1::",
+      "1:2:3:4:5:6:7:8",
+      "1:2:3:4:5:6:7::",
+      "::2:3:4:5:6:7:8",
+      "1:2:3:4:5:6:1.2.3.4",
+      "::ffff:10.1.2.3",
+      "::1.2.3.4",
+      "1:2:3:4:5::1.2.3.4",
+      "fe80::1%eth0",
+      "fe80::1%",
+      "fe80::1%a%b",
+      "1::2::3",
+      ":1::",
+      "1::2:",
+      ":::",
+      "1:2:3:4:5:6:7:8:9",
+      "1:2:3:4:5:6:7:8::",
+      "::1:2:3:4:5:6:7:8",
+      "12345::",
+      "g::",
+      "1.2.3.4::",
+      "::1.2.3",
+      "::01.2.3.4",
+      "1:2:3:4:5:6:7:1.2.3.4",
+      "::ffff:1.2.3.4:5",
+      " ::1",
+      "FE80::AB%x.y-z:1",
+    ];
+    for (const text of cases) expect(agrees(text), text).toBe(true);
+    fc.assert(fc.property(fc.ipV6(), agrees), { numRuns: 2000 });
+    const pieces = fc.constantFrom(
+      "::",
+      ":",
+      "0",
+      "1",
+      "ff",
+      "FfFf",
+      "12345",
+      "1.2.3.4",
+      "255.255.255.255",
+      "%e",
+      ".",
+      "g",
+    );
+    fc.assert(
+      fc.property(
+        fc.array(pieces, { maxLength: 12 }).map((parts) => parts.join("")),
+        agrees,
+      ),
+      {
+        numRuns: 20_000,
+      },
     );
   });
 
