@@ -211,6 +211,23 @@ async function inbound() {
     http: { port: http.port, tls: undefined, pids: http.pids },
     nginx: { port: nginx.port, tls: cluster.clientTls, pids: [...nginx.pids, app.pid] },
   };
+  // The same three servers on the other Node line, in the same rounds: on Node 20 (V8 11.3) the SDK
+  // server's process reaches a state where node's own stream code, optimized, creates process.nextTick's
+  // tick objects through the runtime (~5 µs a request; gone with --no-flush-bytecode, and absent on
+  // Node 24), which the instruction rows, counted over short callgrind runs, do not see.
+  const other = otherNode();
+  const otherServers = [];
+  if (other !== undefined) {
+    for (const kind of ["mesh", "https", "http"]) {
+      const server = await cluster.startServer(kind, { core: SERVER_CORE, node: other.path });
+      otherServers.push(server);
+      targets[`${kind}'`] = {
+        port: server.port,
+        tls: kind === "http" ? undefined : cluster.clientTls,
+        pids: server.pids,
+      };
+    }
+  }
   // The lean client (lib/lean-load.mjs), not undici: with undici the load generator's core ran out
   // first and the ratios measured the client.
   const clients = {};
@@ -241,6 +258,30 @@ async function inbound() {
       absolute(results, "cpuUs", ["mesh", "https"], " µs"),
     ),
   );
+  if (other !== undefined) {
+    rows.push(
+      row(
+        "S1b'",
+        `throughput, SDK server ÷ node:http on ${other.version}`,
+        summary(ratio("mesh'", "http'", "rps")),
+        "×",
+        "≥ 0.65",
+        (v) => v >= 0.65,
+        absolute(results, "rps", ["mesh'", "http'"], "/s"),
+      ),
+    );
+    rows.push(
+      row(
+        "S1c'",
+        `CPU/request, SDK server ÷ node:https (same mTLS) on ${other.version}`,
+        summary(ratio("mesh'", "https'", "cpuUs")),
+        "×",
+        "≤ 1.10",
+        (v) => v <= 1.1,
+        absolute(results, "cpuUs", ["mesh'", "https'"], " µs"),
+      ),
+    );
+  }
   rows.push(
     row(
       "S2",
@@ -273,9 +314,10 @@ async function inbound() {
   notes.push(note);
   log(`  ${note}`);
   for (const client of Object.values(clients)) client.close();
-  await Promise.all([https, http, nginx, app].map((server) => server.stop()));
-  await inboundHttp2(mesh);
-  await mesh.stop();
+  const [otherMesh, ...otherRest] = otherServers;
+  await Promise.all([https, http, nginx, app, ...otherRest].map((server) => server.stop()));
+  await inboundHttp2(mesh, other, otherMesh);
+  await Promise.all([mesh, ...(otherMesh ? [otherMesh] : [])].map((server) => server.stop()));
 }
 
 /**
@@ -329,7 +371,7 @@ function medianBusy(results) {
  * detail adds the mesh server with `http2Compat` (the app on compatibility objects, no downgrade), which
  * tells the downgrade's cost from the rest.
  */
-async function inboundHttp2(mesh) {
+async function inboundHttp2(mesh, other, otherMesh) {
   log("S1d: HTTP/2 (l5d-orig-proto) closed loop, SDK server vs node:http2 (interleaved)…");
   const h2 = await cluster.startServer("h2", { core: SERVER_CORE });
   const compat = await cluster.startServer("mesh-h2compat", { core: SERVER_CORE });
@@ -339,6 +381,15 @@ async function inboundHttp2(mesh) {
     // Where the cost is: the same mesh server with `http2Compat`, no HTTP/1 downgrade.
     compat: { port: compat.port, pids: compat.pids },
   };
+  // The pair again on the other Node line (see inbound()).
+  const otherH2 =
+    otherMesh === undefined
+      ? undefined
+      : await cluster.startServer("h2", { core: SERVER_CORE, node: other.path });
+  if (otherH2 !== undefined) {
+    targets["mesh'"] = { port: otherMesh.port, pids: otherMesh.pids };
+    targets["h2'"] = { port: otherH2.port, pids: otherH2.pids };
+  }
   const clients = {};
   for (const [name, t] of Object.entries(targets))
     clients[name] = await createLeanH2Client(t.port, cluster.clientTls, CONFIG.concurrency);
@@ -356,8 +407,21 @@ async function inboundHttp2(mesh) {
       `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "compat", "h2", "cpuUs")).toFixed(2)}×; server core busy ${busy}`,
     ),
   );
+  if (otherH2 !== undefined) {
+    rows.push(
+      row(
+        "S1d'",
+        `CPU/request over HTTP/2 (a sidecar's upgraded requests), SDK server ÷ node:http2 (same mTLS) on ${other.version}`,
+        summary(pairRatios(results, "mesh'", "h2'", "cpuUs")),
+        "×",
+        "≤ 1.10",
+        (v) => v <= 1.1,
+        absolute(results, "cpuUs", ["mesh'", "h2'"], " µs"),
+      ),
+    );
+  }
   for (const client of Object.values(clients)) client.close();
-  await Promise.all([h2, compat].map((server) => server.stop()));
+  await Promise.all([h2, compat, ...(otherH2 ? [otherH2] : [])].map((server) => server.stop()));
 }
 
 async function latency() {
