@@ -236,52 +236,29 @@ async function inbound() {
   const results = await interleaved(targets, clients);
   raw.inbound = results;
   const ratio = (a, b, field) => pairRatios(results, a, b, field);
-  rows.push(
+  // S1b and S1c on this Node line, then (`'`) on the other.
+  const nodeLineRows = (mark, on) => [
     row(
-      "S1b",
-      "throughput, SDK server ÷ node:http",
-      summary(ratio("mesh", "http", "rps")),
+      `S1b${mark}`,
+      `throughput, SDK server ÷ node:http${on}`,
+      summary(ratio(`mesh${mark}`, `http${mark}`, "rps")),
       "×",
       "≥ 0.65",
       (v) => v >= 0.65,
-      absolute(results, "rps", ["mesh", "http"], "/s"),
+      absolute(results, "rps", [`mesh${mark}`, `http${mark}`], "/s"),
     ),
-  );
-  rows.push(
     row(
-      "S1c",
-      "CPU/request, SDK server ÷ node:https (same mTLS)",
-      summary(ratio("mesh", "https", "cpuUs")),
+      `S1c${mark}`,
+      `CPU/request, SDK server ÷ node:https (same mTLS)${on}`,
+      summary(ratio(`mesh${mark}`, `https${mark}`, "cpuUs")),
       "×",
       "≤ 1.10",
       (v) => v <= 1.1,
-      absolute(results, "cpuUs", ["mesh", "https"], " µs"),
+      absolute(results, "cpuUs", [`mesh${mark}`, `https${mark}`], " µs"),
     ),
-  );
-  if (other !== undefined) {
-    rows.push(
-      row(
-        "S1b'",
-        `throughput, SDK server ÷ node:http on ${other.version}`,
-        summary(ratio("mesh'", "http'", "rps")),
-        "×",
-        "≥ 0.65",
-        (v) => v >= 0.65,
-        absolute(results, "rps", ["mesh'", "http'"], "/s"),
-      ),
-    );
-    rows.push(
-      row(
-        "S1c'",
-        `CPU/request, SDK server ÷ node:https (same mTLS) on ${other.version}`,
-        summary(ratio("mesh'", "https'", "cpuUs")),
-        "×",
-        "≤ 1.10",
-        (v) => v <= 1.1,
-        absolute(results, "cpuUs", ["mesh'", "https'"], " µs"),
-      ),
-    );
-  }
+  ];
+  rows.push(...nodeLineRows("", ""));
+  if (other !== undefined) rows.push(...nodeLineRows("'", ` on ${other.version}`));
   rows.push(
     row(
       "S2",
