@@ -32,6 +32,13 @@ const onlyArg = args.find((arg) => arg.startsWith("--only="));
 const ONLY = onlyArg ? new Set(onlyArg.slice(7).split(",")) : undefined;
 const wanted = (group) => ONLY === undefined || ONLY.has(group);
 
+/**
+ * On Node 20 (V8 11.3) the SDK server's process, run in interleaved phases, reaches a state where
+ * node's optimized stream code creates process.nextTick's tick objects through V8's runtime (~5 µs a
+ * request); with bytecode flushing off it does not (RSS unchanged within 2 MiB), nor on Node 24.
+ */
+const NO_FLUSH = "--no-flush-bytecode";
+
 const CONFIG = QUICK
   ? {
       pairs: 3,
@@ -205,16 +212,16 @@ async function inbound() {
   const http = await cluster.startServer("http", { core: SERVER_CORE });
   const app = await cluster.startServer("http", { core: SERVER_CORE });
   const nginx = await cluster.startNginx({ core: SERVER_CORE, upstreamPort: app.port });
+  // S1c's detail: the same SDK server with V8's bytecode flushing off (see below).
+  const meshNoFlush = await cluster.startServer("mesh", { core: SERVER_CORE, nodeFlags: [NO_FLUSH] });
   const targets = {
     mesh: { port: mesh.port, tls: cluster.clientTls, pids: mesh.pids },
     https: { port: https.port, tls: cluster.clientTls, pids: https.pids },
     http: { port: http.port, tls: undefined, pids: http.pids },
     nginx: { port: nginx.port, tls: cluster.clientTls, pids: [...nginx.pids, app.pid] },
+    meshNoFlush: { port: meshNoFlush.port, tls: cluster.clientTls, pids: meshNoFlush.pids },
   };
-  // The same three servers on the other Node line, in the same rounds: on Node 20 (V8 11.3) the SDK
-  // server's process reaches a state where node's own stream code, optimized, creates process.nextTick's
-  // tick objects through the runtime (~5 µs a request; gone with --no-flush-bytecode, and absent on
-  // Node 24), which the instruction rows, counted over short callgrind runs, do not see.
+  // The same three servers on the other Node line, in the same rounds (Node 24 has no NO_FLUSH state).
   const other = otherNode();
   const otherServers = [];
   if (other !== undefined) {
@@ -257,7 +264,12 @@ async function inbound() {
       absolute(results, "cpuUs", [`mesh${mark}`, `https${mark}`], " µs"),
     ),
   ];
-  rows.push(...nodeLineRows("", ""));
+  const [s1b, s1c] = nodeLineRows("", "");
+  const noFlushUs = median(results.meshNoFlush.map((v) => v.cpuUs));
+  rows.push(s1b, {
+    ...s1c,
+    detail: `${s1c.detail}; with ${NO_FLUSH} ${noFlushUs.toFixed(0)} µs, ${median(ratio("meshNoFlush", "https", "cpuUs")).toFixed(2)}×`,
+  });
   if (other !== undefined) rows.push(...nodeLineRows("'", ` on ${other.version}`));
   rows.push(
     row(
@@ -292,7 +304,7 @@ async function inbound() {
   log(`  ${note}`);
   for (const client of Object.values(clients)) client.close();
   const [otherMesh, ...otherRest] = otherServers;
-  await Promise.all([https, http, nginx, app, ...otherRest].map((server) => server.stop()));
+  await Promise.all([https, http, nginx, app, meshNoFlush, ...otherRest].map((server) => server.stop()));
   await inboundHttp2(mesh, other, otherMesh);
   await Promise.all([mesh, ...(otherMesh ? [otherMesh] : [])].map((server) => server.stop()));
 }
