@@ -18,7 +18,18 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { identityOf, startCluster } from "./lib/cluster.mjs";
-import { distOf, hasTaskset, median, pin, ROOT, rssBytes, sleep, summary, totalCpu } from "./lib/env.mjs";
+import {
+  distOf,
+  hasTaskset,
+  median,
+  NO_FLUSH,
+  pin,
+  ROOT,
+  rssBytes,
+  sleep,
+  summary,
+  totalCpu,
+} from "./lib/env.mjs";
 import { createLeanH2Client } from "./lib/h2-load.mjs";
 import { clientInstructionsPerRequest, hasCallgrind, instructionsPerRequest } from "./lib/instructions.mjs";
 import { connect, createLeanClient, getOnce } from "./lib/lean-load.mjs";
@@ -31,13 +42,6 @@ const QUICK = args.includes("--quick") || process.env.BENCH_QUICK === "1";
 const onlyArg = args.find((arg) => arg.startsWith("--only="));
 const ONLY = onlyArg ? new Set(onlyArg.slice(7).split(",")) : undefined;
 const wanted = (group) => ONLY === undefined || ONLY.has(group);
-
-/**
- * On Node 20 (V8 11.3) the SDK server's process, run in interleaved phases, reaches a state where
- * node's optimized stream code creates process.nextTick's tick objects through V8's runtime (~5 µs a
- * request); with bytecode flushing off it does not (RSS unchanged within 2 MiB), nor on Node 24.
- */
-const NO_FLUSH = "--no-flush-bytecode";
 
 const CONFIG = QUICK
   ? {
@@ -221,7 +225,7 @@ async function inbound() {
     nginx: { port: nginx.port, tls: cluster.clientTls, pids: [...nginx.pids, app.pid] },
     meshNoFlush: { port: meshNoFlush.port, tls: cluster.clientTls, pids: meshNoFlush.pids },
   };
-  // The same three servers on the other Node line, in the same rounds (Node 24 has no NO_FLUSH state).
+  // The same three servers on the other Node line, in the same rounds (see NO_FLUSH in lib/env.mjs).
   const other = otherNode();
   const otherServers = [];
   if (other !== undefined) {
@@ -364,11 +368,13 @@ async function inboundHttp2(mesh, other, otherMesh) {
   log("S1d: HTTP/2 (l5d-orig-proto) closed loop, SDK server vs node:http2 (interleaved)…");
   const h2 = await cluster.startServer("h2", { core: SERVER_CORE });
   const compat = await cluster.startServer("mesh-h2compat", { core: SERVER_CORE });
+  const meshNoFlush = await cluster.startServer("mesh", { core: SERVER_CORE, nodeFlags: [NO_FLUSH] });
   const targets = {
     mesh: { port: mesh.port, pids: mesh.pids },
     h2: { port: h2.port, pids: h2.pids },
     // Where the cost is: the same mesh server with `http2Compat`, no HTTP/1 downgrade.
     compat: { port: compat.port, pids: compat.pids },
+    meshNoFlush: { port: meshNoFlush.port, pids: meshNoFlush.pids },
   };
   // The pair again on the other Node line (see inbound()).
   const otherH2 =
@@ -393,7 +399,7 @@ async function inboundHttp2(mesh, other, otherMesh) {
       "×",
       "≤ 1.10",
       (v) => v <= 1.1,
-      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "compat", "h2", "cpuUs")).toFixed(2)}×; server core busy ${busy}`,
+      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "compat", "h2", "cpuUs")).toFixed(2)}×; with ${NO_FLUSH} ${median(results.meshNoFlush.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "meshNoFlush", "h2", "cpuUs")).toFixed(2)}×; server core busy ${busy}`,
     ),
   );
   if (otherH2 !== undefined) {
@@ -410,7 +416,7 @@ async function inboundHttp2(mesh, other, otherMesh) {
     );
   }
   for (const client of Object.values(clients)) client.close();
-  await Promise.all([h2, compat, ...(otherH2 ? [otherH2] : [])].map((server) => server.stop()));
+  await Promise.all([h2, compat, meshNoFlush, ...(otherH2 ? [otherH2] : [])].map((server) => server.stop()));
 }
 
 async function latency() {

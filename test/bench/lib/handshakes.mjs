@@ -26,7 +26,7 @@ import path from "node:path";
 import tls from "node:tls";
 import { pathToFileURL } from "node:url";
 import { SERVER_IDENTITY, stopChild } from "./cluster.mjs";
-import { median, pin, ROOT, totalCpu } from "./env.mjs";
+import { median, NO_FLUSH, pin, ROOT, totalCpu } from "./env.mjs";
 import { instructionsPerConnection } from "./handshakes-instructions.mjs";
 import { hasCallgrind } from "./instructions.mjs";
 import { getOnce } from "./lean-load.mjs";
@@ -51,6 +51,7 @@ export async function measureS6({ cluster, config, quick, loadCore, serverCore, 
   );
   const mesh = await cluster.startServer("mesh", { core: serverCore });
   const https = await cluster.startServer("https", { core: serverCore });
+  const meshNoFlush = await cluster.startServer("mesh", { core: serverCore, nodeFlags: [NO_FLUSH] });
   const control = await startResumableServer(cluster, serverCore);
   // The load generator's side of every handshake: one SecureContext for all its connections (built per
   // connection it would cost the client a key and certificate parse each time), the chain still verified.
@@ -73,6 +74,7 @@ export async function measureS6({ cluster, config, quick, loadCore, serverCore, 
     const targets = {
       mesh: { port: mesh.port, pids: mesh.pids, resume: false },
       https: { port: https.port, pids: https.pids, resume: false },
+      meshNoFlush: { port: meshNoFlush.port, pids: meshNoFlush.pids, resume: false },
       controlFull: { port: control.port, pids: control.pids, resume: false },
       controlResumed: { port: control.port, pids: control.pids, resume: true },
     };
@@ -133,7 +135,7 @@ export async function measureS6({ cluster, config, quick, loadCore, serverCore, 
         "×",
         "≥ 0.9",
         (v) => v >= 0.9,
-        `the SDK's accept path (detection, SNI, peer identity, policy) costs ${median(perPair("mesh", "https", (m, h) => m.cpuUs - h.cpuUs)).toFixed(0)} µs more per connection (median of pairs)`,
+        `the SDK's accept path (detection, SNI, peer identity, policy) costs ${median(perPair("mesh", "https", (m, h) => m.cpuUs - h.cpuUs)).toFixed(0)} µs more per connection (median of pairs); with ${NO_FLUSH} ${median(perPair("meshNoFlush", "https", (m, h) => h.cpuUs / m.cpuUs)).toFixed(2)}×`,
       ),
     );
     const { mesh: meshProbe, control: controlProbe } = raw.probe;
@@ -158,7 +160,7 @@ export async function measureS6({ cluster, config, quick, loadCore, serverCore, 
     );
     for (const note of notes) log(`  ${note}`);
   } finally {
-    await Promise.all([mesh.stop(), https.stop(), control.stop()]);
+    await Promise.all([mesh.stop(), https.stop(), meshNoFlush.stop(), control.stop()]);
   }
   if (quick || !hasCallgrind()) {
     log(`  S6 instructions per connection: skipped (${quick ? "quick mode" : "valgrind not installed"})`);
