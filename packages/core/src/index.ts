@@ -49,6 +49,7 @@ export {
   cidrContains,
   formatCidr,
   formatIpAddress,
+  ipv4Word,
   isLoopbackHost,
   parseCidr,
   parseIpAddress,

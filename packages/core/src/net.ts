@@ -8,13 +8,30 @@ export interface Cidr {
   readonly prefixLength: number;
 }
 
+/**
+ * Dotted IPv4 text (as net.isIPv4 accepts it: no leading zeros) as its unsigned 32-bit value, or
+ * undefined. Plain number arithmetic, for callers on a connection's path (clientFacts).
+ */
+export function ipv4Word(text: string): number | undefined {
+  if (!isIPv4(text)) return undefined;
+  let word = 0;
+  let octet = 0;
+  for (let i = 0; i < text.length; i += 1) {
+    const code = text.charCodeAt(i);
+    if (code === 0x2e) {
+      word = word * 256 + octet;
+      octet = 0;
+    } else {
+      octet = octet * 10 + (code - 0x30);
+    }
+  }
+  return word * 256 + octet;
+}
+
 /** Parses an IPv4 or IPv6 address into its numeric value, or returns undefined. */
 export function parseIpAddress(text: string): { family: 4 | 6; value: bigint } | undefined {
-  if (isIPv4(text)) {
-    let value = 0n;
-    for (const octet of text.split(".")) value = (value << 8n) | BigInt(Number(octet));
-    return { family: 4, value };
-  }
+  const v4 = ipv4Word(text);
+  if (v4 !== undefined) return { family: 4, value: BigInt(v4) };
   const hextets = ipv6Hextets(text);
   if (hextets === undefined) return undefined;
   let value = 0n;
@@ -53,11 +70,11 @@ function groupsOf(part: string, lastMayBeIpv4: boolean): number[] | undefined {
   const groups: number[] = [];
   for (let i = 0; i < fields.length; i += 1) {
     const field = fields[i] as string;
+    const v4 = lastMayBeIpv4 && i === fields.length - 1 ? ipv4Word(field) : undefined;
     if (HEXTET.test(field)) {
       groups.push(Number.parseInt(field, 16));
-    } else if (lastMayBeIpv4 && i === fields.length - 1 && isIPv4(field)) {
-      const octets = field.split(".").map(Number) as [number, number, number, number];
-      groups.push(octets[0] * 256 + octets[1], octets[2] * 256 + octets[3]);
+    } else if (v4 !== undefined) {
+      groups.push(v4 >>> 16, v4 & 0xffff);
     } else {
       return undefined;
     }

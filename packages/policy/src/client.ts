@@ -1,5 +1,4 @@
-import { isIPv4 } from "node:net";
-import { type PeerIdentity, parseIpAddress } from "@inmesh/core";
+import { ipv4Word, type PeerIdentity, parseIpAddress } from "@inmesh/core";
 import type { ClientFacts } from "./types.js";
 import { indexedList } from "./util.js";
 
@@ -90,19 +89,8 @@ function dottedIpv4(text: string): { word: number; text: string } | undefined {
     text.slice(0, IPV4_MAPPED_PREFIX.length).toLowerCase() === IPV4_MAPPED_PREFIX
       ? text.slice(IPV4_MAPPED_PREFIX.length)
       : text;
-  if (!isIPv4(dotted)) return undefined;
-  let word = 0;
-  let octet = 0;
-  for (let i = 0; i < dotted.length; i += 1) {
-    const code = dotted.charCodeAt(i);
-    if (code === 0x2e) {
-      word = word * 256 + octet;
-      octet = 0;
-    } else {
-      octet = octet * 10 + (code - 0x30);
-    }
-  }
-  return { word: word * 256 + octet, text: dotted };
+  const word = ipv4Word(dotted);
+  return word === undefined ? undefined : { word, text: dotted };
 }
 
 /** Every suffix of `name` that begins with a dot, longest first. */
