@@ -16,6 +16,8 @@ import {
   type OutgoingHttpHeaders,
 } from "node:http2";
 import type { Socket } from "node:net";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import type { ControlPlane } from "@inmesh/control-plane";
 import type { IdentityProvider } from "@inmesh/identity";
 import { defaultServerPolicy } from "@inmesh/policy";
@@ -873,4 +875,52 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
     expect(response.status).toBe(503);
     expect(response.body.toString()).toBe("timed out");
   });
+
+  // ---------- 6. nothing per request outlives it ----------
+
+  it("a closed stream no longer holds its request and response: node may keep the stream object a while, and what hung from it was promoted and then filled the old generation (bench S1d)", async () => {
+    const collect = garbageCollector();
+    const streams: object[] = [];
+    const requests: WeakRef<IncomingMessage>[] = [];
+    const responses: WeakRef<ServerResponse>[] = [];
+    const closed: Promise<void>[] = [];
+    const port = await serve((req, res) => {
+      const stream = (req.socket as unknown as { stream: { once(event: "close", listener: () => void): void } })
+        .stream;
+      // Held as long as node might hold it.
+      streams.push(stream);
+      closed.push(new Promise((resolve) => stream.once("close", resolve)));
+      requests.push(new WeakRef(req));
+      responses.push(new WeakRef(res));
+      res.setHeader("content-length", 2);
+      res.end("ok");
+    });
+    const { session } = mtls(port);
+    for (let i = 0; i < 4; i += 1) {
+      const response = await send(session, { ":path": `/r${i}`, ...H11 });
+      expect(response.status).toBe(200);
+    }
+    await Promise.all(closed);
+    expect(streams).toHaveLength(4);
+    // The handler's own closure and a few ticks may still reach the last request briefly.
+    const alive = () =>
+      requests.filter((ref) => ref.deref() !== undefined).length +
+      responses.filter((ref) => ref.deref() !== undefined).length;
+    await eventually(
+      async () => {
+        await new Promise((resolve) => setImmediate(resolve));
+        collect();
+        return alive() === 0;
+      },
+      2000,
+      "requests and responses collected",
+    ).catch(() => undefined);
+    expect(alive()).toBe(0);
+  });
 });
+
+/** `gc()` without starting the test process with --expose-gc. */
+function garbageCollector(): () => void {
+  setFlagsFromString("--expose-gc");
+  return runInNewContext("gc") as () => void;
+}
