@@ -111,7 +111,7 @@ const MISSING_INTERNALS = missingDowngradeInternals();
 const kView = Symbol("inmesh.downgrade.view");
 const kWaitsForTrailers = Symbol("inmesh.downgrade.waitsForTrailers");
 
-type DowngradedStream = ServerHttp2Stream & { [kView]?: StreamSocket };
+type DowngradedStream = ServerHttp2Stream & { [kView]?: StreamSocket | undefined };
 
 /**
  * What `req.socket` and `res.socket` are: the stream seen as an HTTP/1 connection. Events, flow and

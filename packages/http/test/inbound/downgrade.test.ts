@@ -885,8 +885,9 @@ describe("createMeshServer: HTTP/2 requests served to an HTTP/1 handler (downgra
     const responses: WeakRef<ServerResponse>[] = [];
     const closed: Promise<void>[] = [];
     const port = await serve((req, res) => {
-      const stream = (req.socket as unknown as { stream: { once(event: "close", listener: () => void): void } })
-        .stream;
+      const stream = (
+        req.socket as unknown as { stream: { once(event: "close", listener: () => void): void } }
+      ).stream;
       // Held as long as node might hold it.
       streams.push(stream);
       closed.push(new Promise((resolve) => stream.once("close", resolve)));
