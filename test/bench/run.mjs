@@ -269,10 +269,9 @@ async function inbound() {
     ),
   ];
   const [s1b, s1c] = nodeLineRows("", "");
-  const noFlushUs = median(results.meshNoFlush.map((v) => v.cpuUs));
   rows.push(s1b, {
     ...s1c,
-    detail: `${s1c.detail}; with ${NO_FLUSH} ${noFlushUs.toFixed(0)} µs, ${median(ratio("meshNoFlush", "https", "cpuUs")).toFixed(2)}×`,
+    detail: `${s1c.detail}; with ${NO_FLUSH} ${variantCpu(results, "meshNoFlush", "https")}`,
   });
   if (other !== undefined) rows.push(...nodeLineRows("'", ` on ${other.version}`));
   rows.push(
@@ -399,7 +398,7 @@ async function inboundHttp2(mesh, other, otherMesh) {
       "×",
       "≤ 1.10",
       (v) => v <= 1.1,
-      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${median(results.compat.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "compat", "h2", "cpuUs")).toFixed(2)}×; with ${NO_FLUSH} ${median(results.meshNoFlush.map((v) => v.cpuUs)).toFixed(0)} µs, ${median(pairRatios(results, "meshNoFlush", "h2", "cpuUs")).toFixed(2)}×; server core busy ${busy}`,
+      `${absolute(results, "cpuUs", ["mesh", "h2"], " µs")}; with http2Compat (no downgrade) ${variantCpu(results, "compat", "h2")}; with ${NO_FLUSH} ${variantCpu(results, "meshNoFlush", "h2")}; server core busy ${busy}`,
     ),
   );
   if (otherH2 !== undefined) {
@@ -887,6 +886,12 @@ function absolute(results, field, names, unit) {
   return names
     .map((name) => `${name} ${median(results[name].map((v) => v[field])).toFixed(0)}${unit}`)
     .join(" vs ");
+}
+
+/** A detail's variant server: its median CPU per request and the median of its per-pair ratios to `baseline`. */
+function variantCpu(results, name, baseline) {
+  const us = median(results[name].map((v) => v.cpuUs));
+  return `${us.toFixed(0)} µs, ${median(pairRatios(results, name, baseline, "cpuUs")).toFixed(2)}×`;
 }
 
 function fmtK(value) {

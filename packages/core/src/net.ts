@@ -70,14 +70,13 @@ function groupsOf(part: string, lastMayBeIpv4: boolean): number[] | undefined {
   const groups: number[] = [];
   for (let i = 0; i < fields.length; i += 1) {
     const field = fields[i] as string;
-    const v4 = lastMayBeIpv4 && i === fields.length - 1 ? ipv4Word(field) : undefined;
     if (HEXTET.test(field)) {
       groups.push(Number.parseInt(field, 16));
-    } else if (v4 !== undefined) {
-      groups.push(v4 >>> 16, v4 & 0xffff);
-    } else {
-      return undefined;
+      continue;
     }
+    const v4 = lastMayBeIpv4 && i === fields.length - 1 ? ipv4Word(field) : undefined;
+    if (v4 === undefined) return undefined;
+    groups.push(v4 >>> 16, v4 & 0xffff);
   }
   return groups;
 }
