@@ -59,3 +59,4 @@ export { NO_PEER, PORT_SKIPPED_PEER, peerIdentityName, serviceAccountIdentity } 
 export { secureRandom } from "./random.js";
 export type { RustRegexTranslation } from "./rust-regex.js";
 export { translateRustRegex } from "./rust-regex.js";
+export { holdTickShape, tickShapeHeld } from "./tick-shape.js";

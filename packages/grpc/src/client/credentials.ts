@@ -1,7 +1,7 @@
 import type { Socket } from "node:net";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { CallCredentials, ChannelCredentials, type experimental } from "@grpc/grpc-js";
-import { isDnsName, MeshError, MeshErrorCode } from "@inmesh/core";
+import { holdTickShape, isDnsName, MeshError, MeshErrorCode } from "@inmesh/core";
 import type { IdentityProvider } from "@inmesh/identity";
 import { encodeTransportHeader, TRANSPORT_HEADER_ALPN } from "@inmesh/proto/serving";
 
@@ -75,6 +75,7 @@ export function createMeshChannelCredentials(options: MeshChannelCredentialsOpti
   if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
     throw new MeshError(MeshErrorCode.INVALID_ARG, `transportHeaderPort ${port} is outside 1-65535`);
   }
+  holdTickShape();
   return new MeshChannelCredentials({ ...options });
 }
 

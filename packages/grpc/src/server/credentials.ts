@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { debuglog } from "node:util";
 import { experimental, type Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
-import { checkDuration, type PeerIdentity } from "@inmesh/core";
+import { checkDuration, holdTickShape, type PeerIdentity } from "@inmesh/core";
 import {
   closeEndedSession,
   createKeepAliveSweep,
@@ -317,6 +317,7 @@ function resolve(options: MeshServerCredentialsOptions, where: string) {
  */
 export function createMeshServerCredentials(options: MeshServerCredentialsOptions): ServerCredentials {
   const resolved = resolve(options, "createMeshServerCredentials");
+  holdTickShape();
   const registry = createConnectionRegistry();
   const interceptor: ServerInterceptor = createAuthorizationInterceptor({
     policy: options.policy,

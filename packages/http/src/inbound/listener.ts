@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from "node:http2";
 import type { Socket } from "node:net";
-import { checkDuration, MeshError, MeshErrorCode } from "@inmesh/core";
+import { checkDuration, holdTickShape, MeshError, MeshErrorCode } from "@inmesh/core";
 import { isGrpcContentType } from "@inmesh/policy";
 import { type MeshServerIdentity, standaloneConnectionState } from "./connection.js";
 import { attachMeshContext, meshContext } from "./context.js";
@@ -82,6 +82,7 @@ export function createMeshRequestAuthorizer(options: MeshRequestAuthorizerOption
     port,
     initialPolicyWaitMs: checkDuration(options.initialPolicyWaitMs, 1000, "initialPolicyWaitMs", WHERE, true),
   };
+  holdTickShape();
 
   const finish = (req: MeshRequest, result: MeshAuthorization): MeshAuthorization => {
     if (result.allowed) attachMeshContext(req, result.context);

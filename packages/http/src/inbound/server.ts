@@ -12,7 +12,14 @@ import type {
 import type { AddressInfo, Server as NetServer, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { type Closable, checkDuration, MeshError, MeshErrorCode, type PeerIdentity } from "@inmesh/core";
+import {
+  type Closable,
+  checkDuration,
+  holdTickShape,
+  MeshError,
+  MeshErrorCode,
+  type PeerIdentity,
+} from "@inmesh/core";
 import type { CompiledServerPolicy } from "@inmesh/policy";
 import { createAcceptStage } from "./accept.js";
 import { connectionState, type MeshServerIdentity } from "./connection.js";
@@ -279,6 +286,7 @@ export function createMeshServer(options: MeshServerOptions): MeshServer {
     WHERE,
   );
   const direct = options.transportHeaderPort !== undefined;
+  holdTickShape();
 
   const shutdown = createShutdownFlag();
   const pipeline: Pipeline = {

@@ -1,5 +1,5 @@
 import type { Socket } from "node:net";
-import { MeshError, MeshErrorCode } from "@inmesh/core";
+import { holdTickShape, MeshError, MeshErrorCode } from "@inmesh/core";
 import { Agent, Dispatcher } from "undici";
 import { chainInterceptors, composeInterceptors } from "./compose.js";
 import { createMeshConnect, type MeshConnectOptions } from "./connect.js";
@@ -107,6 +107,7 @@ export interface MeshDispatcher extends Dispatcher, AsyncDisposable {
  */
 export function createMeshDispatcher(options: MeshDispatcherOptions): MeshDispatcher {
   const resolved = resolveDispatcherOptions(options);
+  holdTickShape();
   const ownsFallback = options.fallbackDispatcher === undefined;
   const fallback: Dispatcher = options.fallbackDispatcher ?? new Agent();
   const registry = new TargetRegistry({
