@@ -17,10 +17,10 @@ let refresh: NodeJS.Timeout | undefined;
  * symbols). For every key after the first, V8 records the one hidden class it saw and holds it weakly.
  * When a process idles through a few full collections with no tick queued (a server between bursts
  * of traffic), those hidden classes die. The next tick finds the records empty, V8 marks them
- * megamorphic for good, and the optimized `nextTick` from then on defines four of its five properties
+ * megamorphic for good, and the optimized `nextTick` from then on defines every property but the first
  * through the runtime. Measured in our servers on Node 20 and 24: nextTick went from ~2% to ~20% of
- * the CPU, +8 µs (+25%) per HTTP/2 request and +4 µs per HTTP/1 request, for the rest of the process's
- * life. One tick object kept alive keeps its hidden class and, through it, every one before it in the
+ * the CPU, +8 µs (+25%) per HTTP/2 request and +3-4 µs per HTTP/1 request, for the rest of the
+ * process's life. One tick object kept alive keeps its hidden class and, through it, every one before it in the
  * chain, so the records never empty.
  */
 export function holdTickShape(): void {
