@@ -20,8 +20,8 @@ let refresh: NodeJS.Timeout | undefined;
  * megamorphic for good, and the optimized `nextTick` from then on defines every property but the first
  * through the runtime. Measured in our servers on Node 20 and 24: nextTick went from ~2% to ~20% of
  * the CPU, +8 µs (+25%) per HTTP/2 request and +3-4 µs per HTTP/1 request, for the rest of the
- * process's life. One tick object kept alive keeps its hidden class and, through it, every one before it in the
- * chain, so the records never empty.
+ * process's life. One tick object kept alive keeps its hidden class and, through it, every one before
+ * it in the chain, so the records never empty.
  */
 export function holdTickShape(): void {
   if (refresh !== undefined) return;

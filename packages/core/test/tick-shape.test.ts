@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +22,8 @@ async function afterIdleSpells(mode: "control" | "held"): Promise<{ held: boolea
     stdio: ["ignore", out, "pipe"],
     timeout: CHILD_TIMEOUT_MS,
   });
+  // The child has its own copy of the descriptor.
+  closeSync(out);
   let stderr = "";
   child.stderr?.on("data", (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-4000);
