@@ -2,11 +2,17 @@
 // DATA is longer, with the preface, HEADERS and DATA in the first segment, killed the whole process.
 // Sent here plaintext and over mesh TLS (our SNI, no client certificate) to every attacked server.
 import { afterAll, beforeAll, describe, it } from "vitest";
-import { SECOND_TARGET_POD } from "./harness/cluster.js";
+import { CHILD_SLOWDOWN } from "./harness/child.js";
 import { type FigureRow, mib, printFigures } from "./harness/figures.js";
 import { contentLengthCrash, data, headers, PREFACE, requestBlock, settings } from "./harness/h2-frames.js";
 import { connectWith, goawayCode, parseFrames, type Transport, watch, writeAll } from "./harness/raw.js";
-import { type AttackBed, type AttackTarget, expectHealthy, startAttackBed } from "./harness/targets.js";
+import {
+  type AttackBed,
+  type AttackTarget,
+  expectHealthy,
+  startAttackBed,
+  startEveryTarget,
+} from "./harness/targets.js";
 
 const TRANSPORTS: readonly Transport[] = ["plaintext", "tls"];
 const SERVERS = ["sdk", "sdk (http2Compat)", "web (Express)", "books (Fastify)", "authors (grpc-js)"];
@@ -44,12 +50,8 @@ const targets: AttackTarget[] = [];
 
 beforeAll(async () => {
   bed = await startAttackBed();
-  targets.push(await bed.startSdk({}, "sdk"));
-  targets.push(
-    await bed.startSdk({ http2Compat: true }, "sdk (http2Compat)", SECOND_TARGET_POD),
-    ...(await bed.startExamples()),
-  );
-}, 120_000);
+  targets.push(...(await startEveryTarget(bed)));
+}, 120_000 * CHILD_SLOWDOWN);
 
 afterAll(async () => {
   await bed?.close();

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CHILD_SLOWDOWN } from "./harness/child.js";
 import { SECOND_TARGET_POD } from "./harness/cluster.js";
 import { fuzzRuns, mib, printFigures } from "./harness/figures.js";
 import {
@@ -40,6 +41,7 @@ const CLOSE_WAIT_MS = 15;
  * sent on it (on Node 20 the 2,100 connections nghttp2 had ended sat in CLOSE-WAIT for up to 10 s).
  */
 const SETTLE_MS = 3000;
+const TEST_TIMEOUT_MS = 240_000 * CHILD_SLOWDOWN;
 
 const streamId = fc.oneof(
   { weight: 6, arbitrary: fc.constantFrom(1, 3, 5, 7) },
@@ -198,9 +200,10 @@ const frameArb: fc.Arbitrary<Buffer> = fc.oneof(
 );
 
 /**
- * A request-shaped exchange: HEADERS (often with a content-length), then DATA frames whose sizes may
- * disagree with it, END_STREAM anywhere, perhaps a RST_STREAM or more frames after the end: where
- * issue 11's crash lived, so the fuzzer visits it often rather than by luck.
+ * A request-shaped exchange: sometimes a GOAWAY(NO_ERROR) first, HEADERS (often with a content-length),
+ * then DATA frames whose sizes may disagree with it, END_STREAM anywhere, perhaps a RST_STREAM or more
+ * frames after the end: where issue 11's crash and Node 20's close-under-HEADERS corruption lived, so
+ * the fuzzer visits them often rather than by luck.
  */
 const conversationArb: fc.Arbitrary<Buffer[]> = fc
   .tuple(
@@ -210,8 +213,11 @@ const conversationArb: fc.Arbitrary<Buffer[]> = fc
     fc.array(fc.tuple(fc.integer({ min: 0, max: 80 }), fc.boolean()), { minLength: 0, maxLength: 4 }),
     fc.boolean(),
     fc.option(fc.integer({ min: 0, max: 0xf }), { freq: 4 }),
+    // The client's GOAWAY(NO_ERROR) first: node closes the session under the request (see
+    // close-under-headers.test.ts; on Node 20 that freed the stream being read).
+    fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
   )
-  .map(([id, method, contentLength, bodies, endOnHeaders, reset]) => {
+  .map(([id, method, contentLength, bodies, endOnHeaders, reset, goawayFirst]) => {
     const extra: [string, string][] =
       contentLength === null ? [] : [["content-length", String(contentLength)]];
     const block = headerBlock([
@@ -221,7 +227,7 @@ const conversationArb: fc.Arbitrary<Buffer[]> = fc
       [":authority", "localhost"],
       ...extra,
     ]);
-    const frames = [headers(id, block, { endStream: endOnHeaders })];
+    const frames = [...(goawayFirst ? [goaway(0, 0)] : []), headers(id, block, { endStream: endOnHeaders })];
     for (const [size, end] of bodies) frames.push(data(id, Buffer.alloc(size, 0x61), end));
     if (reset !== null) frames.push(rstStream(id, reset));
     return frames;
@@ -319,7 +325,7 @@ beforeAll(async () => {
     await bed.startSdk({ http2Compat: true }, "sdk (http2Compat)", SECOND_TARGET_POD),
   );
   for (const target of await bed.startExamples()) targets.set(target.name, target);
-}, 120_000);
+}, 120_000 * CHILD_SLOWDOWN);
 
 afterAll(async () => {
   await bed?.close();
@@ -335,61 +341,66 @@ const PLAN: readonly { server: string; runs: number; seed: number }[] = [
 
 describe("HTTP/2 frame fuzzer: no sequence kills the process", () => {
   for (const { server, runs, seed } of PLAN) {
-    it(`${server}: ${runs} sequences`, async () => {
-      const target = targets.get(server);
-      if (!target) throw new Error(`${server} was not started`);
-      await target.revive();
-      const before = target.child.sample();
-      const startedAt = performance.now();
-      let batch = 0;
-      let sent = 0;
-      let details: fc.RunDetails<[Sequence[]]> | undefined;
-      let fdsSettled: number | undefined;
-      try {
-        details = await fc.check(
-          fc.asyncProperty(
-            fc.array(sequenceArb, { minLength: CONNECTIONS_PER_BATCH, maxLength: CONNECTIONS_PER_BATCH }),
-            async (sequences) => {
-              batch += 1;
-              const transport: Transport = batch % TLS_EVERY === 0 ? "tls" : "plaintext";
-              await Promise.all(sequences.map((sequence) => send(target, transport, sequence)));
-              sent += sequences.length;
-              // The batch is reported as the counterexample when the process died during it.
-              if (!target.child.alive()) throw new Error(target.child.describeExit());
+    it(
+      `${server}: ${runs} sequences`,
+      async () => {
+        const target = targets.get(server);
+        if (!target) throw new Error(`${server} was not started`);
+        await target.revive();
+        const before = target.child.sample();
+        const startedAt = performance.now();
+        let batch = 0;
+        let sent = 0;
+        let details: fc.RunDetails<[Sequence[]]> | undefined;
+        let fdsSettled: number | undefined;
+        try {
+          details = await fc.check(
+            fc.asyncProperty(
+              fc.array(sequenceArb, { minLength: CONNECTIONS_PER_BATCH, maxLength: CONNECTIONS_PER_BATCH }),
+              async (sequences) => {
+                batch += 1;
+                const transport: Transport = batch % TLS_EVERY === 0 ? "tls" : "plaintext";
+                await Promise.all(sequences.map((sequence) => send(target, transport, sequence)));
+                sent += sequences.length;
+                // The batch is reported as the counterexample when the process died during it.
+                if (!target.child.alive()) throw new Error(target.child.describeExit());
+              },
+            ),
+            { numRuns: Math.ceil(runs / CONNECTIONS_PER_BATCH), seed, endOnFailure: true },
+          );
+          if (details.failed) throw new Error(await describeFailure(server, details));
+        } finally {
+          const elapsedMs = performance.now() - startedAt;
+          const alive = target.child.alive();
+          const after = alive ? target.child.sample() : undefined;
+          fdsSettled = alive ? await settledFds(target, fdLimit(before.openFds)) : undefined;
+          printFigures(`HTTP/2 frame fuzzer, ${server}`, [
+            {
+              server,
+              seed,
+              sequences: sent,
+              batches: batch,
+              seconds: elapsedMs / 1000,
+              "child CPU cores": after
+                ? (after.cpuSeconds - before.cpuSeconds) / (elapsedMs / 1000)
+                : undefined,
+              "rss before MiB": mib(before.rssBytes),
+              "rss after MiB": after ? mib(after.rssBytes) : undefined,
+              "fds before": before.openFds,
+              "fds after": after?.openFds,
+              [`fds ${SETTLE_MS / 1000} s after`]: fdsSettled,
+              alive,
             },
-          ),
-          { numRuns: Math.ceil(runs / CONNECTIONS_PER_BATCH), seed, endOnFailure: true },
-        );
-        if (details.failed) throw new Error(await describeFailure(server, details));
-      } finally {
-        const elapsedMs = performance.now() - startedAt;
-        const alive = target.child.alive();
-        const after = alive ? target.child.sample() : undefined;
-        fdsSettled = alive ? await settledFds(target, fdLimit(before.openFds)) : undefined;
-        printFigures(`HTTP/2 frame fuzzer, ${server}`, [
-          {
-            server,
-            seed,
-            sequences: sent,
-            batches: batch,
-            seconds: elapsedMs / 1000,
-            "child CPU cores": after
-              ? (after.cpuSeconds - before.cpuSeconds) / (elapsedMs / 1000)
-              : undefined,
-            "rss before MiB": mib(before.rssBytes),
-            "rss after MiB": after ? mib(after.rssBytes) : undefined,
-            "fds before": before.openFds,
-            "fds after": after?.openFds,
-            [`fds ${SETTLE_MS / 1000} s after`]: fdsSettled,
-            alive,
-          },
-        ]);
-      }
-      expect(sent).toBeGreaterThanOrEqual(runs);
-      expect(fdsSettled, "open file descriptors once the fuzzed connections were closed").toBeLessThanOrEqual(
-        fdLimit(before.openFds),
-      );
-      await expectHealthy(target, `${sent} fuzzed sequences`);
-    }, 240_000);
+          ]);
+        }
+        expect(sent).toBeGreaterThanOrEqual(runs);
+        expect(
+          fdsSettled,
+          "open file descriptors once the fuzzed connections were closed",
+        ).toBeLessThanOrEqual(fdLimit(before.openFds));
+        await expectHealthy(target, `${sent} fuzzed sequences`);
+      },
+      TEST_TIMEOUT_MS,
+    );
   }
 });

@@ -318,3 +318,69 @@ export function createKeepAliveSweep(options: KeepAliveOptions): KeepAliveSweep 
     },
   };
 }
+
+/** The highest stream id: a first GOAWAY that promises to serve every stream already on its way. */
+const ANY_STREAM_ID = 2 ** 31 - 1;
+/** Checks for the GOAWAY having left nghttp2: the first on the next turn, then backing off to this. */
+const GOAWAY_CHECK_MAX_MS = 100;
+/**
+ * How long the first GOAWAY may wait to leave nghttp2 (it waits only while a socket write is under
+ * way): long enough for a slow reader with a full flow-control window, then the session is destroyed.
+ */
+export const GOAWAY_SEND_GRACE_MS = 10_000;
+
+const closeGuarded = new WeakSet<ServerHttp2Session>();
+
+/**
+ * Makes `session.close()` safe against what a client sends while the session closes.
+ *
+ * Node 20 frees a stream nghttp2 is still reading when HEADERS open a stream on a session that `close()`
+ * has marked closed but whose GOAWAY has not left nghttp2 yet: node refuses the stream with RST_STREAM
+ * from inside nghttp2's receive, which sends the pending GOAWAY first, which closes every stream above
+ * its last id: the one being read (heap use-after-free; glibc aborts at some later allocation, or
+ * worse). Two frames in one read do it, GOAWAY(NO_ERROR) then HEADERS, because node answers a client's
+ * GOAWAY with `close()`; so does a request that arrives in the loop turn between a timer's `close()` and
+ * the write that carries its GOAWAY. Node 22.23 and 24.21 defer that RST_STREAM: under valgrind the
+ * same two frames corrupt nothing there.
+ *
+ * So `close()` is done as RFC 9113 §6.8 describes a graceful shutdown: a first GOAWAY with the highest
+ * stream id (the session stays open, and a stream whose HEADERS arrive meanwhile is served, not reset
+ * after its handler started), then, once nghttp2 has sent it and so ignores any new stream, node's own
+ * `close()` (a second GOAWAY naming the last stream served). A session that cannot send even that
+ * first GOAWAY within `graceMs` (its peer stopped reading) is destroyed, along with `socket` (the one
+ * the session was given, when known). Installed before anything can close the session.
+ */
+export function closeOnlyAfterGoaway(
+  session: ServerHttp2Session,
+  graceMs: number,
+  socket: Duplex | undefined,
+): void {
+  if (closeGuarded.has(session)) return;
+  closeGuarded.add(session);
+  const closeNow = session.close;
+  let closing = false;
+  session.close = function closeAfterGoaway(this: ServerHttp2Session, callback?: () => void): void {
+    // Like node's close(), the callback waits for 'close'; a second call only adds its callback.
+    if (typeof callback === "function" && !session.destroyed) session.once("close", callback);
+    if (closing || session.closed || session.destroyed) return;
+    closing = true;
+    session.goaway(h2constants.NGHTTP2_NO_ERROR, ANY_STREAM_ID);
+    const deadline = Date.now() + graceMs;
+    let waitMs = 0;
+    const check = (): void => {
+      if (session.destroyed) return;
+      if ((session.state.outboundQueueSize ?? 0) === 0) {
+        Reflect.apply(closeNow, session, []);
+        return;
+      }
+      if (Date.now() >= deadline) {
+        session.destroy();
+        socket?.destroy();
+        return;
+      }
+      waitMs = Math.min(Math.max(1, waitMs * 2), GOAWAY_CHECK_MAX_MS);
+      setTimeout(check, waitMs).unref();
+    };
+    setImmediate(check);
+  };
+}

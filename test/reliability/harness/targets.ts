@@ -4,7 +4,15 @@
 import type { Mesh } from "@inmesh/mesh";
 import { expect } from "vitest";
 import { assertBuilt, type ProcessSample, type ServiceChild, startServiceChild } from "./child.js";
-import { CLIENT_POD, type Cluster, NAMESPACE, SERVICE_OF_POD, startCluster, TARGET_POD } from "./cluster.js";
+import {
+  CLIENT_POD,
+  type Cluster,
+  NAMESPACE,
+  SECOND_TARGET_POD,
+  SERVICE_OF_POD,
+  startCluster,
+  TARGET_POD,
+} from "./cluster.js";
 import {
   type LatencySummary,
   type LegitClient,
@@ -221,4 +229,13 @@ export async function startAttackBed(): Promise<AttackBed> {
     },
   };
   return bed;
+}
+
+/** Every attacked server: the SDK service, plain and with http2Compat, then the examples. */
+export async function startEveryTarget(bed: AttackBed): Promise<AttackTarget[]> {
+  return [
+    await bed.startSdk({}, "sdk"),
+    await bed.startSdk({ http2Compat: true }, "sdk (http2Compat)", SECOND_TARGET_POD),
+    ...(await bed.startExamples()),
+  ];
 }

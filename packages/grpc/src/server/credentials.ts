@@ -6,10 +6,12 @@ import { experimental, type Server, ServerCredentials, type ServerInterceptor } 
 import { checkDuration, holdTickShape, type PeerIdentity } from "@inmesh/core";
 import {
   closeEndedSession,
+  closeOnlyAfterGoaway,
   createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
   ENHANCE_YOUR_CALM,
+  GOAWAY_SEND_GRACE_MS,
   type KeepAliveSweep,
   type ResetBudgets,
   refuseSession,
@@ -176,6 +178,8 @@ function boundSession(
   keepAlive: KeepAliveSweep,
   injected: InjectingConnection["current"],
 ): void {
+  // Before anything can close it, grpc-js and node included: see closeOnlyAfterGoaway.
+  closeOnlyAfterGoaway(session, GOAWAY_SEND_GRACE_MS, injected?.socket);
   const state: SessionIdle = {
     bounds,
     openStreams: 0,

@@ -18,11 +18,13 @@ import type { TLSSocket } from "node:tls";
 import { MeshError, MeshErrorCode } from "@inmesh/core";
 import {
   closeEndedSession,
+  closeOnlyAfterGoaway,
   createKeepAliveSweep,
   createResetBudgets,
   createStreamAdmission,
   destroySocketAfter,
   ENHANCE_YOUR_CALM,
+  GOAWAY_SEND_GRACE_MS,
   type KeepAliveRelease,
   refuseSession,
   type SessionResetBudget,
@@ -139,6 +141,9 @@ export function createHttp2Stage(options: Http2StageOptions): Http2Stage {
       session.destroy();
       return;
     }
+    // Before anything can close it: node 20 corrupts its heap when a session is closed under a client's
+    // HEADERS (see closeOnlyAfterGoaway).
+    closeOnlyAfterGoaway(session, GOAWAY_SEND_GRACE_MS, pending.raw);
     session.on("error", onSessionError);
     // Until its first request's headers are complete (preface only, HEADERS without END_HEADERS,
     // nothing after the preface), a session is held no longer than an HTTP/1 connection would be.
