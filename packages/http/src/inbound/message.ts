@@ -23,7 +23,32 @@ export function distinctFromRaw(rawHeaders: readonly string[]): DistinctHeaders 
  * missing from it; this class builds it from the edited raw list, and only if the application reads it
  * (building it for every request cost ~6% of CPU).
  */
-export class MeshIncomingMessage extends IncomingMessage {}
+export class MeshIncomingMessage extends IncomingMessage {
+  /**
+   * node:http "dumps" a request the application did not read once its response finished, by resuming
+   * it: a tick to start flowing, a 'resume' event, a flow loop, then another tick to emit 'end'. For a
+   * request whose body is all in (a GET: ended, nothing buffered, nobody listening for data) reading
+   * nothing ends it the same way, with 'end' then 'close', in one tick.
+   */
+  _dump(): void {
+    const internals = this as unknown as DumpInternals;
+    const state = internals._readableState;
+    if (!internals._dumped && state.ended && state.length === 0 && this.listenerCount("data") === 0) {
+      internals._dumped = true;
+      this.read(0);
+      return;
+    }
+    dumpIncoming.call(this);
+  }
+}
+
+interface DumpInternals {
+  _dumped: boolean;
+  _readableState: { ended: boolean; length: number };
+}
+
+const dumpIncoming = (IncomingMessage.prototype as unknown as { _dump: (this: IncomingMessage) => void })
+  ._dump;
 
 // An accessor on the prototype (node:http's own is one too; TypeScript types it as a data property).
 Object.defineProperty(MeshIncomingMessage.prototype, "headersDistinct", {
