@@ -15,7 +15,7 @@ import {
   type MeshAuthorization,
   sendSynthetic,
 } from "./gate.js";
-import { Http1Drain, MeshIncomingMessage } from "./message.js";
+import { Http1Drain, MeshIncomingMessage, sendHeadWithFirstChunk } from "./message.js";
 import { type ConnectionActivity, debug, type ShutdownFlag } from "./pipeline.js";
 import { type CallTelemetry, callsObserved, finishCall, runHandler, startCall } from "./telemetry.js";
 
@@ -69,6 +69,7 @@ type ServedSocket = Duplex & { [kConnection]?: Http1Connection };
  */
 type ServedResponse = ServerResponse & {
   _keepAliveTimeout: number;
+  _send: typeof sendHeadWithFirstChunk;
   [kConnection]: Http1Connection;
   /** Set only when calls are observed (absent reads as undefined: no two stores per request otherwise). */
   [kCall]?: CallTelemetry;
@@ -198,6 +199,7 @@ export function createHttp1Stage(options: Http1StageOptions): Http1Stage {
     const served = res as ServedResponse;
     // node:http advertises `Keep-Alive: timeout=…` from this field (its own keepAliveTimeout is 0 here).
     served._keepAliveTimeout = keepAliveTimeoutMs;
+    served._send = sendHeadWithFirstChunk;
     served[kConnection] = connection;
     res.on("close", onResponseClose);
     if (shutdown.closing) res.setHeader("connection", "close");

@@ -1,7 +1,11 @@
-import { createServer, type IncomingMessage, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import net, { type AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { MeshIncomingMessage } from "../../src/inbound/message.js";
+import {
+  COALESCED_WRITE_LIMIT,
+  MeshIncomingMessage,
+  sendHeadWithFirstChunk,
+} from "../../src/inbound/message.js";
 
 let server: Server | undefined;
 
@@ -82,6 +86,169 @@ describe("MeshIncomingMessage: a request the application does not read", () => {
     expect(seen.map((entry) => entry.events.filter((event) => event !== "resume"))).toEqual([
       ["end", "close"],
       ["end", "close"],
+    ]);
+  });
+});
+
+describe("sendHeadWithFirstChunk: a response's head and first buffer in one write", () => {
+  const large = Buffer.alloc(COALESCED_WRITE_LIMIT + 1, 0x61);
+  const nearLimit = Buffer.alloc(COALESCED_WRITE_LIMIT - 400, 0x62);
+  // Every way a handler commonly starts a response's body, by path.
+  const shapes: Record<string, (res: ServerResponse) => void> = {
+    "/buffer": (res) => {
+      res.setHeader("content-type", "application/json");
+      res.end(Buffer.from('{"ok":true}'));
+    },
+    "/uint8": (res) => res.end(new Uint8Array([104, 105])),
+    "/near-limit": (res) => res.end(nearLimit),
+    "/over-limit": (res) => res.end(large),
+    "/chunked": (res) => {
+      res.write(Buffer.from("first "));
+      res.end(Buffer.from("second"));
+    },
+    "/write-callback": (res) => {
+      res.setHeader("content-length", "10");
+      res.write(Buffer.from("12345"), () => res.end(Buffer.from("67890")));
+    },
+    "/string": (res) => res.end("a string body"),
+    "/utf8-string": (res) => res.end("caf\u00e9 \u2713 \u{1f600}"),
+    "/latin1-string": (res) => res.end("caf\u00e9", "latin1"),
+    // Encodings node:http writes apart from the head.
+    "/hex-string": (res) => res.end("6869", "hex"),
+    "/over-limit-string": (res) => res.end("s".repeat(COALESCED_WRITE_LIMIT)),
+    // Fastify's shape: the head, the payload as a string, and end() without a chunk.
+    "/write-then-end": (res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "8" });
+      res.write('{"a":1}\n');
+      res.end();
+    },
+    "/empty": (res) => {
+      res.statusCode = 204;
+      res.end();
+    },
+    // A latin1 (not ASCII) header value: the head must be copied as latin1 bytes, as node:http sends it.
+    "/latin1-header": (res) => {
+      res.setHeader("x-name", "caf\u00e9");
+      res.end(Buffer.from("body"));
+    },
+    "/write-head": (res) => {
+      res.writeHead(201, { "x-a": "1", "content-length": "3" });
+      res.end(Buffer.from("abc"));
+    },
+  };
+
+  /** Each write the socket was asked for: its chunks, as `buffer:<bytes>` or `<encoding>:<chars>`. */
+  type Writes = string[][];
+  interface QueuedChunk {
+    chunk: string | Uint8Array;
+    encoding: string;
+  }
+  const describeChunk = ({ chunk, encoding }: QueuedChunk) =>
+    typeof chunk === "string" ? `${encoding}:${chunk.length}` : `buffer:${chunk.byteLength}`;
+
+  /** node:http, with the mesh server's `_send` or without; records the socket's writes. */
+  async function listenShapes(coalesce: boolean): Promise<{ port: number; writes: Writes }> {
+    const writes: Writes = [];
+    const created = createServer((req, res) => {
+      if (coalesce) (res as unknown as { _send: unknown })._send = sendHeadWithFirstChunk;
+      // The date would differ between the two servers.
+      res.sendDate = false;
+      const shape = shapes[req.url ?? ""];
+      if (shape === undefined) res.writeHead(404).end();
+      else shape(res);
+    });
+    created.on("connection", (socket: net.Socket) => {
+      const recorded = socket as net.Socket & {
+        _write: (chunk: string | Uint8Array, encoding: string, callback: unknown) => void;
+        _writev: (chunks: QueuedChunk[], callback: unknown) => void;
+      };
+      const write = recorded._write;
+      const writev = recorded._writev;
+      recorded._write = function (chunk, encoding, callback) {
+        writes.push([describeChunk({ chunk, encoding })]);
+        return write.call(this, chunk, encoding, callback);
+      };
+      recorded._writev = function (chunks, callback) {
+        writes.push(chunks.map(describeChunk));
+        return writev.call(this, chunks, callback);
+      };
+    });
+    servers.push(created);
+    await new Promise<void>((resolve) => created.listen(0, "127.0.0.1", resolve));
+    return { port: (created.address() as AddressInfo).port, writes };
+  }
+
+  const servers: Server[] = [];
+  afterEach(async () => {
+    for (const created of servers.splice(0)) {
+      created.closeAllConnections();
+      await new Promise<void>((resolve) => created.close(() => resolve()));
+    }
+  });
+
+  /** Writes `requests` on one connection and reads until the server closes it (the last asks it to). */
+  function exchange(port: number, requests: string): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const socket = net.connect(port, "127.0.0.1", () => socket.write(requests));
+      socket.on("error", reject);
+      socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+      socket.on("end", () => resolve(Buffer.concat(chunks)));
+    });
+  }
+
+  const request = (path: string, method = "GET", last = false) =>
+    `${method} ${path} HTTP/1.1\r\nHost: x\r\n${last ? "Connection: close\r\n" : ""}\r\n`;
+
+  it("sends byte for byte what node:http sends, one request at a time and pipelined", async () => {
+    const paths = Object.keys(shapes);
+    const all =
+      paths.map((path) => request(path)).join("") +
+      request("/buffer", "HEAD") +
+      request("/over-limit", "GET", true);
+    const plain = await listenShapes(false);
+    const mesh = await listenShapes(true);
+    // Pipelined: every response after the first is written while the one before it is in flight, so it
+    // waits in node:http's output queue.
+    const [expected, got] = await Promise.all([exchange(plain.port, all), exchange(mesh.port, all)]);
+    expect(got.toString("latin1")).toBe(expected.toString("latin1"));
+    expect(got.includes(Buffer.from("x-name: caf\u00e9", "latin1"))).toBe(true);
+    for (const path of paths) {
+      const one = request(path, "GET", true);
+      const [alone, aloneMesh] = await Promise.all([exchange(plain.port, one), exchange(mesh.port, one)]);
+      expect(aloneMesh.toString("latin1"), path).toBe(alone.toString("latin1"));
+    }
+  });
+
+  it("hands the socket one buffer for the head and first chunk, and end()'s empty write as a buffer", async () => {
+    const plain = await listenShapes(false);
+    const mesh = await listenShapes(true);
+    const sizes: Record<string, number> = {};
+    for (const path of ["/buffer", "/string", "/write-then-end", "/empty", "/over-limit", "/hex-string"]) {
+      sizes[path] = (await exchange(mesh.port, request(path, "GET", true))).byteLength;
+      await exchange(plain.port, request(path, "GET", true));
+    }
+    const body = '{"ok":true}'.length;
+    const headOf = (path: string, bodyBytes: number) => (sizes[path] as number) - bodyBytes;
+    // node:http: the head as a latin1 string, a buffer body apart, and end()'s empty string (the socket's
+    // C++ side encodes each string); a string body joined to the head.
+    expect(plain.writes).toEqual([
+      [`latin1:${headOf("/buffer", body)}`, `buffer:${body}`, "latin1:0"],
+      [`utf8:${sizes["/string"]}`, "latin1:0"],
+      [`utf8:${sizes["/write-then-end"]}`, "latin1:0"],
+      [`latin1:${sizes["/empty"]}`],
+      [`latin1:${headOf("/over-limit", large.byteLength)}`, `buffer:${large.byteLength}`, "latin1:0"],
+      [`latin1:${headOf("/hex-string", 2)}`, "hex:4", "latin1:0"],
+    ]);
+    // The mesh server: buffers only, but past one TLS record's payload and for the encodings node:http
+    // writes apart.
+    expect(mesh.writes).toEqual([
+      [`buffer:${sizes["/buffer"]}`, "buffer:0"],
+      [`buffer:${sizes["/string"]}`, "buffer:0"],
+      [`buffer:${sizes["/write-then-end"]}`, "buffer:0"],
+      [`buffer:${sizes["/empty"]}`],
+      [`latin1:${headOf("/over-limit", large.byteLength)}`, `buffer:${large.byteLength}`, "buffer:0"],
+      [`latin1:${headOf("/hex-string", 2)}`, "hex:4", "buffer:0"],
     ]);
   });
 });
