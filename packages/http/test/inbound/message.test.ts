@@ -111,7 +111,8 @@ describe("sendHeadWithFirstChunk: a response's head and first buffer in one writ
       res.write(Buffer.from("12345"), () => res.end(Buffer.from("67890")));
     },
     "/string": (res) => res.end("a string body"),
-    "/utf8-string": (res) => res.end("caf\u00e9 \u2713 \u{1f600}"),
+    // A lone surrogate: both paths write U+FFFD.
+    "/utf8-string": (res) => res.end("caf\u00e9 \u2713 \u{1f600} \ud800"),
     "/latin1-string": (res) => res.end("caf\u00e9", "latin1"),
     // Encodings node:http writes apart from the head.
     "/hex-string": (res) => res.end("6869", "hex"),
@@ -228,27 +229,29 @@ describe("sendHeadWithFirstChunk: a response's head and first buffer in one writ
       sizes[path] = (await exchange(mesh.port, request(path, "GET", true))).byteLength;
       await exchange(plain.port, request(path, "GET", true));
     }
-    const body = '{"ok":true}'.length;
-    const headOf = (path: string, bodyBytes: number) => (sizes[path] as number) - bodyBytes;
-    // node:http: the head as a latin1 string, a buffer body apart, and end()'s empty string (the socket's
-    // C++ side encodes each string); a string body joined to the head.
-    expect(plain.writes).toEqual([
-      [`latin1:${headOf("/buffer", body)}`, `buffer:${body}`, "latin1:0"],
-      [`utf8:${sizes["/string"]}`, "latin1:0"],
-      [`utf8:${sizes["/write-then-end"]}`, "latin1:0"],
-      [`latin1:${sizes["/empty"]}`],
-      [`latin1:${headOf("/over-limit", large.byteLength)}`, `buffer:${large.byteLength}`, "latin1:0"],
-      [`latin1:${headOf("/hex-string", 2)}`, "hex:4", "latin1:0"],
-    ]);
-    // The mesh server: buffers only, but past one TLS record's payload and for the encodings node:http
-    // writes apart.
-    expect(mesh.writes).toEqual([
-      [`buffer:${sizes["/buffer"]}`, "buffer:0"],
-      [`buffer:${sizes["/string"]}`, "buffer:0"],
-      [`buffer:${sizes["/write-then-end"]}`, "buffer:0"],
-      [`buffer:${sizes["/empty"]}`],
-      [`latin1:${headOf("/over-limit", large.byteLength)}`, `buffer:${large.byteLength}`, "buffer:0"],
-      [`latin1:${headOf("/hex-string", 2)}`, "hex:4", "buffer:0"],
+    // node:http: strings for the socket's C++ side to encode (the head, or a string body joined to it),
+    // and, on Node 20, end()'s empty string after a chunk.
+    for (const write of plain.writes) expect(write[0]).toMatch(/^(latin1|utf8):/);
+    const emptyAsBuffer = (write: string[]) =>
+      write.map((chunk) => (chunk === "latin1:0" ? "buffer:0" : chunk));
+    // The mesh server: the whole response as one buffer, and end()'s empty write (where node:http makes
+    // one) as an empty buffer; past one TLS record's payload, and for the encodings node:http writes
+    // apart, node:http's own writes.
+    const coalesced = ["/buffer", "/string", "/write-then-end", "/empty"];
+    expect(mesh.writes).toEqual(
+      plain.writes.map((write, index) => {
+        const path = Object.keys(sizes)[index] as string;
+        if (!coalesced.includes(path)) return emptyAsBuffer(write);
+        return [
+          `buffer:${sizes[path]}`,
+          ...(write.length > 1 && write.at(-1) === "latin1:0" ? ["buffer:0"] : []),
+        ];
+      }),
+    );
+    expect(mesh.writes.flat().filter((chunk) => !chunk.startsWith("buffer:"))).toEqual([
+      `latin1:${(sizes["/over-limit"] as number) - large.byteLength}`,
+      `latin1:${(sizes["/hex-string"] as number) - 2}`,
+      "hex:4",
     ]);
   });
 });
