@@ -7,12 +7,13 @@ import {
   sendHeadWithFirstChunk,
 } from "../../src/inbound/message.js";
 
-let server: Server | undefined;
+const servers: Server[] = [];
 
 afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
-  server = undefined;
+  for (const created of servers.splice(0)) {
+    created.closeAllConnections();
+    await new Promise<void>((resolve) => created.close(() => resolve()));
+  }
 });
 
 interface Seen {
@@ -30,7 +31,7 @@ async function listen(read: (req: IncomingMessage) => boolean): Promise<{ port: 
     if (read(req)) req.on("data", () => undefined);
     res.end(`served ${req.url}`);
   });
-  server = created;
+  servers.push(created);
   await new Promise<void>((resolve) => created.listen(0, "127.0.0.1", resolve));
   return { port: (created.address() as AddressInfo).port, seen };
 }
@@ -178,14 +179,6 @@ describe("sendHeadWithFirstChunk: a response's head and first buffer in one writ
     await new Promise<void>((resolve) => created.listen(0, "127.0.0.1", resolve));
     return { port: (created.address() as AddressInfo).port, writes };
   }
-
-  const servers: Server[] = [];
-  afterEach(async () => {
-    for (const created of servers.splice(0)) {
-      created.closeAllConnections();
-      await new Promise<void>((resolve) => created.close(() => resolve()));
-    }
-  });
 
   /** Writes `requests` on one connection and reads until the server closes it (the last asks it to). */
   function exchange(port: number, requests: string): Promise<Buffer> {
